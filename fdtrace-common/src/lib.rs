@@ -1,0 +1,349 @@
+//! Wire types shared by the kernel programs and userspace.
+//!
+//! Every record the kernel writes into the ring buffer starts with an
+//! [`EventHeader`]; a creation or EMFILE event is followed by
+//! `header.stack_len` bytes of stack sample (a raw copy of the user stack, or
+//! `u64` return addresses when frame-pointer stacks were asked for). Enums
+//! travel as `u32` and are converted with `TryFrom` on the user side.
+#![no_std]
+
+/// Name of the ring buffer map.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU drop counter map (one `u64` slot per [`Counter`]).
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the map holding the thread-group ids being traced.
+pub const TRACED_MAP: &str = "TRACED";
+/// Name of the map of processes whose memory maps userspace has read.
+pub const MAPS_SEEN_MAP: &str = "MAPS_SEEN";
+
+/// Global set by userspace before load: which kind of stack to capture.
+pub const STACK_MODE_GLOBAL: &str = "STACK_MODE";
+/// Global set by userspace before load: bytes of user stack to copy.
+pub const STACK_BYTES_GLOBAL: &str = "STACK_BYTES";
+
+/// Largest user stack copy (`--stack-bytes`).
+pub const MAX_STACK_BYTES: usize = 32 * 1024;
+/// Default user stack copy.
+pub const DEFAULT_STACK_BYTES: usize = 8 * 1024;
+/// Frames captured in frame-pointer mode.
+pub const MAX_FP_FRAMES: usize = 64;
+/// Bytes of the text field: a path, a memfd name or a raw `sockaddr`.
+pub const TEXT_LEN: usize = 256;
+/// Descriptors carried by one event: pipe/socketpair pairs, SCM_RIGHTS.
+pub const MAX_EVENT_FDS: usize = 16;
+/// Size of the largest record: header plus a full stack copy.
+pub const MAX_RECORD: usize = size_of::<EventHeader>() + MAX_STACK_BYTES;
+
+/// What a record is about.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A traced syscall finished (or, for `close`, started).
+    Syscall = 1,
+    /// `sched_process_fork`: `args[0]` child id, `args[1]` clone flags.
+    Fork = 2,
+    /// `sched_process_exec`: `text` holds the file name.
+    Exec = 3,
+    /// `sched_process_exit`: `args[0]` is 1 when the whole group died.
+    Exit = 4,
+}
+
+/// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackMode {
+    None = 0,
+    FramePointer = 1,
+    Dwarf = 2,
+}
+
+/// Counters in [`COUNTERS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A ring buffer write failed: the event is lost.
+    DroppedEvents = 0,
+    /// Per-thread argument stash was full: a syscall went untraced.
+    DroppedArgs = 1,
+    /// SCM_RIGHTS carried more descriptors than one event holds.
+    DroppedFds = 2,
+}
+/// Number of counters.
+pub const COUNTER_SLOTS: u32 = 3;
+
+/// Flag: the kernel stopped the process (SIGSTOP) so userspace can read its
+/// memory maps; userspace sends SIGCONT when done.
+pub const FLAG_STOPPED: u32 = 1;
+/// Flag: the stack copy ended early because the user stack ended.
+pub const FLAG_STACK_END: u32 = 2;
+/// Flag: more descriptors arrived than `fds` holds (counted in `DroppedFds`).
+pub const FLAG_FDS_TRUNCATED: u32 = 4;
+
+/// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Syscall {
+    Open = 1,
+    Openat,
+    Openat2,
+    Creat,
+    OpenByHandleAt,
+    Socket,
+    Socketpair,
+    Accept,
+    Accept4,
+    Pipe,
+    Pipe2,
+    Dup,
+    Dup2,
+    Dup3,
+    Fcntl,
+    Eventfd,
+    Eventfd2,
+    EpollCreate,
+    EpollCreate1,
+    TimerfdCreate,
+    Signalfd,
+    Signalfd4,
+    InotifyInit,
+    InotifyInit1,
+    FanotifyInit,
+    MemfdCreate,
+    PidfdOpen,
+    PidfdGetfd,
+    Userfaultfd,
+    PerfEventOpen,
+    IoUringSetup,
+    Recvmsg,
+    Recvmmsg,
+    Close,
+    CloseRange,
+    Ioctl,
+    Bind,
+    Connect,
+    ExitGroup,
+}
+
+/// Every syscall, in declaration order; `Syscall::ALL[i] as u32 == i + 1`.
+impl Syscall {
+    pub const ALL: [Syscall; 39] = [
+        Syscall::Open,
+        Syscall::Openat,
+        Syscall::Openat2,
+        Syscall::Creat,
+        Syscall::OpenByHandleAt,
+        Syscall::Socket,
+        Syscall::Socketpair,
+        Syscall::Accept,
+        Syscall::Accept4,
+        Syscall::Pipe,
+        Syscall::Pipe2,
+        Syscall::Dup,
+        Syscall::Dup2,
+        Syscall::Dup3,
+        Syscall::Fcntl,
+        Syscall::Eventfd,
+        Syscall::Eventfd2,
+        Syscall::EpollCreate,
+        Syscall::EpollCreate1,
+        Syscall::TimerfdCreate,
+        Syscall::Signalfd,
+        Syscall::Signalfd4,
+        Syscall::InotifyInit,
+        Syscall::InotifyInit1,
+        Syscall::FanotifyInit,
+        Syscall::MemfdCreate,
+        Syscall::PidfdOpen,
+        Syscall::PidfdGetfd,
+        Syscall::Userfaultfd,
+        Syscall::PerfEventOpen,
+        Syscall::IoUringSetup,
+        Syscall::Recvmsg,
+        Syscall::Recvmmsg,
+        Syscall::Close,
+        Syscall::CloseRange,
+        Syscall::Ioctl,
+        Syscall::Bind,
+        Syscall::Connect,
+        Syscall::ExitGroup,
+    ];
+
+    /// The kernel's name, as in `syscalls/sys_enter_<name>`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Syscall::Open => "open",
+            Syscall::Openat => "openat",
+            Syscall::Openat2 => "openat2",
+            Syscall::Creat => "creat",
+            Syscall::OpenByHandleAt => "open_by_handle_at",
+            Syscall::Socket => "socket",
+            Syscall::Socketpair => "socketpair",
+            Syscall::Accept => "accept",
+            Syscall::Accept4 => "accept4",
+            Syscall::Pipe => "pipe",
+            Syscall::Pipe2 => "pipe2",
+            Syscall::Dup => "dup",
+            Syscall::Dup2 => "dup2",
+            Syscall::Dup3 => "dup3",
+            Syscall::Fcntl => "fcntl",
+            Syscall::Eventfd => "eventfd",
+            Syscall::Eventfd2 => "eventfd2",
+            Syscall::EpollCreate => "epoll_create",
+            Syscall::EpollCreate1 => "epoll_create1",
+            Syscall::TimerfdCreate => "timerfd_create",
+            Syscall::Signalfd => "signalfd",
+            Syscall::Signalfd4 => "signalfd4",
+            Syscall::InotifyInit => "inotify_init",
+            Syscall::InotifyInit1 => "inotify_init1",
+            Syscall::FanotifyInit => "fanotify_init",
+            Syscall::MemfdCreate => "memfd_create",
+            Syscall::PidfdOpen => "pidfd_open",
+            Syscall::PidfdGetfd => "pidfd_getfd",
+            Syscall::Userfaultfd => "userfaultfd",
+            Syscall::PerfEventOpen => "perf_event_open",
+            Syscall::IoUringSetup => "io_uring_setup",
+            Syscall::Recvmsg => "recvmsg",
+            Syscall::Recvmmsg => "recvmmsg",
+            Syscall::Close => "close",
+            Syscall::CloseRange => "close_range",
+            Syscall::Ioctl => "ioctl",
+            Syscall::Bind => "bind",
+            Syscall::Connect => "connect",
+            Syscall::ExitGroup => "exit_group",
+        }
+    }
+}
+
+/// x86_64 syscall numbers of calls that are not [`Syscall`]s but that the
+/// kernel programs still watch.
+pub mod nr {
+    pub const MMAP: u64 = 9;
+    pub const CLONE: u64 = 56;
+    pub const FORK: u64 = 57;
+    pub const VFORK: u64 = 58;
+    pub const CLONE3: u64 = 435;
+}
+
+impl Syscall {
+    /// The [`Syscall`] for an x86_64 syscall number.
+    pub const fn from_x86_64(nr: u64) -> Option<Syscall> {
+        Some(match nr {
+            2 => Syscall::Open,
+            3 => Syscall::Close,
+            16 => Syscall::Ioctl,
+            22 => Syscall::Pipe,
+            32 => Syscall::Dup,
+            33 => Syscall::Dup2,
+            41 => Syscall::Socket,
+            42 => Syscall::Connect,
+            43 => Syscall::Accept,
+            47 => Syscall::Recvmsg,
+            49 => Syscall::Bind,
+            53 => Syscall::Socketpair,
+            72 => Syscall::Fcntl,
+            85 => Syscall::Creat,
+            213 => Syscall::EpollCreate,
+            231 => Syscall::ExitGroup,
+            253 => Syscall::InotifyInit,
+            257 => Syscall::Openat,
+            282 => Syscall::Signalfd,
+            283 => Syscall::TimerfdCreate,
+            284 => Syscall::Eventfd,
+            288 => Syscall::Accept4,
+            289 => Syscall::Signalfd4,
+            290 => Syscall::Eventfd2,
+            291 => Syscall::EpollCreate1,
+            292 => Syscall::Dup3,
+            293 => Syscall::Pipe2,
+            294 => Syscall::InotifyInit1,
+            298 => Syscall::PerfEventOpen,
+            299 => Syscall::Recvmmsg,
+            300 => Syscall::FanotifyInit,
+            304 => Syscall::OpenByHandleAt,
+            319 => Syscall::MemfdCreate,
+            323 => Syscall::Userfaultfd,
+            425 => Syscall::IoUringSetup,
+            434 => Syscall::PidfdOpen,
+            436 => Syscall::CloseRange,
+            437 => Syscall::Openat2,
+            438 => Syscall::PidfdGetfd,
+            _ => return None,
+        })
+    }
+}
+
+impl TryFrom<u32> for Syscall {
+    type Error = u32;
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value.checked_sub(1) {
+            Some(i) if (i as usize) < Syscall::ALL.len() => Ok(Syscall::ALL[i as usize]),
+            _ => Err(value),
+        }
+    }
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            1 => Ok(EventKind::Syscall),
+            2 => Ok(EventKind::Fork),
+            3 => Ok(EventKind::Exec),
+            4 => Ok(EventKind::Exit),
+            other => Err(other),
+        }
+    }
+}
+
+impl TryFrom<u32> for StackMode {
+    type Error = u32;
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            0 => Ok(StackMode::None),
+            1 => Ok(StackMode::FramePointer),
+            2 => Ok(StackMode::Dwarf),
+            other => Err(other),
+        }
+    }
+}
+
+/// Arguments stashed at `sys_enter_*` until the matching `sys_exit_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallArgs {
+    pub args: [u64; 6],
+}
+const _: () = assert!(size_of::<SyscallArgs>() == 48);
+
+/// Fixed part of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// [`EventKind`].
+    pub kind: u32,
+    /// [`Syscall`] for `EventKind::Syscall`, else 0.
+    pub syscall: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Syscall return value (negative errno on failure).
+    pub ret: i64,
+    /// Syscall arguments, or kind-specific values (see [`EventKind`]).
+    pub args: [u64; 6],
+    /// User registers at the syscall: ip, sp, bp.
+    pub regs: [u64; 3],
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Bytes of stack sample after the header.
+    pub stack_len: u32,
+    /// Descriptors read from user memory (pipe, socketpair, SCM_RIGHTS).
+    pub fds: [i32; MAX_EVENT_FDS],
+    /// Valid entries in `fds`.
+    pub nfds: u32,
+    /// Valid bytes in `text`.
+    pub text_len: u32,
+    /// Path, memfd name, exec file name or raw sockaddr.
+    pub text: [u8; TEXT_LEN],
+}
+const _: () = assert!(size_of::<EventHeader>() == 32 + 48 + 24 + 8 + 64 + 8 + TEXT_LEN);

@@ -1,0 +1,317 @@
+//! Filling a record: header, values read from user memory, stack sample.
+//!
+//! Everything that reads user memory goes through `bpf_probe_read_user`, so a
+//! bad pointer in the traced program costs a missing detail, never a fault.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_F_USER_STACK, pt_regs},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes, bpf_send_signal,
+        generated::{bpf_probe_read_user as read_user_raw, bpf_ringbuf_output},
+    },
+    programs::RawTracePointContext,
+};
+use fdtrace_common::{
+    Counter, EventHeader, EventKind, FLAG_FDS_TRUNCATED, FLAG_STACK_END, FLAG_STOPPED,
+    MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, StackMode, TEXT_LEN,
+};
+
+use crate::{EVENTS, MAPS_SEEN, SCRATCH, STACK_BYTES, STACK_MODE, add, count};
+
+const HEADER: usize = size_of::<EventHeader>();
+const SIGSTOP: u32 = 19;
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+/// Bytes of `struct sockaddr` kept (enough for `sockaddr_in6` and most unix paths).
+const SOCKADDR_MAX: u64 = 128;
+/// `struct msghdr`: `msg_control` and `msg_controllen` (include/linux/socket.h, x86_64).
+const MSGHDR_CONTROL: u64 = 32;
+const MSGHDR_CONTROLLEN: u64 = 40;
+/// `struct mmsghdr` is a msghdr (56 bytes) plus `unsigned int msg_len`, padded.
+const MMSGHDR_SIZE: u64 = 64;
+/// `struct cmsghdr`: `u64 cmsg_len; int level; int type;` then data.
+const CMSG_HEADER: u64 = 16;
+/// Control messages and recvmmsg messages looked at per call.
+const MAX_CMSGS: usize = 4;
+const MAX_MMSGS: i64 = 4;
+const PAGE: u64 = 4096;
+
+/// # Safety
+/// `header` must point to writable memory the size of `EventHeader`.
+#[inline(always)]
+pub unsafe fn init_header(
+    header: *mut EventHeader,
+    kind: EventKind,
+    syscall: u32,
+    tgid: u32,
+    tid: u32,
+) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (*header).kind = kind as u32;
+        (*header).syscall = syscall;
+        (*header).tgid = tgid;
+        (*header).tid = tid;
+        (*header).ts_ns = bpf_ktime_get_ns();
+        (*header).ret = 0;
+        (*header).args = [0; 6];
+        (*header).regs = [0; 3];
+        (*header).flags = 0;
+        (*header).stack_len = 0;
+        (*header).fds = [-1; MAX_EVENT_FDS];
+        (*header).nfds = 0;
+        (*header).text_len = 0;
+    }
+}
+
+/// This CPU's record buffer.
+#[inline(always)]
+pub fn scratch() -> Result<*mut u8, i64> {
+    // SAFETY: no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    SCRATCH.get_ptr_mut(cpu).map(|p| p.cast::<u8>()).ok_or(-1)
+}
+
+/// Writes the header and `stack_len` bytes after it to the ring buffer.
+#[inline(always)]
+pub fn output(record: *mut u8, stack_len: u32) -> Result<(), i64> {
+    let len = HEADER as u64 + u64::from(stack_len).min(MAX_STACK_BYTES as u64);
+    // SAFETY: `record` is a scratch slot of at least HEADER + MAX_STACK_BYTES bytes.
+    let ret =
+        unsafe { bpf_ringbuf_output((&raw const EVENTS).cast_mut().cast(), record.cast(), len, 0) };
+    if ret < 0 {
+        count(Counter::DroppedEvents);
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn user_str(header: *mut EventHeader, ptr: u64) {
+    // SAFETY: user memory is read with the checked helper; `text` is TEXT_LEN bytes.
+    unsafe {
+        if let Ok(s) = bpf_probe_read_user_str_bytes(ptr as *const u8, &mut (*header).text) {
+            (*header).text_len = s.len() as u32;
+        }
+    }
+}
+
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn sockaddr(header: *mut EventHeader, ptr: u64, len: u64) {
+    let len = if len > SOCKADDR_MAX {
+        SOCKADDR_MAX
+    } else {
+        len
+    };
+    if ptr == 0 || len == 0 {
+        return;
+    }
+    // SAFETY: reads at most SOCKADDR_MAX (< TEXT_LEN) bytes into `text`.
+    unsafe {
+        let dst = (&raw mut (*header).text).cast::<core::ffi::c_void>();
+        if read_user_raw(dst, (len & 0xff) as u32, ptr as *const _) == 0 {
+            (*header).text_len = len as u32;
+        }
+    }
+}
+
+/// accept/accept4 wrote the peer address and its length through user pointers.
+///
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn accepted_sockaddr(header: *mut EventHeader, ptr: u64, len_ptr: u64) {
+    if ptr == 0 || len_ptr == 0 {
+        return;
+    }
+    // SAFETY: user pointer read with the checked helper.
+    let len = unsafe { bpf_probe_read_user(len_ptr as *const u32) }.unwrap_or(0);
+    // SAFETY: forwarded.
+    unsafe { sockaddr(header, ptr, u64::from(len)) }
+}
+
+#[inline(always)]
+unsafe fn push_fd(header: *mut EventHeader, fd: i32) {
+    // SAFETY: `header` is valid per the caller; the index is bounds-checked.
+    unsafe {
+        let n = (*header).nfds as usize;
+        if n < MAX_EVENT_FDS {
+            (*header).fds[n] = fd;
+            (*header).nfds = n as u32 + 1;
+        } else {
+            (*header).flags |= FLAG_FDS_TRUNCATED;
+            count(Counter::DroppedFds);
+        }
+    }
+}
+
+/// pipe/pipe2/socketpair wrote `int[2]` through a user pointer.
+///
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn fd_pair(header: *mut EventHeader, ptr: u64) {
+    // SAFETY: user pointer read with the checked helper.
+    if let Ok(pair) = unsafe { bpf_probe_read_user(ptr as *const [i32; 2]) } {
+        // SAFETY: forwarded.
+        unsafe {
+            push_fd(header, pair[0]);
+            push_fd(header, pair[1]);
+        }
+    }
+}
+
+/// Descriptors received in SCM_RIGHTS control messages of one `msghdr`.
+///
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn scm_rights(header: *mut EventHeader, msghdr: u64) {
+    // SAFETY: user pointers read with the checked helper.
+    unsafe {
+        let control = bpf_probe_read_user((msghdr + MSGHDR_CONTROL) as *const u64).unwrap_or(0);
+        // The kernel rewrote msg_controllen to what it actually filled.
+        let controllen =
+            bpf_probe_read_user((msghdr + MSGHDR_CONTROLLEN) as *const u64).unwrap_or(0);
+        if control == 0 {
+            return;
+        }
+        let mut offset = 0u64;
+        for _ in 0..MAX_CMSGS {
+            if offset + CMSG_HEADER > controllen {
+                break;
+            }
+            let cmsg = control + offset;
+            let Ok(len) = bpf_probe_read_user(cmsg as *const u64) else {
+                break;
+            };
+            let Ok(level) = bpf_probe_read_user((cmsg + 8) as *const i32) else {
+                break;
+            };
+            let Ok(kind) = bpf_probe_read_user((cmsg + 12) as *const i32) else {
+                break;
+            };
+            if len < CMSG_HEADER {
+                break;
+            }
+            if level == SOL_SOCKET && kind == SCM_RIGHTS {
+                let count = (len - CMSG_HEADER) / 4;
+                for i in 0..MAX_EVENT_FDS as u64 {
+                    if i >= count {
+                        break;
+                    }
+                    if let Ok(fd) = bpf_probe_read_user((cmsg + CMSG_HEADER + 4 * i) as *const i32)
+                    {
+                        push_fd(header, fd);
+                    }
+                }
+                if count > MAX_EVENT_FDS as u64 {
+                    (*header).flags |= FLAG_FDS_TRUNCATED;
+                    add(Counter::DroppedFds, count - MAX_EVENT_FDS as u64);
+                }
+            }
+            offset += (len + 7) & !7;
+        }
+    }
+}
+
+/// recvmmsg: the first `received` messages of the `mmsghdr` array.
+///
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn scm_rights_mmsg(header: *mut EventHeader, vec: u64, received: i64) {
+    let mut i = 0;
+    while i < MAX_MMSGS && i < received {
+        // SAFETY: forwarded.
+        unsafe { scm_rights(header, vec + i as u64 * MMSGHDR_SIZE) };
+        i += 1;
+    }
+}
+
+/// Captures the user registers and stack sample after the header at
+/// `record`, stopping the process once if userspace has not read its
+/// memory maps yet. Returns the sample's length.
+///
+/// # Safety
+/// `record` must be a scratch slot whose header has been initialised.
+#[inline(always)]
+pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, tgid: u32, regs: &pt_regs) -> u32 {
+    let header = record.cast::<EventHeader>();
+    // SAFETY: plain read of a global set before load.
+    let mode = unsafe { core::ptr::read_volatile(&STACK_MODE) };
+    if mode == StackMode::None as u32 {
+        return 0;
+    }
+    // SAFETY: plain map lookup of a u32.
+    if unsafe { MAPS_SEEN.get(&tgid) }.is_none() {
+        let _ = MAPS_SEEN.insert(&tgid, &1, 0);
+        // Stops the whole process when this syscall returns to user space:
+        // its memory maps stay readable until userspace sends SIGCONT.
+        // SAFETY: no memory is passed.
+        if unsafe { bpf_send_signal(SIGSTOP) } == 0 {
+            // SAFETY: `header` is valid per the caller.
+            unsafe { (*header).flags |= FLAG_STOPPED };
+        }
+    }
+    // SAFETY: `header` is valid per the caller.
+    unsafe { (*header).regs = [regs.rip, regs.rsp, regs.rbp] };
+    // SAFETY: the area after the header is MAX_STACK_BYTES plus one page long.
+    let sample = unsafe { record.add(size_of::<EventHeader>()) };
+    if mode == StackMode::FramePointer as u32 {
+        // SAFETY: the destination holds MAX_FP_FRAMES u64 values.
+        let got = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                sample.cast(),
+                (MAX_FP_FRAMES * 8) as u32,
+                u64::from(BPF_F_USER_STACK),
+            )
+        };
+        let got = if got > 0 { got as u32 } else { 0 };
+        // SAFETY: as above.
+        unsafe { (*header).stack_len = got };
+        return got;
+    }
+    // SAFETY: plain read of a global set before load.
+    let want = unsafe { core::ptr::read_volatile(&STACK_BYTES) }.min(MAX_STACK_BYTES as u32) as u64;
+    let mut copied: u64 = 0;
+    let mut addr = regs.rsp;
+    // Page by page, so the copy ends cleanly where the stack's mapping ends.
+    for _ in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
+        if copied >= want {
+            break;
+        }
+        let mut chunk = PAGE - (addr & (PAGE - 1));
+        if chunk > want - copied {
+            chunk = want - copied;
+        }
+        let at = copied & (MAX_STACK_BYTES as u64 - 1);
+        let chunk = chunk & (2 * PAGE - 1);
+        // SAFETY: `at < MAX_STACK_BYTES` and `chunk < 2 pages`: inside the slot.
+        let ret = unsafe {
+            read_user_raw(
+                sample.add(at as usize).cast(),
+                chunk as u32,
+                addr as *const _,
+            )
+        };
+        if ret != 0 {
+            // SAFETY: `header` is valid per the caller.
+            unsafe { (*header).flags |= FLAG_STACK_END };
+            break;
+        }
+        copied += chunk;
+        addr += chunk;
+    }
+    // SAFETY: `header` is valid per the caller.
+    unsafe { (*header).stack_len = copied as u32 };
+    copied as u32
+}
+
+const _: () = assert!(TEXT_LEN as u64 >= SOCKADDR_MAX);

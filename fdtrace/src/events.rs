@@ -1,0 +1,468 @@
+//! Decoding stage: ring-buffer bytes -> [`Event`]s that say what happened to
+//! which descriptors, in the kernel's terms turned into ours (which syscall
+//! flag means close-on-exec, which fds a call created). Pure: no I/O.
+
+use anyhow::{Result, anyhow, bail};
+use fdtrace_common::{
+    EventHeader, EventKind, FLAG_STACK_END, FLAG_STOPPED, MAX_EVENT_FDS, StackMode, Syscall,
+    TEXT_LEN,
+};
+
+/// A descriptor number.
+pub type Fd = i32;
+
+/// One decoded record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The kernel stopped the process for us to read its memory maps.
+    pub stopped: bool,
+    pub action: Action,
+}
+
+/// What a descriptor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FdKind {
+    File,
+    Socket,
+    Pipe,
+    Eventfd,
+    Epoll,
+    Timerfd,
+    Signalfd,
+    Inotify,
+    Fanotify,
+    Memfd,
+    Pidfd,
+    IoUring,
+    Userfaultfd,
+    Perf,
+    Other,
+    /// Not known from the syscall alone (dup of an unknown fd, SCM_RIGHTS):
+    /// userspace asks /proc.
+    Unknown,
+}
+
+impl FdKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FdKind::File => "file",
+            FdKind::Socket => "socket",
+            FdKind::Pipe => "pipe",
+            FdKind::Eventfd => "eventfd",
+            FdKind::Epoll => "epoll",
+            FdKind::Timerfd => "timerfd",
+            FdKind::Signalfd => "signalfd",
+            FdKind::Inotify => "inotify",
+            FdKind::Fanotify => "fanotify",
+            FdKind::Memfd => "memfd",
+            FdKind::Pidfd => "pidfd",
+            FdKind::IoUring => "io_uring",
+            FdKind::Userfaultfd => "userfaultfd",
+            FdKind::Perf => "perf",
+            FdKind::Other | FdKind::Unknown => "other",
+        }
+    }
+}
+
+/// Which end of a socket an address belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Local,
+    Peer,
+}
+
+/// User registers and stack bytes captured at a syscall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StackSample {
+    /// A copy of the user stack from `sp` up, to unwind with CFI.
+    Raw {
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        bytes: Vec<u8>,
+        hit_end: bool,
+    },
+    /// Return addresses from a frame-pointer walk, innermost first.
+    FramePointer(Vec<u64>),
+}
+
+/// How a new descriptor came to be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Creation {
+    pub syscall: Syscall,
+    /// Descriptors created (two for pipe/socketpair, many for SCM_RIGHTS).
+    pub fds: Vec<Fd>,
+    pub kind: FdKind,
+    pub cloexec: bool,
+    /// Copy kind and target from this fd (dup*, fcntl F_DUPFD*), or the
+    /// listening socket's local address (accept).
+    pub like: Option<Fd>,
+    /// What the arguments say it refers to: a path, a memfd name, a socket.
+    pub target: Option<String>,
+    /// Socket family and type from socket()/socketpair().
+    pub socket: Option<(u16, u32)>,
+    /// Peer address written by accept().
+    pub peer: Option<String>,
+    pub stack: Option<StackSample>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Create(Creation),
+    Close {
+        fd: Fd,
+    },
+    /// `close_range(first, last, flags)`; with `cloexec_only` it only marks.
+    CloseRange {
+        first: u32,
+        last: u32,
+        cloexec_only: bool,
+    },
+    SetCloexec {
+        fd: Fd,
+        on: bool,
+    },
+    Address {
+        fd: Fd,
+        side: Side,
+        address: String,
+    },
+    /// A creation failed with EMFILE or ENFILE.
+    Exhausted {
+        syscall: Syscall,
+        errno: i32,
+        argument: Option<String>,
+        stack: Option<StackSample>,
+    },
+    ExitGroup {
+        status: i32,
+    },
+    /// A call that changed nothing we track (dup2 onto itself, a signalfd
+    /// mask update, a bind to an unknown address family).
+    Nothing,
+    Fork {
+        child: u32,
+        clone_flags: u64,
+    },
+    Exec {
+        filename: String,
+    },
+    Exit,
+}
+
+// Flag values from include/uapi (x86_64).
+const O_CLOEXEC: u64 = 0o2_000_000;
+const SOCK_CLOEXEC: u64 = O_CLOEXEC;
+const FAN_CLOEXEC: u64 = 0x1;
+const MFD_CLOEXEC: u64 = 0x1;
+const PERF_FLAG_FD_CLOEXEC: u64 = 0x8;
+const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+const FD_CLOEXEC: u64 = 1;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+const FIOCLEX: u64 = 0x5451;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Decodes one ring-buffer record captured with `stack_mode`.
+pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
+    let header_len = size_of::<EventHeader>();
+    if bytes.len() < header_len {
+        bail!(
+            "short record: {} bytes, header is {header_len}",
+            bytes.len()
+        );
+    }
+    // SAFETY: the length was checked; EventHeader is plain integers and
+    // arrays of integers, so any bit pattern is a valid value.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let stack_len = usize::try_from(header.stack_len)?;
+    let stack_bytes = bytes
+        .get(header_len..header_len + stack_len)
+        .ok_or_else(|| anyhow!("record shorter than its stack sample"))?;
+    let kind = EventKind::try_from(header.kind).map_err(|k| anyhow!("unknown event kind {k}"))?;
+    let text = text_of(&header);
+    let action = match kind {
+        EventKind::Fork => Action::Fork {
+            child: u32::try_from(header.args[0])?,
+            clone_flags: header.args[1],
+        },
+        EventKind::Exec => Action::Exec {
+            filename: String::from_utf8_lossy(text).into_owned(),
+        },
+        EventKind::Exit => Action::Exit,
+        EventKind::Syscall => {
+            let syscall =
+                Syscall::try_from(header.syscall).map_err(|s| anyhow!("unknown syscall id {s}"))?;
+            syscall_action(syscall, &header, text, stack_bytes, stack_mode)?
+        }
+    };
+    Ok(Event {
+        ts_ns: header.ts_ns,
+        tgid: header.tgid,
+        tid: header.tid,
+        stopped: header.flags & FLAG_STOPPED != 0,
+        action,
+    })
+}
+
+fn text_of(header: &EventHeader) -> &[u8] {
+    let len = usize::try_from(header.text_len).unwrap_or(0).min(TEXT_LEN);
+    let text = &header.text[..len];
+    // String reads include the terminating NUL.
+    text.strip_suffix(&[0]).unwrap_or(text)
+}
+
+fn fd_arg(value: u64) -> Fd {
+    // Descriptor arguments are C ints: the low 32 bits, sign included.
+    i32::from_ne_bytes((value as u32).to_ne_bytes())
+}
+
+fn stack_sample(header: &EventHeader, bytes: &[u8], mode: StackMode) -> Option<StackSample> {
+    match mode {
+        StackMode::None => None,
+        _ if header.regs == [0; 3] => None,
+        StackMode::FramePointer => {
+            let frames = bytes.chunks_exact(8).map(|c| {
+                let word: [u8; 8] = c.try_into().unwrap_or([0; 8]);
+                u64::from_ne_bytes(word)
+            });
+            Some(StackSample::FramePointer(
+                frames.take_while(|&a| a != 0).collect(),
+            ))
+        }
+        StackMode::Dwarf => Some(StackSample::Raw {
+            ip: header.regs[0],
+            sp: header.regs[1],
+            bp: header.regs[2],
+            bytes: bytes.to_vec(),
+            hit_end: header.flags & FLAG_STACK_END != 0,
+        }),
+    }
+}
+
+fn syscall_action(
+    syscall: Syscall,
+    h: &EventHeader,
+    text: &[u8],
+    stack: &[u8],
+    mode: StackMode,
+) -> Result<Action> {
+    let a = &h.args;
+    let text_str = || (!text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned());
+    if h.ret < 0 {
+        let errno = i32::try_from(-h.ret)?;
+        return Ok(Action::Exhausted {
+            syscall,
+            errno,
+            argument: text_str(),
+            stack: stack_sample(h, stack, mode),
+        });
+    }
+    let ret_fd = i32::try_from(h.ret)?;
+    let received: Vec<Fd> = h.fds[..usize::try_from(h.nfds)?.min(MAX_EVENT_FDS)].to_vec();
+    let create = |kind: FdKind, cloexec: bool| Creation {
+        syscall,
+        fds: vec![ret_fd],
+        kind,
+        cloexec,
+        like: None,
+        target: None,
+        socket: None,
+        peer: None,
+        stack: stack_sample(h, stack, mode),
+    };
+    let action = match syscall {
+        Syscall::Open | Syscall::Creat => Action::Create(Creation {
+            target: text_str(),
+            ..create(
+                FdKind::File,
+                syscall == Syscall::Open && a[1] & O_CLOEXEC != 0,
+            )
+        }),
+        // openat2: the kernel programs put `how->flags` in args[2].
+        Syscall::Openat | Syscall::Openat2 => Action::Create(Creation {
+            target: text_str(),
+            ..create(FdKind::File, a[2] & O_CLOEXEC != 0)
+        }),
+        Syscall::OpenByHandleAt => Action::Create(create(FdKind::Unknown, a[2] & O_CLOEXEC != 0)),
+        Syscall::Socket => Action::Create(Creation {
+            socket: Some((u16::try_from(a[0] & 0xffff)?, u32::try_from(a[1] & 0xf)?)),
+            ..create(FdKind::Socket, a[1] & SOCK_CLOEXEC != 0)
+        }),
+        Syscall::Socketpair => Action::Create(Creation {
+            fds: received,
+            socket: Some((u16::try_from(a[0] & 0xffff)?, u32::try_from(a[1] & 0xf)?)),
+            ..create(FdKind::Socket, a[1] & SOCK_CLOEXEC != 0)
+        }),
+        Syscall::Accept | Syscall::Accept4 => Action::Create(Creation {
+            like: Some(fd_arg(a[0])),
+            peer: decode_sockaddr(text),
+            ..create(
+                FdKind::Socket,
+                syscall == Syscall::Accept4 && a[3] & SOCK_CLOEXEC != 0,
+            )
+        }),
+        Syscall::Pipe | Syscall::Pipe2 => Action::Create(Creation {
+            fds: received,
+            ..create(
+                FdKind::Pipe,
+                syscall == Syscall::Pipe2 && a[1] & O_CLOEXEC != 0,
+            )
+        }),
+        Syscall::Dup | Syscall::Dup2 | Syscall::Dup3 => {
+            if syscall != Syscall::Dup && fd_arg(a[0]) == fd_arg(a[1]) {
+                // dup2(fd, fd) changes nothing.
+                return Ok(Action::Nothing);
+            }
+            Action::Create(Creation {
+                like: Some(fd_arg(a[0])),
+                ..create(
+                    FdKind::Unknown,
+                    syscall == Syscall::Dup3 && a[2] & O_CLOEXEC != 0,
+                )
+            })
+        }
+        Syscall::Fcntl => match a[1] {
+            2 => Action::SetCloexec {
+                fd: fd_arg(a[0]),
+                on: a[2] & FD_CLOEXEC != 0,
+            },
+            cmd => Action::Create(Creation {
+                like: Some(fd_arg(a[0])),
+                ..create(FdKind::Unknown, cmd == F_DUPFD_CLOEXEC)
+            }),
+        },
+        Syscall::Eventfd => Action::Create(create(FdKind::Eventfd, false)),
+        Syscall::Eventfd2 => Action::Create(create(FdKind::Eventfd, a[1] & O_CLOEXEC != 0)),
+        Syscall::EpollCreate => Action::Create(create(FdKind::Epoll, false)),
+        Syscall::EpollCreate1 => Action::Create(create(FdKind::Epoll, a[0] & O_CLOEXEC != 0)),
+        Syscall::TimerfdCreate => Action::Create(create(FdKind::Timerfd, a[1] & O_CLOEXEC != 0)),
+        Syscall::Signalfd | Syscall::Signalfd4 => {
+            if fd_arg(a[0]) != -1 {
+                // An existing signalfd got a new mask: nothing was created.
+                return Ok(Action::Nothing);
+            }
+            Action::Create(create(
+                FdKind::Signalfd,
+                syscall == Syscall::Signalfd4 && a[3] & O_CLOEXEC != 0,
+            ))
+        }
+        Syscall::InotifyInit => Action::Create(create(FdKind::Inotify, false)),
+        Syscall::InotifyInit1 => Action::Create(create(FdKind::Inotify, a[0] & O_CLOEXEC != 0)),
+        Syscall::FanotifyInit => Action::Create(create(FdKind::Fanotify, a[0] & FAN_CLOEXEC != 0)),
+        Syscall::MemfdCreate => Action::Create(Creation {
+            target: text_str().map(|name| format!("memfd:{name}")),
+            ..create(FdKind::Memfd, a[1] & MFD_CLOEXEC != 0)
+        }),
+        // The kernel always sets O_CLOEXEC on these.
+        Syscall::PidfdOpen => Action::Create(create(FdKind::Pidfd, true)),
+        Syscall::PidfdGetfd => Action::Create(create(FdKind::Unknown, true)),
+        Syscall::IoUringSetup => Action::Create(create(FdKind::IoUring, true)),
+        Syscall::Userfaultfd => Action::Create(create(FdKind::Userfaultfd, a[0] & O_CLOEXEC != 0)),
+        Syscall::PerfEventOpen => {
+            Action::Create(create(FdKind::Perf, a[4] & PERF_FLAG_FD_CLOEXEC != 0))
+        }
+        Syscall::Recvmsg | Syscall::Recvmmsg => {
+            let flags = if syscall == Syscall::Recvmsg {
+                a[2]
+            } else {
+                a[3]
+            };
+            Action::Create(Creation {
+                fds: received,
+                ..create(FdKind::Unknown, flags & MSG_CMSG_CLOEXEC != 0)
+            })
+        }
+        Syscall::Close => Action::Close { fd: fd_arg(a[0]) },
+        Syscall::CloseRange => Action::CloseRange {
+            first: u32::try_from(a[0] & 0xffff_ffff)?,
+            last: u32::try_from(a[1] & 0xffff_ffff)?,
+            cloexec_only: a[2] & CLOSE_RANGE_CLOEXEC != 0,
+        },
+        Syscall::Ioctl => Action::SetCloexec {
+            fd: fd_arg(a[0]),
+            on: a[1] == FIOCLEX,
+        },
+        Syscall::Bind | Syscall::Connect => match decode_sockaddr(text) {
+            Some(address) => Action::Address {
+                fd: fd_arg(a[0]),
+                side: if syscall == Syscall::Bind {
+                    Side::Local
+                } else {
+                    Side::Peer
+                },
+                address,
+            },
+            None => Action::Nothing,
+        },
+        Syscall::ExitGroup => Action::ExitGroup {
+            status: fd_arg(a[0]),
+        },
+    };
+    Ok(action)
+}
+
+/// Renders a raw `struct sockaddr` as `1.2.3.4:80`, `[::1]:80` or a unix path.
+pub fn decode_sockaddr(raw: &[u8]) -> Option<String> {
+    let family = u16::from_ne_bytes(raw.get(..2)?.try_into().ok()?);
+    match family {
+        AF_INET => {
+            let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+            let ip: [u8; 4] = raw.get(4..8)?.try_into().ok()?;
+            Some(format!("{}:{port}", std::net::Ipv4Addr::from(ip)))
+        }
+        AF_INET6 => {
+            let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+            let ip: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
+            Some(format!("[{}]:{port}", std::net::Ipv6Addr::from(ip)))
+        }
+        AF_UNIX => {
+            let path = raw.get(2..)?;
+            match path.first() {
+                None => Some("unix:(unnamed)".to_owned()),
+                Some(0) => {
+                    let name = &path[1..];
+                    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+                    Some(format!("unix:@{}", String::from_utf8_lossy(&name[..end])))
+                }
+                Some(_) => {
+                    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+                    Some(format!("unix:{}", String::from_utf8_lossy(&path[..end])))
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `AF_INET tcp` style description of a socket's family and type.
+pub fn socket_family(family: u16, kind: u32) -> String {
+    let family = match family {
+        AF_UNIX => "unix",
+        AF_INET => "inet",
+        AF_INET6 => "inet6",
+        16 => "netlink",
+        17 => "packet",
+        40 => "vsock",
+        other => return format!("family {other}"),
+    };
+    let kind = match (family, kind) {
+        ("inet" | "inet6", 1) => "tcp",
+        ("inet" | "inet6", 2) => "udp",
+        (_, 1) => "stream",
+        (_, 2) => "dgram",
+        (_, 3) => "raw",
+        (_, 5) => "seqpacket",
+        _ => "",
+    };
+    if kind.is_empty() {
+        family.to_owned()
+    } else {
+        format!("{family} {kind}")
+    }
+}

@@ -1,0 +1,827 @@
+//! Lifetime stage: a pure model of every traced process's descriptor table.
+//!
+//! `apply` takes decoded events in order and keeps, per process, what each
+//! open fd is, whether it is close-on-exec and who created it. It records
+//! leaks (fds a process created and still held when it exited), fds that
+//! crossed an exec without CLOEXEC, and EMFILE/ENFILE failures. It knows
+//! nothing of BPF or stacks: a stack is an opaque [`StackRef`] the caller
+//! hands in, and every fd that goes away is reported back so the caller can
+//! free what it keeps for that stack.
+
+use hashbrown::HashMap;
+
+use crate::events::{Action, Creation, Event, Fd, FdKind, Side, socket_family};
+
+/// Opaque handle to a captured stack, owned by the caller's stack store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackRef(pub u32);
+
+/// Where an open fd came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Open before tracing started: not the traced program's doing.
+    Inherited,
+    /// Created during the trace by process `tgid`.
+    Created {
+        tgid: u32,
+        syscall: &'static str,
+        ts_ns: u64,
+        stack: Option<StackRef>,
+    },
+}
+
+/// Addresses of a socket, filled in as bind/connect/accept reveal them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub family: String,
+    pub local: Option<String>,
+    pub peer: Option<String>,
+}
+
+/// One open descriptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenFd {
+    pub kind: FdKind,
+    /// Path, `pipe:[inode]`, memfd name...; sockets use `socket` instead.
+    pub target: String,
+    pub socket: Option<SocketInfo>,
+    pub cloexec: bool,
+    pub origin: Origin,
+}
+
+impl OpenFd {
+    /// Human description of what the fd refers to.
+    pub fn describe(&self) -> String {
+        match &self.socket {
+            Some(s) => {
+                let mut out = s.family.clone();
+                if let Some(local) = &s.local {
+                    out.push(' ');
+                    out.push_str(local);
+                }
+                if let Some(peer) = &s.peer {
+                    out.push_str(" -> ");
+                    out.push_str(peer);
+                }
+                out
+            }
+            None => self.target.clone(),
+        }
+    }
+}
+
+/// A traced process.
+#[derive(Clone, Debug, Default)]
+pub struct Process {
+    pub tgid: u32,
+    pub ppid: Option<u32>,
+    /// Short name: the last exec'd file's base name, or the parent's.
+    pub comm: String,
+    /// Path of the program last exec'd (the parent's for a fork not yet exec'd).
+    pub exe: String,
+    pub fds: HashMap<Fd, OpenFd>,
+    /// Status passed to exit_group, if it got that far.
+    pub exit_status: Option<i32>,
+    pub exited_ns: Option<u64>,
+    /// Most fds open at once.
+    pub peak_fds: usize,
+}
+
+/// An fd its creator still held when it exited (or when tracing ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leak {
+    pub tgid: u32,
+    pub fd: Fd,
+    pub kind: FdKind,
+    pub target: String,
+    pub cloexec: bool,
+    pub opened_by: &'static str,
+    pub opened_ns: u64,
+    /// When the process exited, or tracing ended.
+    pub seen_ns: u64,
+    pub stack: Option<StackRef>,
+    /// The process was still running when tracing ended.
+    pub still_running: bool,
+}
+
+/// An fd without CLOEXEC that was open across execve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecLeak {
+    pub tgid: u32,
+    pub fd: Fd,
+    pub kind: FdKind,
+    pub target: String,
+    pub opened_by: &'static str,
+    /// The program that was exec'd.
+    pub exec: String,
+    pub stack: Option<StackRef>,
+}
+
+/// A creation that failed because the table (EMFILE) or the system (ENFILE) was full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exhaustion {
+    pub tgid: u32,
+    pub tid: u32,
+    pub syscall: &'static str,
+    pub errno: i32,
+    pub argument: Option<String>,
+    pub ts_ns: u64,
+    pub open_fds: usize,
+    pub stack: Option<StackRef>,
+}
+
+/// What one `apply` did with stacks, so the caller can count references.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StackUse {
+    /// One entry per fd now holding a stack (and per EMFILE record).
+    pub held: Vec<StackRef>,
+    /// One entry per fd that held a stack and went away.
+    pub released: Vec<StackRef>,
+}
+
+/// Looks up what an fd is when the event alone does not say (a dup of an fd
+/// we never saw, a descriptor received over a socket). `None` if unknown.
+pub trait Describe {
+    fn describe(&mut self, tgid: u32, fd: Fd) -> Option<(FdKind, String)>;
+}
+
+/// All traced processes and everything found so far.
+#[derive(Debug, Default)]
+pub struct FdTable {
+    pub processes: HashMap<u32, Process>,
+    pub leaks: Vec<Leak>,
+    pub exec_leaks: Vec<ExecLeak>,
+    pub exhaustions: Vec<Exhaustion>,
+    /// Order in which processes appeared, for stable reports.
+    pub order: Vec<u32>,
+}
+
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+impl FdTable {
+    /// Starts tracking `tgid` with the descriptors it already has, all
+    /// [`Origin::Inherited`].
+    pub fn add_root(&mut self, tgid: u32, exe: &str, inherited: Vec<(Fd, FdKind, String, bool)>) {
+        let fds = inherited
+            .into_iter()
+            .map(|(fd, kind, target, cloexec)| {
+                (
+                    fd,
+                    OpenFd {
+                        kind,
+                        target,
+                        socket: None,
+                        cloexec,
+                        origin: Origin::Inherited,
+                    },
+                )
+            })
+            .collect();
+        self.insert_process(Process {
+            tgid,
+            comm: base_name(exe),
+            exe: exe.to_owned(),
+            fds,
+            ..Default::default()
+        });
+    }
+
+    fn insert_process(&mut self, mut process: Process) {
+        process.peak_fds = process.fds.len();
+        if !self.processes.contains_key(&process.tgid) {
+            self.order.push(process.tgid);
+        }
+        self.processes.insert(process.tgid, process);
+    }
+
+    /// Applies one event. `stack` is the caller's handle for the event's
+    /// stack sample, if any.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        stack: Option<StackRef>,
+        describe: &mut dyn Describe,
+    ) -> StackUse {
+        let mut used = StackUse::default();
+        let tgid = event.tgid;
+        match &event.action {
+            Action::Fork { child, clone_flags } => self.fork(tgid, *child, *clone_flags),
+            Action::Exec { filename } => self.exec(tgid, filename, &mut used),
+            Action::Exit => self.exit(tgid, event.ts_ns, false, &mut used),
+            Action::ExitGroup { status } => {
+                if let Some(p) = self.processes.get_mut(&tgid) {
+                    p.exit_status = Some(*status);
+                }
+            }
+            Action::Nothing => {}
+            Action::Create(creation) => self.create(event, creation, stack, describe, &mut used),
+            Action::Close { fd } => {
+                if let Some(p) = self.processes.get_mut(&tgid) {
+                    release(p.fds.remove(fd), &mut used);
+                }
+            }
+            Action::CloseRange {
+                first,
+                last,
+                cloexec_only,
+            } => {
+                if let Some(p) = self.processes.get_mut(&tgid) {
+                    let in_range =
+                        |fd: &Fd| u32::try_from(*fd).is_ok_and(|fd| (*first..=*last).contains(&fd));
+                    if *cloexec_only {
+                        p.fds
+                            .iter_mut()
+                            .filter(|(fd, _)| in_range(fd))
+                            .for_each(|(_, f)| f.cloexec = true);
+                    } else {
+                        let doomed: Vec<Fd> = p.fds.keys().copied().filter(in_range).collect();
+                        for fd in doomed {
+                            release(p.fds.remove(&fd), &mut used);
+                        }
+                    }
+                }
+            }
+            Action::SetCloexec { fd, on } => {
+                if let Some(f) = self
+                    .processes
+                    .get_mut(&tgid)
+                    .and_then(|p| p.fds.get_mut(fd))
+                {
+                    f.cloexec = *on;
+                }
+            }
+            Action::Address { fd, side, address } => {
+                if let Some(s) = self
+                    .processes
+                    .get_mut(&tgid)
+                    .and_then(|p| p.fds.get_mut(fd))
+                    .and_then(|f| f.socket.as_mut())
+                {
+                    match side {
+                        Side::Local => s.local = Some(address.clone()),
+                        Side::Peer => s.peer = Some(address.clone()),
+                    }
+                }
+            }
+            Action::Exhausted {
+                syscall,
+                errno,
+                argument,
+                ..
+            } => {
+                if *errno == EMFILE || *errno == ENFILE {
+                    let open_fds = self.processes.get(&tgid).map_or(0, |p| p.fds.len());
+                    self.exhaustions.push(Exhaustion {
+                        tgid,
+                        tid: event.tid,
+                        syscall: syscall.name(),
+                        errno: *errno,
+                        argument: argument.clone(),
+                        ts_ns: event.ts_ns,
+                        open_fds,
+                        stack,
+                    });
+                    used.held.extend(stack);
+                }
+            }
+        }
+        used
+    }
+
+    fn create(
+        &mut self,
+        event: &Event,
+        c: &Creation,
+        stack: Option<StackRef>,
+        describe: &mut dyn Describe,
+        used: &mut StackUse,
+    ) {
+        let tgid = event.tgid;
+        let Some(p) = self.processes.get_mut(&tgid) else {
+            return;
+        };
+        let like = c.like.and_then(|fd| p.fds.get(&fd)).cloned();
+        for &fd in &c.fds {
+            if fd < 0 {
+                continue;
+            }
+            let origin = Origin::Created {
+                tgid,
+                syscall: c.syscall.name(),
+                ts_ns: event.ts_ns,
+                stack,
+            };
+            let mut new = OpenFd {
+                kind: c.kind,
+                target: c.target.clone().unwrap_or_default(),
+                socket: c.socket.map(|(family, kind)| SocketInfo {
+                    family: socket_family(family, kind),
+                    ..Default::default()
+                }),
+                cloexec: c.cloexec,
+                origin,
+            };
+            match (&like, c.kind) {
+                // accept(): a new socket of the listener's family and local address.
+                (Some(listener), FdKind::Socket) => {
+                    let mut info = listener.socket.clone().unwrap_or_default();
+                    info.peer = c.peer.clone();
+                    new.socket = Some(info);
+                }
+                // dup*: the same open file.
+                (Some(original), _) => {
+                    new.kind = original.kind;
+                    new.target = original.target.clone();
+                    new.socket = original.socket.clone();
+                }
+                (None, FdKind::Socket) if new.socket.is_none() => {
+                    new.socket = Some(SocketInfo {
+                        family: "socket".into(),
+                        peer: c.peer.clone(),
+                        ..Default::default()
+                    });
+                }
+                _ => {}
+            }
+            let needs_proc =
+                new.kind == FdKind::Unknown || (new.kind == FdKind::Pipe && new.target.is_empty());
+            if needs_proc && let Some((kind, target)) = describe.describe(tgid, fd) {
+                new.kind = kind;
+                new.target = target;
+            }
+            if new.kind == FdKind::Unknown {
+                new.kind = FdKind::Other;
+            }
+            // dup2/dup3 onto an open fd closes it first; any other creation
+            // landing on a known fd means its close was not seen.
+            release(p.fds.insert(fd, new), used);
+            used.held.extend(stack);
+        }
+        p.peak_fds = p.peak_fds.max(p.fds.len());
+    }
+
+    fn fork(&mut self, parent: u32, child: u32, clone_flags: u64) {
+        let Some(p) = self.processes.get(&parent) else {
+            return;
+        };
+        let copy = Process {
+            tgid: child,
+            ppid: Some(parent),
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            fds: p.fds.clone(),
+            ..Default::default()
+        };
+        // CLONE_FILES without CLONE_THREAD (a shared table between two
+        // processes) is rare and modelled as a copy: right until either side
+        // changes it.
+        let _ = clone_flags;
+        self.insert_process(copy);
+    }
+
+    fn exec(&mut self, tgid: u32, filename: &str, used: &mut StackUse) {
+        let Some(p) = self.processes.get_mut(&tgid) else {
+            return;
+        };
+        let mut fds: Vec<Fd> = p.fds.keys().copied().collect();
+        fds.sort_unstable();
+        for fd in fds {
+            let Some(f) = p.fds.get(&fd) else { continue };
+            if f.cloexec {
+                release(p.fds.remove(&fd), used);
+            } else if let Origin::Created { syscall, stack, .. } = f.origin {
+                self.exec_leaks.push(ExecLeak {
+                    tgid,
+                    fd,
+                    kind: f.kind,
+                    target: f.describe(),
+                    opened_by: syscall,
+                    exec: filename.to_owned(),
+                    stack,
+                });
+                used.held.extend(stack);
+            }
+        }
+        p.exe = filename.to_owned();
+        p.comm = base_name(filename);
+    }
+
+    fn exit(&mut self, tgid: u32, ts_ns: u64, still_running: bool, used: &mut StackUse) {
+        let Some(p) = self.processes.get_mut(&tgid) else {
+            return;
+        };
+        if p.exited_ns.is_some() {
+            return;
+        }
+        if !still_running {
+            p.exited_ns = Some(ts_ns);
+        }
+        let mut fds: Vec<(Fd, OpenFd)> = p.fds.drain().collect();
+        fds.sort_unstable_by_key(|(fd, _)| *fd);
+        for (fd, f) in fds {
+            if let Origin::Created {
+                tgid: creator,
+                syscall,
+                ts_ns: opened_ns,
+                stack,
+            } = f.origin
+                && creator == tgid
+            {
+                self.leaks.push(Leak {
+                    tgid,
+                    fd,
+                    kind: f.kind,
+                    target: f.describe(),
+                    cloexec: f.cloexec,
+                    opened_by: syscall,
+                    opened_ns,
+                    seen_ns: ts_ns,
+                    stack,
+                    still_running,
+                });
+                continue;
+            }
+            used.released.extend(stack_of(&f));
+        }
+    }
+
+    /// Tracing is over: whatever live processes hold is reported too.
+    pub fn finish(&mut self, now_ns: u64) -> StackUse {
+        let mut used = StackUse::default();
+        let live: Vec<u32> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|t| self.processes[t].exited_ns.is_none())
+            .collect();
+        for tgid in live {
+            self.exit(tgid, now_ns, true, &mut used);
+        }
+        used
+    }
+}
+
+fn stack_of(f: &OpenFd) -> Option<StackRef> {
+    match f.origin {
+        Origin::Created { stack, .. } => stack,
+        Origin::Inherited => None,
+    }
+}
+
+fn release(closed: Option<OpenFd>, used: &mut StackUse) {
+    if let Some(f) = closed {
+        used.released.extend(stack_of(&f));
+    }
+}
+
+fn base_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use fdtrace_common::Syscall;
+
+    use super::*;
+
+    struct NoProc;
+    impl Describe for NoProc {
+        fn describe(&mut self, _tgid: u32, _fd: Fd) -> Option<(FdKind, String)> {
+            None
+        }
+    }
+
+    struct FakeProc;
+    impl Describe for FakeProc {
+        fn describe(&mut self, _tgid: u32, fd: Fd) -> Option<(FdKind, String)> {
+            Some((FdKind::Pipe, format!("pipe:[{}]", 1000 + fd)))
+        }
+    }
+
+    fn ev(tgid: u32, ts_ns: u64, action: Action) -> Event {
+        Event {
+            ts_ns,
+            tgid,
+            tid: tgid,
+            stopped: false,
+            action,
+        }
+    }
+
+    fn open(tgid: u32, fd: Fd, path: &str, cloexec: bool) -> Event {
+        create(
+            tgid,
+            Syscall::Openat,
+            vec![fd],
+            FdKind::File,
+            cloexec,
+            Some(path),
+        )
+    }
+
+    fn create(
+        tgid: u32,
+        syscall: Syscall,
+        fds: Vec<Fd>,
+        kind: FdKind,
+        cloexec: bool,
+        target: Option<&str>,
+    ) -> Event {
+        ev(
+            tgid,
+            10,
+            Action::Create(Creation {
+                syscall,
+                fds,
+                kind,
+                cloexec,
+                like: None,
+                target: target.map(str::to_owned),
+                socket: None,
+                peer: None,
+                stack: None,
+            }),
+        )
+    }
+
+    fn table() -> FdTable {
+        let mut t = FdTable::default();
+        t.add_root(
+            100,
+            "/bin/app",
+            vec![(0, FdKind::File, "/dev/null".into(), false)],
+        );
+        t
+    }
+
+    fn leaks(t: &FdTable) -> Vec<(u32, Fd, FdKind, String)> {
+        t.leaks
+            .iter()
+            .map(|l| (l.tgid, l.fd, l.kind, l.target.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn open_then_close_is_not_a_leak() {
+        let mut t = table();
+        t.apply(
+            &open(100, 3, "/etc/hosts", false),
+            Some(StackRef(1)),
+            &mut NoProc,
+        );
+        let used = t.apply(&ev(100, 20, Action::Close { fd: 3 }), None, &mut NoProc);
+        assert_eq!(used.released, vec![StackRef(1)]);
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        assert!(t.leaks.is_empty());
+    }
+
+    #[test]
+    fn fd_open_at_exit_is_a_leak_but_inherited_fds_are_not() {
+        let mut t = table();
+        t.apply(
+            &open(100, 3, "/etc/hosts", false),
+            Some(StackRef(7)),
+            &mut NoProc,
+        );
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        assert_eq!(leaks(&t), vec![(100, 3, FdKind::File, "/etc/hosts".into())]);
+        assert_eq!(t.leaks[0].stack, Some(StackRef(7)));
+        assert_eq!(t.leaks[0].opened_by, "openat");
+        assert!(!t.leaks[0].still_running);
+    }
+
+    #[test]
+    fn fd_number_reuse_tracks_each_lifetime() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/a", false), Some(StackRef(1)), &mut NoProc);
+        t.apply(&ev(100, 11, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&open(100, 3, "/b", false), Some(StackRef(2)), &mut NoProc);
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        assert_eq!(leaks(&t), vec![(100, 3, FdKind::File, "/b".into())]);
+        assert_eq!(t.leaks[0].stack, Some(StackRef(2)));
+    }
+
+    #[test]
+    fn dup2_onto_open_fd_closes_it_and_copies_the_source() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/a", false), Some(StackRef(1)), &mut NoProc);
+        t.apply(&open(100, 4, "/b", false), Some(StackRef(2)), &mut NoProc);
+        let mut dup = create(100, Syscall::Dup2, vec![4], FdKind::Unknown, false, None);
+        if let Action::Create(c) = &mut dup.action {
+            c.like = Some(3);
+        }
+        let used = t.apply(&dup, Some(StackRef(3)), &mut NoProc);
+        assert_eq!(used.released, vec![StackRef(2)]);
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        assert_eq!(
+            leaks(&t),
+            vec![
+                (100, 3, FdKind::File, "/a".into()),
+                (100, 4, FdKind::File, "/a".into())
+            ]
+        );
+        assert_eq!(t.leaks[1].opened_by, "dup2");
+    }
+
+    #[test]
+    fn close_range_closes_or_marks() {
+        let mut t = table();
+        for fd in 3..8 {
+            t.apply(&open(100, fd, "/x", false), None, &mut NoProc);
+        }
+        t.apply(
+            &ev(
+                100,
+                12,
+                Action::CloseRange {
+                    first: 3,
+                    last: 5,
+                    cloexec_only: false,
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        t.apply(
+            &ev(
+                100,
+                12,
+                Action::CloseRange {
+                    first: 6,
+                    last: u32::MAX,
+                    cloexec_only: true,
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        let p = &t.processes[&100];
+        let mut open: Vec<Fd> = p.fds.keys().copied().collect();
+        open.sort_unstable();
+        assert_eq!(open, vec![0, 6, 7]);
+        assert!(p.fds[&6].cloexec && p.fds[&7].cloexec && !p.fds[&0].cloexec);
+    }
+
+    #[test]
+    fn exec_closes_cloexec_fds_and_reports_the_others() {
+        let mut t = table();
+        t.apply(
+            &open(100, 3, "/kept", false),
+            Some(StackRef(1)),
+            &mut NoProc,
+        );
+        t.apply(
+            &open(100, 4, "/closed", true),
+            Some(StackRef(2)),
+            &mut NoProc,
+        );
+        t.apply(
+            &open(100, 5, "/marked", false),
+            Some(StackRef(3)),
+            &mut NoProc,
+        );
+        t.apply(
+            &ev(100, 11, Action::SetCloexec { fd: 5, on: true }),
+            None,
+            &mut NoProc,
+        );
+        let used = t.apply(
+            &ev(
+                100,
+                12,
+                Action::Exec {
+                    filename: "/bin/child".into(),
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        assert_eq!(used.released.len(), 2);
+        assert_eq!(t.exec_leaks.len(), 1);
+        let e = &t.exec_leaks[0];
+        assert_eq!(
+            (e.fd, e.target.as_str(), e.exec.as_str(), e.stack),
+            (3, "/kept", "/bin/child", Some(StackRef(1)))
+        );
+        assert_eq!(t.processes[&100].comm, "child");
+    }
+
+    #[test]
+    fn a_child_leaks_only_what_it_created() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/parent", false), None, &mut NoProc);
+        t.apply(
+            &ev(
+                100,
+                11,
+                Action::Fork {
+                    child: 101,
+                    clone_flags: 0,
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        t.apply(&open(101, 4, "/child", false), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(leaks(&t), vec![(101, 4, FdKind::File, "/child".into())]);
+        t.apply(&ev(100, 30, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(100, 31, Action::Exit), None, &mut NoProc);
+        assert_eq!(t.leaks.len(), 1);
+        assert_eq!(t.processes[&101].ppid, Some(100));
+    }
+
+    #[test]
+    fn pipe_creates_two_fds_described_by_proc() {
+        let mut t = table();
+        let used = t.apply(
+            &create(100, Syscall::Pipe2, vec![3, 4], FdKind::Pipe, true, None),
+            Some(StackRef(5)),
+            &mut FakeProc,
+        );
+        assert_eq!(used.held, vec![StackRef(5), StackRef(5)]);
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        assert_eq!(
+            leaks(&t),
+            vec![
+                (100, 3, FdKind::Pipe, "pipe:[1003]".into()),
+                (100, 4, FdKind::Pipe, "pipe:[1004]".into())
+            ]
+        );
+        assert!(t.leaks[0].cloexec);
+    }
+
+    #[test]
+    fn accepted_socket_gets_listener_address_and_peer() {
+        let mut t = table();
+        let mut sock = create(100, Syscall::Socket, vec![3], FdKind::Socket, false, None);
+        if let Action::Create(c) = &mut sock.action {
+            c.socket = Some((2, 1));
+        }
+        t.apply(&sock, None, &mut NoProc);
+        t.apply(
+            &ev(
+                100,
+                11,
+                Action::Address {
+                    fd: 3,
+                    side: Side::Local,
+                    address: "127.0.0.1:80".into(),
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        let mut acc = create(100, Syscall::Accept4, vec![4], FdKind::Socket, false, None);
+        if let Action::Create(c) = &mut acc.action {
+            c.like = Some(3);
+            c.peer = Some("127.0.0.1:5555".into());
+        }
+        t.apply(&acc, None, &mut NoProc);
+        t.apply(&ev(100, 11, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        assert_eq!(
+            leaks(&t),
+            vec![(
+                100,
+                4,
+                FdKind::Socket,
+                "inet tcp 127.0.0.1:80 -> 127.0.0.1:5555".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn emfile_is_recorded_with_the_table_size() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/a", false), None, &mut NoProc);
+        let e = ev(
+            100,
+            40,
+            Action::Exhausted {
+                syscall: Syscall::Openat,
+                errno: 24,
+                argument: Some("/b".into()),
+                stack: None,
+            },
+        );
+        let used = t.apply(&e, Some(StackRef(9)), &mut NoProc);
+        assert_eq!(used.held, vec![StackRef(9)]);
+        assert_eq!(t.exhaustions.len(), 1);
+        assert_eq!(
+            (t.exhaustions[0].open_fds, t.exhaustions[0].syscall),
+            (2, "openat")
+        );
+    }
+
+    #[test]
+    fn finish_reports_live_processes_as_still_running() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/a", false), None, &mut NoProc);
+        t.finish(99);
+        assert_eq!(t.leaks.len(), 1);
+        assert!(t.leaks[0].still_running);
+        assert_eq!(t.leaks[0].seen_ns, 99);
+    }
+}

@@ -1,0 +1,16 @@
+//! fdtrace: which code opened the file descriptors that never closed.
+//!
+//! Follow one descriptor through the stages in this order: `load` (kernel
+//! programs), `events` (decoding), `stacks` (unwinding, symbolization),
+//! `fd_table` (lifetimes), `report` (grouping, rendering); `session` runs
+//! them for `fdtrace run`.
+
+pub mod cli;
+pub mod events;
+pub mod fd_table;
+pub mod load;
+pub mod procfs;
+pub mod report;
+pub mod session;
+pub mod spawn;
+pub mod stacks;

@@ -1,0 +1,219 @@
+//! Loading stage: checks the machine, loads the embedded eBPF object, sets
+//! its globals and attaches every program to the tracepoint it is named
+//! after. The only module that touches `aya::programs`.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::Program,
+};
+use fdtrace_common::{
+    COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, MAPS_SEEN_MAP, STACK_BYTES_GLOBAL,
+    STACK_MODE_GLOBAL, StackMode, TRACED_MAP,
+};
+
+/// The kernel programs, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fdtrace"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const BTF: &str = "/sys/kernel/btf/vmlinux";
+/// CAP_PERFMON (38) and CAP_BPF (39), bits of `CapEff` in /proc/self/status.
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// What the kernel side should capture.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeOptions {
+    pub stack_mode: StackMode,
+    pub stack_bytes: u32,
+}
+
+/// Counters the kernel keeps of what it could not deliver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    pub dropped_events: u64,
+    pub dropped_args: u64,
+    pub dropped_fds: u64,
+}
+
+impl Losses {
+    pub fn total(&self) -> u64 {
+        self.dropped_events + self.dropped_args + self.dropped_fds
+    }
+}
+
+/// Loaded and attached programs plus the maps userspace talks to.
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    events: Option<RingBuf<MapData>>,
+    traced: HashMap<MapData, u32, u32>,
+    maps_seen: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Checks privileges and kernel features, then loads and attaches.
+    pub fn load(options: ProbeOptions) -> Result<Self> {
+        check_privileges()?;
+        ensure_tracefs()?;
+        if !Path::new(BTF).exists() {
+            bail!(
+                "this kernel has no BTF ({BTF} is missing): fdtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+            );
+        }
+        raise_memlock_limit();
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, err)| anyhow::anyhow!("read {path}: {err}"))?;
+        let cpus = u32::try_from(cpus).context("number of CPUs")?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(STACK_MODE_GLOBAL, &(options.stack_mode as u32), true)
+            .override_global(STACK_BYTES_GLOBAL, &options.stack_bytes, true)
+            .map_max_entries("SCRATCH", cpus)
+            .load(EBPF_OBJECT)
+            .context("load the eBPF object (is the kernel 5.17 or newer with BPF enabled?)")?;
+        attach_all(&mut ebpf)?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
+        let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
+        let maps_seen = HashMap::try_from(take_map(&mut ebpf, MAPS_SEEN_MAP)?)?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            events: Some(events),
+            traced,
+            maps_seen,
+            counters,
+        })
+    }
+
+    /// Hands out the ring buffer (once) to the reading loop.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Starts tracing `tgid`; its future children are added by the kernel.
+    pub fn trace(&mut self, tgid: u32) -> Result<()> {
+        self.traced
+            .insert(tgid, 1, 0)
+            .with_context(|| format!("add process {tgid} to the traced set"))
+    }
+
+    /// Forgets that userspace has read `tgid`'s memory maps, so the next
+    /// creation event stops the process again and they are read afresh.
+    pub fn forget_maps(&mut self, tgid: u32) {
+        // Absent keys are fine: nothing to forget.
+        let _ = self.maps_seen.remove(&tgid);
+    }
+
+    /// Sums the per-CPU loss counters.
+    pub fn losses(&self) -> Losses {
+        let read = |counter: Counter| -> u64 {
+            self.counters
+                .get(&(counter as u32), 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        Losses {
+            dropped_events: read(Counter::DroppedEvents),
+            dropped_args: read(Counter::DroppedArgs),
+            dropped_fds: read(Counter::DroppedFds),
+        }
+    }
+}
+
+const _: () = assert!(COUNTER_SLOTS == 3);
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+/// Attaches each program to the tracepoint its name gives: `sys_enter` and
+/// `sys_exit` are raw_syscalls raw tracepoints, `sched_*` are `sched/*`.
+fn attach_all(ebpf: &mut Ebpf) -> Result<()> {
+    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+    for name in names {
+        let category = if name.starts_with("sys_") {
+            "raw_syscalls"
+        } else {
+            "sched"
+        };
+        let format = Path::new(TRACEFS).join("events").join(category).join(&name);
+        if !format.exists() {
+            bail!(
+                "this kernel has no tracepoint {category}/{name} ({} is missing)",
+                format.display()
+            );
+        }
+        let program = ebpf
+            .program_mut(&name)
+            .with_context(|| format!("program {name}"))?;
+        match program {
+            Program::RawTracePoint(raw) => {
+                raw.load()
+                    .with_context(|| format!("load program {name} (the verifier rejected it)"))?;
+                raw.attach(&name)
+                    .with_context(|| format!("attach raw tracepoint {category}/{name}"))?;
+            }
+            Program::TracePoint(tp) => {
+                tp.load()
+                    .with_context(|| format!("load program {name} (the verifier rejected it)"))?;
+                tp.attach(category, &name)
+                    .with_context(|| format!("attach tracepoint {category}/{name}"))?;
+            }
+            _ => bail!("program {name} is neither a tracepoint nor a raw tracepoint"),
+        }
+    }
+    Ok(())
+}
+
+/// Root, or CAP_BPF and CAP_PERFMON; otherwise say which is missing.
+fn check_privileges() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let cap_eff = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(bit, _)| cap_eff & (1 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "fdtrace needs root (or {}) to load eBPF programs: run it with sudo",
+        missing.join(" and ")
+    )
+}
+
+/// Mounts tracefs when it is missing (we are root by now).
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status();
+    match status {
+        Ok(s) if s.success() && Path::new(TRACEFS).join("events").exists() => Ok(()),
+        _ => bail!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed: run `mount -t tracefs nodev {TRACEFS}`"
+        ),
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}

@@ -1,0 +1,113 @@
+//! Reading what /proc says about a live process's descriptors.
+
+use std::fs;
+
+use crate::{
+    events::{Fd, FdKind},
+    fd_table::Describe,
+};
+
+const O_CLOEXEC: u32 = 0o2_000_000;
+
+/// Kind and description from a `/proc/PID/fd/N` link target.
+pub fn classify_link(link: &str) -> (FdKind, String) {
+    let kind = if link.starts_with("socket:") {
+        FdKind::Socket
+    } else if link.starts_with("pipe:") {
+        FdKind::Pipe
+    } else if link.starts_with("/memfd:") {
+        FdKind::Memfd
+    } else if let Some(anon) = link.strip_prefix("anon_inode:") {
+        match anon.trim_matches(|c| c == '[' || c == ']') {
+            "eventfd" => FdKind::Eventfd,
+            "eventpoll" => FdKind::Epoll,
+            "timerfd" => FdKind::Timerfd,
+            "signalfd" => FdKind::Signalfd,
+            "inotify" => FdKind::Inotify,
+            "fanotify" => FdKind::Fanotify,
+            "pidfd" => FdKind::Pidfd,
+            "io_uring" => FdKind::IoUring,
+            "userfaultfd" => FdKind::Userfaultfd,
+            "perf_event" => FdKind::Perf,
+            _ => FdKind::Other,
+        }
+    } else if link.starts_with('/') {
+        FdKind::File
+    } else {
+        FdKind::Other
+    };
+    let target = match kind {
+        FdKind::Memfd => link.trim_start_matches('/').to_owned(),
+        _ => link.to_owned(),
+    };
+    (kind, target)
+}
+
+/// Every open fd of a process: number, kind, target, close-on-exec.
+pub fn snapshot(tgid: u32) -> std::io::Result<Vec<(Fd, FdKind, String, bool)>> {
+    let mut fds = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{tgid}/fd"))? {
+        let entry = entry?;
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<Fd>().ok())
+        else {
+            continue;
+        };
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let (kind, target) = classify_link(&link.to_string_lossy());
+        let cloexec = fdinfo_flags(tgid, fd).is_some_and(|flags| flags & O_CLOEXEC != 0);
+        fds.push((fd, kind, target, cloexec));
+    }
+    fds.sort_unstable_by_key(|(fd, ..)| *fd);
+    Ok(fds)
+}
+
+fn fdinfo_flags(tgid: u32, fd: Fd) -> Option<u32> {
+    let info = fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    u32::from_str_radix(flags.trim(), 8).ok()
+}
+
+/// Describes fds by reading their /proc link while the process is alive.
+pub struct ProcDescribe;
+
+impl Describe for ProcDescribe {
+    fn describe(&mut self, tgid: u32, fd: Fd) -> Option<(FdKind, String)> {
+        let link = fs::read_link(format!("/proc/{tgid}/fd/{fd}")).ok()?;
+        Some(classify_link(&link.to_string_lossy()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_proc_links() {
+        assert_eq!(
+            classify_link("socket:[123]"),
+            (FdKind::Socket, "socket:[123]".into())
+        );
+        assert_eq!(classify_link("pipe:[9]").0, FdKind::Pipe);
+        assert_eq!(classify_link("anon_inode:[eventfd]").0, FdKind::Eventfd);
+        assert_eq!(classify_link("anon_inode:[eventpoll]").0, FdKind::Epoll);
+        assert_eq!(classify_link("anon_inode:inotify").0, FdKind::Inotify);
+        assert_eq!(classify_link("anon_inode:[pidfd]").0, FdKind::Pidfd);
+        assert_eq!(
+            classify_link("/memfd:cache (deleted)"),
+            (FdKind::Memfd, "memfd:cache (deleted)".into())
+        );
+        assert_eq!(classify_link("/etc/hosts").0, FdKind::File);
+    }
+
+    #[test]
+    fn snapshot_sees_our_own_stdio() {
+        let me = std::process::id();
+        let fds = snapshot(me).unwrap();
+        assert!(fds.iter().any(|(fd, ..)| *fd == 0));
+    }
+}

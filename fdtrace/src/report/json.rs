@@ -1,0 +1,65 @@
+//! JSON renderer: the documented machine-readable format (README, "JSON").
+
+use std::io::{self, Write};
+
+use super::Report;
+
+pub fn render(report: &Report, out: &mut impl Write) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, report)?;
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Group, LeakEntry, VERSION};
+
+    #[test]
+    fn has_the_documented_fields() {
+        let report = Report {
+            version: VERSION,
+            command: vec!["./a".into()],
+            exit_status: Some(1),
+            dropped_events: 0,
+            incomplete: false,
+            processes: vec![],
+            leaks: vec![LeakEntry {
+                pid: 1,
+                fd: 3,
+                kind: "pipe",
+                target: "pipe:[9]".into(),
+                cloexec: true,
+                opened_by: "pipe2",
+                age_ms: 5,
+                stack_id: Some(0),
+                still_running: false,
+            }],
+            exec_leaks: vec![],
+            emfile: vec![],
+            groups: vec![Group {
+                stack_id: 0,
+                count: 1,
+                truncated: false,
+                stack: vec![],
+            }],
+        };
+        let mut out = Vec::new();
+        render(&report, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["exit_status"], 1);
+        assert_eq!(v["leaks"][0]["kind"], "pipe");
+        assert_eq!(v["leaks"][0]["opened_by"], "pipe2");
+        assert_eq!(v["leaks"][0]["stack_id"], 0);
+        assert_eq!(v["groups"][0]["count"], 1);
+        for key in [
+            "command",
+            "dropped_events",
+            "processes",
+            "exec_leaks",
+            "emfile",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Stack stage: keeps each stack sample while some fd needs it, unwinds
+//! the ones that live long enough (or survive to the report) against the
+//! memory maps of the process that took them, and interns the results so
+//! identical stacks share one [`StackId`] and are symbolized once.
+
+pub mod maps;
+pub mod symbolize;
+pub mod unwind;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use hashbrown::HashMap;
+
+use crate::{events::StackSample, fd_table::StackRef};
+use maps::ProcessMaps;
+use unwind::{ModuleCache, ProcessUnwinder};
+
+/// Dense id of an interned stack; what reports group by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(pub u32);
+
+/// One frame, independent of where its module was loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Frame {
+    /// `svma` is the address inside `module` (as symbol tables see it), so
+    /// the same code in two processes is the same frame despite ASLR.
+    Module { module: Arc<PathBuf>, svma: u64 },
+    /// An address in no known file mapping (JIT code, vdso, a stale map).
+    Unknown { address: u64 },
+}
+
+/// A complete stack, innermost frame first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stack {
+    pub frames: Vec<Frame>,
+    /// The unwinder stopped early or the copied stack ran out.
+    pub truncated: bool,
+}
+
+/// An address space's maps plus the unwinder built from them (lazily).
+struct AddressSpace {
+    maps: Arc<ProcessMaps>,
+    unwinder: Option<ProcessUnwinder>,
+}
+
+enum State {
+    Raw {
+        tgid: u32,
+        space: Option<usize>,
+        sample: StackSample,
+    },
+    Done(StackId),
+}
+
+struct Slot {
+    state: State,
+    refs: u32,
+    taken_ns: u64,
+}
+
+/// Stack samples, address spaces and interned stacks.
+#[derive(Default)]
+pub struct Stacks {
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// Every address space seen; a process points at its latest one.
+    spaces: Vec<AddressSpace>,
+    current_space: HashMap<u32, usize>,
+    modules: ModuleCache,
+    interned: HashMap<Stack, StackId>,
+    stacks: Vec<Stack>,
+    /// Samples that could not be unwound (no maps, no module).
+    pub unresolved: u64,
+}
+
+impl Stacks {
+    /// Records `tgid`'s memory maps as read now.
+    pub fn set_maps(&mut self, tgid: u32, maps: ProcessMaps) {
+        self.spaces.push(AddressSpace {
+            maps: Arc::new(maps),
+            unwinder: None,
+        });
+        self.current_space.insert(tgid, self.spaces.len() - 1);
+    }
+
+    /// A forked child starts with its parent's address space.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        if let Some(&space) = self.current_space.get(&parent) {
+            self.current_space.insert(child, space);
+        }
+    }
+
+    /// After exec the old maps no longer apply.
+    pub fn exec(&mut self, tgid: u32) {
+        self.current_space.remove(&tgid);
+    }
+
+    /// Keeps a sample; it is freed when nothing holds it any more.
+    pub fn add(&mut self, tgid: u32, sample: StackSample, taken_ns: u64) -> StackRef {
+        let space = self.current_space.get(&tgid).copied();
+        let slot = Slot {
+            state: State::Raw {
+                tgid,
+                space,
+                sample,
+            },
+            refs: 0,
+            taken_ns,
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        StackRef(index)
+    }
+
+    pub fn hold(&mut self, r: StackRef) {
+        if let Some(slot) = self.slot_mut(r) {
+            slot.refs += 1;
+        }
+    }
+
+    pub fn release(&mut self, r: StackRef) {
+        if let Some(slot) = self.slot_mut(r) {
+            slot.refs = slot.refs.saturating_sub(1);
+        }
+        self.drop_if_unused(r);
+    }
+
+    /// Frees a sample nothing holds (call after handing it to the fd table).
+    pub fn drop_if_unused(&mut self, r: StackRef) {
+        if self.slot_mut(r).is_some_and(|s| s.refs == 0) {
+            self.slots[r.0 as usize] = None;
+            self.free.push(r.0);
+        }
+    }
+
+    fn slot_mut(&mut self, r: StackRef) -> Option<&mut Slot> {
+        self.slots.get_mut(r.0 as usize).and_then(Option::as_mut)
+    }
+
+    /// Unwinds samples taken more than `age` before `now_ns`, so raw stack
+    /// bytes are kept only for young descriptors.
+    pub fn mature(&mut self, now_ns: u64, age: Duration) {
+        let age_ns = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        for i in 0..self.slots.len() {
+            let old_raw = matches!(&self.slots[i], Some(Slot { state: State::Raw { .. }, taken_ns, .. }) if now_ns.saturating_sub(*taken_ns) >= age_ns);
+            if old_raw {
+                self.resolve(StackRef(u32::try_from(i).unwrap_or(u32::MAX)));
+            }
+        }
+    }
+
+    /// Samples still held as raw bytes.
+    pub fn raw_count(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| matches!(s.state, State::Raw { .. }))
+            .count()
+    }
+
+    /// The interned stack of a sample, unwinding it now if needed.
+    pub fn resolve(&mut self, r: StackRef) -> Option<StackId> {
+        let slot = self.slots.get_mut(r.0 as usize)?.as_mut()?;
+        let (space, sample) = match &mut slot.state {
+            State::Done(id) => return Some(*id),
+            State::Raw {
+                tgid,
+                space,
+                sample,
+            } => (
+                space.or_else(|| self.current_space.get(tgid).copied()),
+                std::mem::replace(sample, StackSample::FramePointer(Vec::new())),
+            ),
+        };
+        let stack = self.build(space, &sample);
+        let id = self.intern(stack);
+        if let Some(slot) = self.slots.get_mut(r.0 as usize).and_then(Option::as_mut) {
+            slot.state = State::Done(id);
+        }
+        Some(id)
+    }
+
+    fn build(&mut self, space: Option<usize>, sample: &StackSample) -> Stack {
+        let Some(space_index) = space else {
+            self.unresolved += 1;
+            let frames = match sample {
+                StackSample::Raw { ip, .. } => vec![Frame::Unknown { address: *ip }],
+                StackSample::FramePointer(addrs) => addrs
+                    .iter()
+                    .map(|&address| Frame::Unknown { address })
+                    .collect(),
+            };
+            return Stack {
+                frames,
+                truncated: true,
+            };
+        };
+        let (addresses, truncated) = match sample {
+            StackSample::Raw {
+                ip, sp, bp, bytes, ..
+            } => {
+                let space = &mut self.spaces[space_index];
+                let unwinder = space
+                    .unwinder
+                    .get_or_insert_with(|| ProcessUnwinder::new(&space.maps, &mut self.modules));
+                unwinder.unwind(*ip, *sp, *bp, bytes)
+            }
+            StackSample::FramePointer(addrs) => {
+                // Frame-pointer walks give return addresses after the first.
+                let lookup = addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) });
+                (
+                    lookup.collect(),
+                    addrs.len() >= fdtrace_common::MAX_FP_FRAMES,
+                )
+            }
+        };
+        let maps = self.spaces[space_index].maps.clone();
+        let frames = addresses
+            .into_iter()
+            .map(|address| {
+                let Some(m) = maps.find(address) else {
+                    return Frame::Unknown { address };
+                };
+                let offset = address - m.start + m.offset;
+                match self
+                    .modules
+                    .get(&m.host_path)
+                    .and_then(|module| module.svma_of_file_offset(offset))
+                {
+                    Some(svma) => Frame::Module {
+                        module: m.host_path.clone(),
+                        svma,
+                    },
+                    None => Frame::Unknown { address },
+                }
+            })
+            .collect();
+        Stack { frames, truncated }
+    }
+
+    fn intern(&mut self, stack: Stack) -> StackId {
+        if let Some(&id) = self.interned.get(&stack) {
+            return id;
+        }
+        let id = StackId(u32::try_from(self.stacks.len()).unwrap_or(u32::MAX));
+        self.stacks.push(stack.clone());
+        self.interned.insert(stack, id);
+        id
+    }
+
+    pub fn stack(&self, id: StackId) -> &Stack {
+        &self.stacks[id.0 as usize]
+    }
+}

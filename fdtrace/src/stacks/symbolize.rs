@@ -1,0 +1,111 @@
+//! Symbolization: each unique stack once, at report time, one blazesym
+//! call per module for all of that module's addresses.
+
+use std::{path::PathBuf, sync::Arc};
+
+use blazesym::symbolize::{Input, Symbolized, Symbolizer, source::Elf, source::Source};
+use hashbrown::{HashMap, HashSet};
+
+use super::{Frame, StackId, Stacks};
+
+/// A frame ready for a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymFrame {
+    /// Address within the module (or the raw address for unknown code).
+    pub address: u64,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+    /// This function was inlined into the next frame.
+    pub inlined: bool,
+}
+
+/// Symbolizes the given stacks. Frames come innermost first; a frame with
+/// inlined calls expands into several `SymFrame`s, innermost first.
+pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFrame>> {
+    let mut by_module: HashMap<Arc<PathBuf>, HashSet<u64>> = HashMap::new();
+    for &id in ids {
+        for frame in &stacks.stack(id).frames {
+            if let Frame::Module { module, svma } = frame {
+                by_module.entry(module.clone()).or_default().insert(*svma);
+            }
+        }
+    }
+    let symbolizer = Symbolizer::new();
+    let mut resolved: HashMap<(Arc<PathBuf>, u64), Vec<SymFrame>> = HashMap::new();
+    for (module, svmas) in by_module {
+        let svmas: Vec<u64> = svmas.into_iter().collect();
+        let source = Source::Elf(Elf::new(module.as_path()));
+        let module_name = module.display().to_string();
+        let results = symbolizer
+            .symbolize(&source, Input::VirtOffset(&svmas))
+            .unwrap_or_default();
+        for (i, &svma) in svmas.iter().enumerate() {
+            let frames = match results.get(i) {
+                Some(Symbolized::Sym(sym)) => {
+                    let mut out = Vec::new();
+                    // Innermost inlined call first, the containing function last.
+                    for inl in sym.inlined.iter().rev() {
+                        out.push(SymFrame {
+                            address: svma,
+                            function: Some(inl.name.to_string()),
+                            file: inl
+                                .code_info
+                                .as_ref()
+                                .map(|c| c.to_path().display().to_string()),
+                            line: inl.code_info.as_ref().and_then(|c| c.line),
+                            module: Some(module_name.clone()),
+                            inlined: true,
+                        });
+                    }
+                    out.push(SymFrame {
+                        address: svma,
+                        function: Some(sym.name.to_string()),
+                        file: sym
+                            .code_info
+                            .as_ref()
+                            .map(|c| c.to_path().display().to_string()),
+                        line: sym.code_info.as_ref().and_then(|c| c.line),
+                        module: Some(module_name.clone()),
+                        inlined: false,
+                    });
+                    out
+                }
+                _ => vec![SymFrame {
+                    address: svma,
+                    function: None,
+                    file: None,
+                    line: None,
+                    module: Some(module_name.clone()),
+                    inlined: false,
+                }],
+            };
+            resolved.insert((module.clone(), svma), frames);
+        }
+    }
+    ids.iter()
+        .map(|&id| {
+            let frames = stacks
+                .stack(id)
+                .frames
+                .iter()
+                .flat_map(|frame| match frame {
+                    Frame::Module { module, svma } => resolved
+                        .get(&(module.clone(), *svma))
+                        .cloned()
+                        .unwrap_or_default(),
+                    Frame::Unknown { address } => vec![SymFrame {
+                        address: *address,
+                        function: None,
+                        file: None,
+                        line: None,
+                        module: None,
+                        inlined: false,
+                    }],
+                })
+                .collect();
+            (id, frames)
+        })
+        .collect()
+}

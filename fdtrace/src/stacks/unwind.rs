@@ -1,0 +1,206 @@
+//! Unwinding a raw stack sample with the modules' CFI (`.eh_frame`,
+//! `.debug_frame`), the way `perf --call-graph dwarf` does; framehop falls
+//! back to frame pointers where a module has no CFI.
+
+use std::{fs, ops::Deref, ops::Range, path::PathBuf, sync::Arc};
+
+use framehop::{
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _,
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+};
+use hashbrown::HashMap;
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
+
+use super::maps::ProcessMaps;
+
+/// Most frames kept per stack.
+pub const MAX_FRAMES: usize = 128;
+
+/// Bytes of a section inside a shared file image.
+#[derive(Clone)]
+pub struct Section {
+    file: Arc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+impl Deref for Section {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.file[self.range.clone()]
+    }
+}
+
+/// A load segment: where file bytes land in the module's address space.
+#[derive(Clone, Debug)]
+struct Segment {
+    file_offset: u64,
+    file_size: u64,
+    svma: u64,
+}
+
+/// What we keep of an ELF file: its segments and unwind sections.
+pub struct ElfModule {
+    file: Arc<Vec<u8>>,
+    segments: Vec<Segment>,
+    sections: HashMap<&'static str, (Range<u64>, Range<usize>)>,
+}
+
+impl ElfModule {
+    fn parse(path: &PathBuf) -> Option<Self> {
+        let file = Arc::new(fs::read(path).ok()?);
+        let elf = object::File::parse(&file[..]).ok()?;
+        let segments = elf
+            .segments()
+            .filter(|s| matches!(s.flags(), SegmentFlags::Elf { .. }))
+            .map(|s| {
+                let (file_offset, file_size) = s.file_range();
+                Segment {
+                    file_offset,
+                    file_size,
+                    svma: s.address(),
+                }
+            })
+            .collect();
+        let mut sections = HashMap::new();
+        for name in [
+            ".text",
+            ".eh_frame",
+            ".eh_frame_hdr",
+            ".debug_frame",
+            ".got",
+        ] {
+            if let Some(section) = elf.section_by_name(name) {
+                let Some((offset, size)) = section.file_range() else {
+                    continue;
+                };
+                let (Ok(start), Ok(len)) = (usize::try_from(offset), usize::try_from(size)) else {
+                    continue;
+                };
+                if start.checked_add(len).is_none_or(|end| end > file.len()) {
+                    continue;
+                }
+                let svma = section.address()..section.address() + section.size();
+                sections.insert(name, (svma, start..start + len));
+            }
+        }
+        Some(Self {
+            file,
+            segments,
+            sections,
+        })
+    }
+
+    /// The address in the file's own address space (what symbol tables
+    /// and DWARF use) of a file offset.
+    pub fn svma_of_file_offset(&self, offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| (s.file_offset..s.file_offset + s.file_size).contains(&offset))
+            .map(|s| s.svma + (offset - s.file_offset))
+    }
+
+    fn section(&self, name: &str) -> Option<Section> {
+        self.sections.get(name).map(|(_, range)| Section {
+            file: self.file.clone(),
+            range: range.clone(),
+        })
+    }
+
+    fn svma(&self, name: &str) -> Option<Range<u64>> {
+        self.sections.get(name).map(|(svma, _)| svma.clone())
+    }
+}
+
+/// Parsed ELF files by host path, shared by every process.
+#[derive(Default)]
+pub struct ModuleCache {
+    modules: HashMap<Arc<PathBuf>, Option<Arc<ElfModule>>>,
+}
+
+impl ModuleCache {
+    pub fn get(&mut self, path: &Arc<PathBuf>) -> Option<Arc<ElfModule>> {
+        self.modules
+            .entry(path.clone())
+            .or_insert_with(|| ElfModule::parse(path).map(Arc::new))
+            .clone()
+    }
+}
+
+/// An unwinder primed with one address space's modules.
+pub struct ProcessUnwinder {
+    unwinder: UnwinderX86_64<Section>,
+    cache: CacheX86_64,
+}
+
+impl ProcessUnwinder {
+    pub fn new(maps: &ProcessMaps, modules: &mut ModuleCache) -> Self {
+        let mut unwinder = UnwinderX86_64::new();
+        for m in maps.mappings.iter().filter(|m| m.executable) {
+            let Some(module) = modules.get(&m.host_path) else {
+                continue;
+            };
+            let Some(svma) = module.svma_of_file_offset(m.offset) else {
+                continue;
+            };
+            let bias = m.start.wrapping_sub(svma);
+            let info = ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: module.svma(".text"),
+                text: module.section(".text"),
+                got_svma: module.svma(".got"),
+                eh_frame_svma: module.svma(".eh_frame"),
+                eh_frame: module.section(".eh_frame"),
+                eh_frame_hdr_svma: module.svma(".eh_frame_hdr"),
+                eh_frame_hdr: module.section(".eh_frame_hdr"),
+                debug_frame: module.section(".debug_frame"),
+                stubs_svma: None,
+                stub_helper_svma: None,
+                unwind_info: None,
+                text_segment_svma: None,
+                text_segment: None,
+            };
+            unwinder.add_module(Module::new(m.path.to_string(), m.start..m.end, bias, info));
+        }
+        Self {
+            unwinder,
+            cache: CacheX86_64::new(),
+        }
+    }
+
+    /// Unwinds from the registers through the copied stack bytes. Returns
+    /// lookup addresses (return addresses minus one), innermost first, and
+    /// whether the walk stopped before reaching the stack's root.
+    pub fn unwind(&mut self, ip: u64, sp: u64, bp: u64, stack: &[u8]) -> (Vec<u64>, bool) {
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let start = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+            let word = stack.get(start..start + 8).ok_or(())?;
+            Ok(u64::from_ne_bytes(word.try_into().map_err(|_| ())?))
+        };
+        let regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut frames = Vec::new();
+        let mut iter = self
+            .unwinder
+            .iter_frames(ip, regs, &mut self.cache, &mut read_stack);
+        let truncated = loop {
+            match iter.next() {
+                Ok(Some(frame)) => {
+                    if frames.len() == MAX_FRAMES {
+                        break true;
+                    }
+                    frames.push(lookup_address(frame));
+                }
+                Ok(None) => break false,
+                Err(_) => break true,
+            }
+        };
+        (frames, truncated)
+    }
+}
+
+/// Return addresses point after the call; look up the call itself.
+fn lookup_address(frame: FrameAddress) -> u64 {
+    match frame {
+        FrameAddress::InstructionPointer(ip) => ip,
+        FrameAddress::ReturnAddress(ra) => u64::from(ra) - 1,
+    }
+}

@@ -185,11 +185,13 @@ fn leak_group(
         who.push(format!("+{} more", pids.len() - 2));
     }
     let opened_by = leaks.first().map_or("?", |l| l.opened_by);
-    let head = format!(
-        "{} x {kinds}, opened by {opened_by} in {}",
-        leaks.len(),
-        who.join(", ")
-    );
+    let count = leaks.len();
+    let what = if kinds.contains(',') {
+        format!("{count} descriptors ({kinds})")
+    } else {
+        format!("{count} x {kinds}")
+    };
+    let head = format!("{what}, opened by {opened_by} in {}", who.join(", "));
     writeln!(out, "{}", style.bold(&fit(&head, WIDTH)))?;
     for l in leaks.iter().take(MAX_SAMPLES) {
         let running = if l.still_running {

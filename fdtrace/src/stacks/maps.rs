@@ -4,7 +4,7 @@
 
 use std::{fs, io, path::PathBuf, sync::Arc};
 
-/// One file-backed mapping.
+/// One file-backed or executable mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
@@ -12,7 +12,8 @@ pub struct Mapping {
     /// File offset of `start`.
     pub offset: u64,
     pub executable: bool,
-    /// Path as the process sees it.
+    /// Path as the process sees it; empty or `[vdso]`-style for
+    /// anonymous code.
     pub path: Arc<str>,
     /// Where we can open it: through `/proc/PID/root` for processes in
     /// other mount namespaces.
@@ -23,6 +24,13 @@ pub struct Mapping {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessMaps {
     pub mappings: Vec<Mapping>,
+}
+
+impl Mapping {
+    /// Backed by a file we can read unwind and symbol data from.
+    pub fn is_file(&self) -> bool {
+        self.path.starts_with('/')
+    }
 }
 
 impl ProcessMaps {
@@ -66,8 +74,11 @@ fn parse_line(line: &str, host_path: &impl Fn(&str) -> PathBuf) -> Option<Mappin
     let offset = fields.next()?;
     let _dev = fields.next()?;
     let _inode = fields.next()?;
-    let path = fields.next()?.trim_start();
-    if !path.starts_with('/') {
+    let path = fields.next().unwrap_or("").trim_start();
+    let executable = perms.as_bytes().get(2) == Some(&b'x');
+    // File mappings, plus anonymous executable ones (JIT code, [vdso]) so
+    // their frames are known to be code.
+    if !path.starts_with('/') && !executable {
         return None;
     }
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
@@ -76,7 +87,7 @@ fn parse_line(line: &str, host_path: &impl Fn(&str) -> PathBuf) -> Option<Mappin
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
-        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        executable,
         path: Arc::from(path),
         host_path: Arc::new(host_path(path)),
     })
@@ -99,6 +110,12 @@ mod tests {
     fn parses_file_mappings_only_and_finds_addresses() {
         let maps = ProcessMaps::parse(MAPS, |p| PathBuf::from(p));
         assert_eq!(maps.mappings.len(), 4);
+        let with_anon = ProcessMaps::parse(
+            "7f00-7f10 r-xp 00000000 00:00 0 \n7f20-7f30 r-xp 00000000 00:00 0   [vdso]\n",
+            |p| PathBuf::from(p),
+        );
+        assert_eq!(with_anon.mappings.len(), 2);
+        assert!(!with_anon.mappings[1].is_file());
         let libc = maps.find(0x7f1c2a000010).unwrap();
         assert_eq!(
             (&*libc.path, libc.offset, libc.executable),

@@ -228,19 +228,22 @@ impl Stacks {
         let maps = self.spaces[space_index].maps.clone();
         let frames = addresses
             .into_iter()
-            .map(|address| {
-                let Some(m) = maps.find(address) else {
+            .enumerate()
+            // A "return address" outside any code mapping is unwinder
+            // garbage (a stack slot read as an address): leave it out.
+            .filter(|&(i, address)| i == 0 || maps.find(address).is_some_and(|m| m.executable))
+            .map(|(_, address)| {
+                let Some(m) = maps.find(address).filter(|m| m.is_file()) else {
                     return Frame::Unknown { address };
                 };
-                let offset = address - m.start + m.offset;
                 match self
                     .modules
                     .get(&m.host_path)
-                    .and_then(|module| module.svma_of_file_offset(offset))
+                    .and_then(|module| module.bias(m))
                 {
-                    Some(svma) => Frame::Module {
+                    Some(bias) => Frame::Module {
                         module: m.host_path.clone(),
-                        svma,
+                        svma: address.wrapping_sub(bias),
                     },
                     None => Frame::Unknown { address },
                 }

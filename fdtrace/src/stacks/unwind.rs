@@ -11,7 +11,7 @@ use framehop::{
 use hashbrown::HashMap;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
 
-use super::maps::ProcessMaps;
+use super::maps::{Mapping, ProcessMaps};
 
 /// Most frames kept per stack.
 pub const MAX_FRAMES: usize = 128;
@@ -34,8 +34,15 @@ impl Deref for Section {
 #[derive(Clone, Debug)]
 struct Segment {
     file_offset: u64,
-    file_size: u64,
     svma: u64,
+    executable: bool,
+}
+
+const PAGE: u64 = 4096;
+const PF_X: u32 = 1;
+
+fn page_floor(x: u64) -> u64 {
+    x & !(PAGE - 1)
 }
 
 /// What we keep of an ELF file: its segments and unwind sections.
@@ -51,14 +58,13 @@ impl ElfModule {
         let elf = object::File::parse(&file[..]).ok()?;
         let segments = elf
             .segments()
-            .filter(|s| matches!(s.flags(), SegmentFlags::Elf { .. }))
-            .map(|s| {
-                let (file_offset, file_size) = s.file_range();
-                Segment {
-                    file_offset,
-                    file_size,
+            .filter_map(|s| match s.flags() {
+                SegmentFlags::Elf { p_flags } => Some(Segment {
+                    file_offset: s.file_range().0,
                     svma: s.address(),
-                }
+                    executable: p_flags & PF_X != 0,
+                }),
+                _ => None,
             })
             .collect();
         let mut sections = HashMap::new();
@@ -90,13 +96,23 @@ impl ElfModule {
         })
     }
 
-    /// The address in the file's own address space (what symbol tables
-    /// and DWARF use) of a file offset.
-    pub fn svma_of_file_offset(&self, offset: u64) -> Option<u64> {
-        self.segments
+    /// How far the mapping of `mapping` moved this file from its own
+    /// addresses (what symbol tables and DWARF use): `avma - svma`.
+    ///
+    /// The kernel maps each load segment from the page holding its first
+    /// byte, so the mapping's file offset names the segment. File offsets
+    /// and addresses may differ (lld and recent ld lay files out that way),
+    /// so the bias comes from the segment, not from the offset.
+    pub fn bias(&self, mapping: &Mapping) -> Option<u64> {
+        let mut candidates = self
+            .segments
             .iter()
-            .find(|s| (s.file_offset..s.file_offset + s.file_size).contains(&offset))
-            .map(|s| s.svma + (offset - s.file_offset))
+            .filter(|s| page_floor(s.file_offset) == mapping.offset);
+        let first = candidates.clone().next()?;
+        let segment = candidates
+            .find(|s| s.executable == mapping.executable)
+            .unwrap_or(first);
+        Some(mapping.start.wrapping_sub(page_floor(segment.svma)))
     }
 
     fn section(&self, name: &str) -> Option<Section> {
@@ -135,14 +151,13 @@ pub struct ProcessUnwinder {
 impl ProcessUnwinder {
     pub fn new(maps: &ProcessMaps, modules: &mut ModuleCache) -> Self {
         let mut unwinder = UnwinderX86_64::new();
-        for m in maps.mappings.iter().filter(|m| m.executable) {
+        for m in maps.mappings.iter().filter(|m| m.executable && m.is_file()) {
             let Some(module) = modules.get(&m.host_path) else {
                 continue;
             };
-            let Some(svma) = module.svma_of_file_offset(m.offset) else {
+            let Some(bias) = module.bias(m) else {
                 continue;
             };
-            let bias = m.start.wrapping_sub(svma);
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
                 text_svma: module.svma(".text"),

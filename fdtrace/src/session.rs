@@ -119,10 +119,14 @@ impl Tracer {
         ids.sort_unstable();
         ids.dedup();
         let frames = symbolize::symbolize(&self.stacks, &ids);
-        let truncated = ids
-            .iter()
-            .map(|&id| (id, self.stacks.stack(id).truncated))
-            .collect();
+        let canonical = symbolize::same_source(&frames, &ids);
+        for id in stack_ids.values_mut() {
+            *id = canonical[id];
+        }
+        let mut truncated = HashMap::new();
+        for &id in &ids {
+            *truncated.entry(canonical[&id]).or_insert(false) |= self.stacks.stack(id).truncated;
+        }
         Report::build(
             &self.table,
             &Context {

@@ -1,1 +1,232 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: build the real `fdtrace` binary,
+//! compile fixture programs, run traces and read their JSON reports.
+//!
+//! Tests that need BPF call [`bpf_or_skip`] first: it prints
+//! `skipping: <why>` when BPF cannot be loaded here, and panics instead
+//! when `CI` or `FDTRACE_REQUIRE_BPF` is set, so CI never goes green
+//! without having traced anything.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+/// Builds `fdtrace` once per test binary and returns its path.
+pub fn fdtrace() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "--locked", "--package", "fdtrace"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p fdtrace failed");
+        target_dir().join("debug/fdtrace")
+    })
+}
+
+/// Where compiled fixtures go.
+pub fn fixture_out() -> PathBuf {
+    let dir = target_dir().join("fixtures");
+    fs::create_dir_all(&dir).expect("create fixture dir");
+    dir
+}
+
+pub fn fixture_source(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures").join(name)
+}
+
+/// Compiles a C fixture with `cc`; `variant` names the flag set.
+pub fn compile_c(source: &str, variant: &str, flags: &[&str]) -> PathBuf {
+    let src = fixture_source(source);
+    let stem = source.trim_end_matches(".c");
+    let out = fixture_out().join(format!("{stem}-{variant}"));
+    let output = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg("-pthread")
+        .output()
+        .expect("run cc (install gcc)");
+    assert!(
+        output.status.success(),
+        "cc {source} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// The usual C fixture build: debug info, no optimisation, frame pointers.
+pub fn c_fixture(source: &str) -> PathBuf {
+    compile_c(source, "g", &["-g", "-O0", "-fno-omit-frame-pointer"])
+}
+
+/// Compiles a Rust fixture with `rustc`.
+pub fn rust_fixture(source: &str, variant: &str, flags: &[&str]) -> PathBuf {
+    let out = fixture_out().join(format!("{}-{variant}", source.trim_end_matches(".rs")));
+    let output = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(fixture_source(source))
+        .output()
+        .expect("run rustc");
+    assert!(
+        output.status.success(),
+        "rustc {source} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// The line of `source` carrying `marker` (1-based).
+pub fn marker_line(source: &str, marker: &str) -> u64 {
+    let text = fs::read_to_string(fixture_source(source)).expect("read fixture");
+    let index = text
+        .lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("{marker} not in {source}"));
+    u64::try_from(index + 1).expect("line number")
+}
+
+/// Whether BPF programs load here; see the module docs.
+pub fn bpf_or_skip() -> bool {
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = AVAILABLE.get_or_init(|| {
+        let output = Command::new(fdtrace())
+            .args(["run", "--", "/bin/true"])
+            .output()
+            .expect("run fdtrace");
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+    });
+    match result {
+        Ok(()) => true,
+        Err(why) => {
+            if env::var_os("CI").is_some() || env::var_os("FDTRACE_REQUIRE_BPF").is_some() {
+                panic!(
+                    "BPF is required (CI or FDTRACE_REQUIRE_BPF is set) but fdtrace cannot trace: {why}"
+                );
+            }
+            eprintln!("skipping: fdtrace cannot trace here: {why}");
+            false
+        }
+    }
+}
+
+/// One finished `fdtrace run`.
+pub struct Trace {
+    pub output: Output,
+    pub report: Value,
+}
+
+impl Trace {
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn leaks(&self) -> &Vec<Value> {
+        self.report["leaks"].as_array().expect("leaks array")
+    }
+
+    pub fn exec_leaks(&self) -> &Vec<Value> {
+        self.report["exec_leaks"]
+            .as_array()
+            .expect("exec_leaks array")
+    }
+
+    /// The symbolized frames of a stack id.
+    pub fn frames(&self, stack_id: &Value) -> Vec<Value> {
+        let groups = self.report["groups"].as_array().expect("groups array");
+        groups
+            .iter()
+            .find(|g| &g["stack_id"] == stack_id)
+            .and_then(|g| g["stack"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Function names of a stack id, innermost first.
+    pub fn functions(&self, stack_id: &Value) -> Vec<String> {
+        self.frames(stack_id)
+            .iter()
+            .filter_map(|f| f["function"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Leaks whose stack contains `function`.
+    pub fn leaks_from(&self, function: &str) -> Vec<&Value> {
+        self.leaks()
+            .iter()
+            .filter(|l| self.functions(&l["stack_id"]).iter().any(|f| f == function))
+            .collect()
+    }
+}
+
+/// Runs `fdtrace run --format json -o FILE ARGS -- CMD` and parses the report.
+pub fn trace(args: &[&str], cmd: &[&str]) -> Trace {
+    let report_path =
+        fixture_out().join(format!("report-{}-{}.json", std::process::id(), unique()));
+    let output = Command::new(fdtrace())
+        .arg("run")
+        .args(["--format", "json", "-o"])
+        .arg(&report_path)
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .output()
+        .expect("run fdtrace");
+    let text = fs::read_to_string(&report_path).unwrap_or_else(|e| {
+        panic!(
+            "no report at {} ({e}); stderr: {}",
+            report_path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let _ = fs::remove_file(&report_path);
+    let report = serde_json::from_str(&text).expect("report is JSON");
+    Trace { output, report }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The Python interpreter to run Python fixtures with: the real binary, not
+/// a shell shim (pyenv), so the traced process is Python itself.
+pub fn python() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("run python3");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::{FrameEntry, Group, LeakEntry, Report};
+use super::{ExecLeakEntry, FrameEntry, Group, LeakEntry, Report};
 
 const WIDTH: usize = 80;
 /// Frames shown per stack; JSON has them all.
@@ -63,17 +63,35 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
         writeln!(
             out,
             "{}",
-            style.bold("Descriptors that crossed exec without CLOEXEC:")
+            style.red("Descriptors that crossed exec without CLOEXEC:")
         )?;
+        let mut groups: Vec<Vec<&ExecLeakEntry>> = Vec::new();
         for e in &report.exec_leaks {
-            let who = process_name(report, e.pid);
-            let line = format!(
-                "  fd {} {} {} -> exec {} in {who}",
-                e.fd, e.kind, e.target, e.exec
+            let same = |g: &&mut Vec<&ExecLeakEntry>| {
+                g[0].stack_id == e.stack_id && g[0].pid == e.pid && g[0].exec == e.exec
+            };
+            match groups.iter_mut().find(same) {
+                Some(g) => g.push(e),
+                None => groups.push(vec![e]),
+            }
+        }
+        for (i, group) in groups.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            let first = group[0];
+            let head = format!(
+                "{}, opened by {}, into {} in {}",
+                what(group.iter().map(|e| e.kind)),
+                first.opened_by,
+                first.exec,
+                process_name(report, first.pid)
             );
-            writeln!(out, "{}", fit(&line, WIDTH))?;
-            if let Some(g) = e.stack_id.and_then(|id| report.group(id)) {
-                frames(g, out)?;
+            writeln!(out, "{}", style.bold(&fit(&head, WIDTH)))?;
+            samples(group.iter().map(|e| (e.fd, e.target.as_str(), "")), out)?;
+            match first.stack_id.and_then(|id| report.group(id)) {
+                Some(g) => frames(g, out)?,
+                None => writeln!(out, "  (no stack captured)")?,
             }
         }
     }
@@ -158,22 +176,6 @@ fn leak_group(
     style: Style,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let mut kinds: Vec<(&str, usize)> = Vec::new();
-    for l in leaks {
-        match kinds.iter_mut().find(|(k, _)| *k == l.kind) {
-            Some((_, n)) => *n += 1,
-            None => kinds.push((l.kind, 1)),
-        }
-    }
-    let kinds = if kinds.len() == 1 {
-        kinds[0].0.to_owned()
-    } else {
-        kinds
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let mut pids: Vec<u32> = leaks.iter().map(|l| l.pid).collect();
     pids.dedup();
     let mut who: Vec<String> = pids
@@ -185,33 +187,65 @@ fn leak_group(
         who.push(format!("+{} more", pids.len() - 2));
     }
     let opened_by = leaks.first().map_or("?", |l| l.opened_by);
-    let count = leaks.len();
-    let what = if kinds.contains(',') {
-        format!("{count} descriptors ({kinds})")
-    } else {
-        format!("{count} x {kinds}")
-    };
-    let head = format!("{what}, opened by {opened_by} in {}", who.join(", "));
+    let head = format!(
+        "{}, opened by {opened_by} in {}",
+        what(leaks.iter().map(|l| l.kind)),
+        who.join(", ")
+    );
     writeln!(out, "{}", style.bold(&fit(&head, WIDTH)))?;
-    for l in leaks.iter().take(MAX_SAMPLES) {
-        let running = if l.still_running {
+    let running = |l: &LeakEntry| {
+        if l.still_running {
             " (still running)"
         } else {
             ""
-        };
-        writeln!(
-            out,
-            "{}",
-            fit(&format!("    fd {:<4} {}{running}", l.fd, l.target), WIDTH)
-        )?;
-    }
-    if leaks.len() > MAX_SAMPLES {
-        writeln!(out, "    ... and {} more", leaks.len() - MAX_SAMPLES)?;
-    }
+        }
+    };
+    samples(
+        leaks.iter().map(|l| (l.fd, l.target.as_str(), running(l))),
+        out,
+    )?;
     match group {
         Some(g) => frames(g, out),
         None => writeln!(out, "  (no stack captured)"),
     }
+}
+
+/// "3 x file", or "4 descriptors (2 pipe, 2 file)" for mixed kinds.
+fn what<'a>(kinds: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for kind in kinds {
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    match counts.as_slice() {
+        [(kind, _)] => format!("{total} x {kind}"),
+        _ => {
+            let list: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            format!("{total} descriptors ({})", list.join(", "))
+        }
+    }
+}
+
+/// A few `fd N  target` lines, then how many more there are.
+fn samples<'a>(
+    fds: impl ExactSizeIterator<Item = (i32, &'a str, &'a str)>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let total = fds.len();
+    for (fd, target, note) in fds.take(MAX_SAMPLES) {
+        writeln!(
+            out,
+            "{}",
+            fit(&format!("    fd {fd:<4} {target}{note}"), WIDTH)
+        )?;
+    }
+    if total > MAX_SAMPLES {
+        writeln!(out, "    ... and {} more", total - MAX_SAMPLES)?;
+    }
+    Ok(())
 }
 
 fn frames(group: &Group, out: &mut impl Write) -> io::Result<()> {
@@ -287,7 +321,7 @@ fn fit_left(s: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ExecLeakEntry, ProcessEntry, VERSION};
+    use crate::report::{ProcessEntry, VERSION};
 
     fn frame(function: &str, file: &str, line: u32) -> FrameEntry {
         FrameEntry {
@@ -369,7 +403,8 @@ Dropped events: 0.
   #1  main                             leaky.c:30
 
 Descriptors that crossed exec without CLOEXEC:
-  fd 3 file /tmp/a -> exec /bin/true in leaky[42]
+1 x file, opened by openat, into /bin/true in leaky[42]
+    fd 3    /tmp/a
   #0  open_config                      leaky.c:12
   #1  main                             leaky.c:30
 ";

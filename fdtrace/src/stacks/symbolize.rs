@@ -109,3 +109,94 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
         })
         .collect()
 }
+
+/// Maps each stack to the first of `ids` that reads the same at source
+/// level (same functions, files and lines, innermost first), so that one
+/// call site a compiler duplicated (an unrolled loop, a cloned function)
+/// is one group in the report. Frames without a function keep their
+/// address, so unknown code only merges with itself.
+pub fn same_source(
+    frames: &HashMap<StackId, Vec<SymFrame>>,
+    ids: &[StackId],
+) -> HashMap<StackId, StackId> {
+    type Key = Vec<(
+        Option<String>,
+        Option<String>,
+        Option<u32>,
+        bool,
+        Option<u64>,
+    )>;
+    let mut first: HashMap<Key, StackId> = HashMap::new();
+    let mut canonical = HashMap::new();
+    for &id in ids {
+        let key: Key = frames
+            .get(&id)
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| {
+                        let address = f.function.is_none().then_some(f.address);
+                        (
+                            f.function.clone(),
+                            f.file.clone(),
+                            f.line,
+                            f.inlined,
+                            address,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        canonical.insert(id, *first.entry(key).or_insert(id));
+    }
+    canonical
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(address: u64, function: Option<&str>, line: u32) -> SymFrame {
+        SymFrame {
+            address,
+            function: function.map(str::to_owned),
+            file: Some("a.c".into()),
+            line: Some(line),
+            module: Some("/bin/a".into()),
+            inlined: false,
+        }
+    }
+
+    #[test]
+    fn stacks_differing_only_in_addresses_merge() {
+        let frames = HashMap::from([
+            (
+                StackId(0),
+                vec![
+                    frame(0x10, Some("open_cache"), 27),
+                    frame(0x90, Some("main"), 43),
+                ],
+            ),
+            (
+                StackId(1),
+                vec![
+                    frame(0x14, Some("open_cache"), 27),
+                    frame(0x98, Some("main"), 43),
+                ],
+            ),
+            (
+                StackId(2),
+                vec![
+                    frame(0x14, Some("open_cache"), 28),
+                    frame(0x98, Some("main"), 43),
+                ],
+            ),
+            (StackId(3), vec![frame(0x50, None, 0)]),
+            (StackId(4), vec![frame(0x51, None, 0)]),
+        ]);
+        let ids = [StackId(0), StackId(1), StackId(2), StackId(3), StackId(4)];
+        let canonical = same_source(&frames, &ids);
+        assert_eq!(canonical[&StackId(1)], StackId(0));
+        assert_eq!(canonical[&StackId(2)], StackId(2));
+        assert_eq!(canonical[&StackId(4)], StackId(4));
+    }
+}

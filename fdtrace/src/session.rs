@@ -2,7 +2,7 @@
 //! records through decode -> stacks -> fd table until the command exits,
 //! and build the report. The async loop only waits; [`Tracer`] does the work.
 
-use std::time::Duration;
+use std::{fs, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -72,9 +72,17 @@ impl Tracer {
             // SAFETY: plain kill(2); ESRCH (already gone) is fine.
             unsafe { libc::kill(libc::pid_t::try_from(tgid).unwrap_or(0), libc::SIGCONT) };
         }
-        match &event.action {
+        match &mut event.action {
             Action::Fork { child, .. } => self.stacks.fork(tgid, *child),
-            Action::Exec { .. } => self.stacks.exec(tgid),
+            Action::Exec { filename } => {
+                self.stacks.exec(tgid);
+                // execve got a relative path: name the program by its real path.
+                if !filename.starts_with('/')
+                    && let Ok(exe) = fs::read_link(format!("/proc/{tgid}/exe"))
+                {
+                    *filename = exe.to_string_lossy().into_owned();
+                }
+            }
             _ => {}
         }
         let sample = match &mut event.action {
@@ -167,11 +175,15 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     let child = spawn::spawn_gated(&path, &config.command, identity.as_ref())?;
     let pid = child.pid;
     let mut tracer = Tracer::new(config.stack_mode);
-    let inherited =
+    // What the command inherits: our own descriptors are close-on-exec and
+    // vanish at its exec, so they are not part of its table.
+    let mut inherited =
         procfs::snapshot(pid).with_context(|| format!("read the descriptors of process {pid}"))?;
+    inherited.retain(|&(_, _, _, cloexec)| !cloexec);
+    let exe = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
     tracer
         .table
-        .add_root(pid, &path.to_string_lossy(), inherited);
+        .add_root(pid, &exe.to_string_lossy(), inherited);
     probes.trace(pid)?;
     if let Err(err) = child.release() {
         reap(pid);

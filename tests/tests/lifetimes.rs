@@ -225,3 +225,37 @@ fn a_python_program_leak_is_counted_by_kind() {
         "{functions:?}"
     );
 }
+
+#[test]
+fn a_call_failing_with_emfile_is_recorded_with_its_stack() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let t = lifetimes("emfile");
+    let emfile = t.report["emfile"].as_array().unwrap();
+    assert_eq!(emfile.len(), 1, "{emfile:?}");
+    let e = &emfile[0];
+    assert_eq!(
+        (
+            e["syscall"].as_str(),
+            e["errno"].as_i64(),
+            e["error"].as_str()
+        ),
+        (Some("openat"), Some(24), Some("EMFILE"))
+    );
+    assert_eq!(e["argument"], "/etc/hostname");
+    // The model's table is exactly as full as the kernel's: stdio plus 3..=15.
+    assert_eq!(e["open_fds"], 16);
+    let fds: Vec<i64> = t
+        .leaks()
+        .iter()
+        .map(|l| l["fd"].as_i64().unwrap())
+        .collect();
+    assert_eq!(fds, (3..16).collect::<Vec<i64>>());
+    let frames = t.frames(&e["stack_id"]);
+    let frame = frames
+        .iter()
+        .find(|f| f["function"] == "exhaust")
+        .expect("exhaust frame");
+    assert_eq!(frame["line"], marker_line("lifetimes.c", "LEAK:emfile"));
+}

@@ -1,1 +1,50 @@
-fn main() {}
+//! `cargo xtask`: the developer entry point. Parses the subcommand and hands
+//! it to the module that does the work; orchestration only, no product logic.
+
+mod bpf_linker;
+mod process;
+mod setup;
+mod tasks;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for the fdtrace workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install whatever is missing to build and test fdtrace (idempotent).
+    Setup,
+    /// Run setup, then build the fdtrace binary.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build fdtrace and run it on examples/leaky.c.
+    Demo,
+    /// Run setup, formatting and lint checks, then the whole test suite.
+    Test {
+        /// Extra arguments for the test harness, e.g. `-- --nocapture`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Setup => setup::run()?,
+        Command::Build { release } => tasks::build(release)?,
+        Command::Demo => return tasks::demo(),
+        Command::Test { args } => tasks::test(&args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -2,8 +2,9 @@
 //!
 //! Every record the kernel writes into the ring buffer starts with an
 //! [`EventHeader`]; a creation or EMFILE event is followed by
-//! `header.stack_len` bytes of stack sample (a raw copy of the user stack, or
-//! `u64` return addresses when frame-pointer stacks were asked for). Enums
+//! `header.stack_len` bytes of stack sample: whole pages of user stack
+//! starting at the page that holds `sp` (`regs[1] & !(PAGE_SIZE - 1)`), or
+//! `u64` return addresses when frame-pointer stacks were asked for. Enums
 //! travel as `u32` and are converted with `TryFrom` on the user side.
 #![no_std]
 
@@ -21,6 +22,11 @@ pub const STACK_MODE_GLOBAL: &str = "STACK_MODE";
 /// Global set by userspace before load: bytes of user stack to copy.
 pub const STACK_BYTES_GLOBAL: &str = "STACK_BYTES";
 
+/// Globals set by userspace from the kernel's BTF before load.
+pub const TASK_PID_OFFSET_GLOBAL: &str = "TASK_PID_OFFSET";
+pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
+pub const BPRM_FILENAME_OFFSET_GLOBAL: &str = "BPRM_FILENAME_OFFSET";
+
 /// Largest user stack copy (`--stack-bytes`).
 pub const MAX_STACK_BYTES: usize = 32 * 1024;
 /// Default user stack copy.
@@ -31,8 +37,8 @@ pub const MAX_FP_FRAMES: usize = 64;
 pub const TEXT_LEN: usize = 256;
 /// Descriptors carried by one event: pipe/socketpair pairs, SCM_RIGHTS.
 pub const MAX_EVENT_FDS: usize = 16;
-/// Size of the largest record: header plus a full stack copy.
-pub const MAX_RECORD: usize = size_of::<EventHeader>() + MAX_STACK_BYTES;
+/// Page size: stack copies are made of whole pages.
+pub const PAGE_SIZE: u64 = 4096;
 
 /// What a record is about.
 #[repr(u32)]
@@ -40,11 +46,11 @@ pub const MAX_RECORD: usize = size_of::<EventHeader>() + MAX_STACK_BYTES;
 pub enum EventKind {
     /// A traced syscall finished (or, for `close`, started).
     Syscall = 1,
-    /// `sched_process_fork`: `args[0]` child id, `args[1]` clone flags.
+    /// `sched_process_fork` of a new process: `args[0]` is its id.
     Fork = 2,
     /// `sched_process_exec`: `text` holds the file name.
     Exec = 3,
-    /// `sched_process_exit`: `args[0]` is 1 when the whole group died.
+    /// `sched_process_exit` of a process's last thread.
     Exit = 4,
 }
 
@@ -218,10 +224,6 @@ impl Syscall {
 /// kernel programs still watch.
 pub mod nr {
     pub const MMAP: u64 = 9;
-    pub const CLONE: u64 = 56;
-    pub const FORK: u64 = 57;
-    pub const VFORK: u64 = 58;
-    pub const CLONE3: u64 = 435;
 }
 
 impl Syscall {

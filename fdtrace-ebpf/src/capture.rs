@@ -7,9 +7,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{
-        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes, bpf_send_signal,
-        generated::{bpf_probe_read_user as read_user_raw, bpf_ringbuf_output},
+        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_send_signal, generated::bpf_probe_read_user as read_user_raw,
     },
     programs::RawTracePointContext,
 };
@@ -18,7 +17,7 @@ use fdtrace_common::{
     MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, StackMode, TEXT_LEN,
 };
 
-use crate::{EVENTS, MAPS_SEEN, SCRATCH, STACK_BYTES, STACK_MODE, add, count};
+use crate::{MAPS_SEEN, STACK_BYTES, STACK_MODE, add, count};
 
 const HEADER: usize = size_of::<EventHeader>();
 const SIGSTOP: u32 = 19;
@@ -66,25 +65,37 @@ pub unsafe fn init_header(
     }
 }
 
-/// This CPU's record buffer.
+/// Pages of user stack copied per event: enough whole pages, from the one
+/// holding `sp`, to cover STACK_BYTES above `sp`.
 #[inline(always)]
-pub fn scratch() -> Result<*mut u8, i64> {
-    // SAFETY: no preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    SCRATCH.get_ptr_mut(cpu).map(|p| p.cast::<u8>()).ok_or(-1)
+fn stack_pages() -> u64 {
+    // SAFETY: plain reads of read-only globals set before load; the
+    // verifier sees them as constants.
+    let (mode, bytes) = unsafe {
+        (
+            core::ptr::read_volatile(&STACK_MODE),
+            core::ptr::read_volatile(&STACK_BYTES),
+        )
+    };
+    if mode != StackMode::Dwarf as u32 {
+        return 0;
+    }
+    let bytes = u64::from(bytes).min(MAX_STACK_BYTES as u64);
+    bytes.div_ceil(PAGE) + 1
 }
 
-/// Writes the header and `stack_len` bytes after it to the ring buffer.
+/// Size of a record that carries a stack sample; a constant for the
+/// verifier, since it only depends on read-only globals.
 #[inline(always)]
-pub fn output(record: *mut u8, stack_len: u32) -> Result<(), i64> {
-    let len = HEADER as u64 + u64::from(stack_len).min(MAX_STACK_BYTES as u64);
-    // SAFETY: `record` is a scratch slot of at least HEADER + MAX_STACK_BYTES bytes.
-    let ret =
-        unsafe { bpf_ringbuf_output((&raw const EVENTS).cast_mut().cast(), record.cast(), len, 0) };
-    if ret < 0 {
-        count(Counter::DroppedEvents);
-    }
-    Ok(())
+pub fn stack_record_size() -> usize {
+    // SAFETY: plain read of a read-only global.
+    let mode = unsafe { core::ptr::read_volatile(&STACK_MODE) };
+    let sample = if mode == StackMode::FramePointer as u32 {
+        (MAX_FP_FRAMES * 8) as u64
+    } else {
+        stack_pages() * PAGE
+    };
+    HEADER + sample as usize
 }
 
 /// # Safety
@@ -234,12 +245,29 @@ pub unsafe fn scm_rights_mmsg(header: *mut EventHeader, vec: u64, received: i64)
     }
 }
 
+/// Stops the whole process when this syscall returns to user space, so
+/// what userspace reads of it in /proc (memory maps, what a received fd
+/// is) is as of this event; userspace sends SIGCONT when done.
+///
+/// # Safety
+/// `header` must point to a writable `EventHeader`.
+#[inline(always)]
+pub unsafe fn stop(header: *mut EventHeader) {
+    // SAFETY: the caller guarantees `header`; the helper takes no memory.
+    unsafe {
+        if (*header).flags & FLAG_STOPPED == 0 && bpf_send_signal(SIGSTOP) == 0 {
+            (*header).flags |= FLAG_STOPPED;
+        }
+    }
+}
+
 /// Captures the user registers and stack sample after the header at
 /// `record`, stopping the process once if userspace has not read its
 /// memory maps yet. Returns the sample's length.
 ///
 /// # Safety
-/// `record` must be a scratch slot whose header has been initialised.
+/// `record` must be a reservation of `stack_record_size()` bytes whose
+/// header has been initialised.
 #[inline(always)]
 pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, tgid: u32, regs: &pt_regs) -> u32 {
     let header = record.cast::<EventHeader>();
@@ -249,19 +277,14 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, tgid: u32, regs
         return 0;
     }
     // SAFETY: plain map lookup of a u32.
-    if unsafe { MAPS_SEEN.get(&tgid) }.is_none() {
-        let _ = MAPS_SEEN.insert(&tgid, &1, 0);
-        // Stops the whole process when this syscall returns to user space:
-        // its memory maps stay readable until userspace sends SIGCONT.
-        // SAFETY: no memory is passed.
-        if unsafe { bpf_send_signal(SIGSTOP) } == 0 {
-            // SAFETY: `header` is valid per the caller.
-            unsafe { (*header).flags |= FLAG_STOPPED };
-        }
+    if unsafe { MAPS_SEEN.get(tgid) }.is_none() {
+        let _ = MAPS_SEEN.insert(tgid, 1, 0);
+        // SAFETY: `header` is valid per the caller.
+        unsafe { stop(header) };
     }
     // SAFETY: `header` is valid per the caller.
     unsafe { (*header).regs = [regs.rip, regs.rsp, regs.rbp] };
-    // SAFETY: the area after the header is MAX_STACK_BYTES plus one page long.
+    // SAFETY: the reservation continues after the header.
     let sample = unsafe { record.add(size_of::<EventHeader>()) };
     if mode == StackMode::FramePointer as u32 {
         // SAFETY: the destination holds MAX_FP_FRAMES u64 values.
@@ -278,27 +301,22 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, tgid: u32, regs
         unsafe { (*header).stack_len = got };
         return got;
     }
-    // SAFETY: plain read of a global set before load.
-    let want = unsafe { core::ptr::read_volatile(&STACK_BYTES) }.min(MAX_STACK_BYTES as u32) as u64;
+    // Whole pages from the one holding sp: constant offsets and sizes the
+    // verifier can check, and a copy that ends cleanly where the stack's
+    // mapping ends (a page is readable or not).
+    let base = regs.rsp & !(PAGE - 1);
+    let pages = stack_pages();
     let mut copied: u64 = 0;
-    let mut addr = regs.rsp;
-    // Page by page, so the copy ends cleanly where the stack's mapping ends.
-    for _ in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
-        if copied >= want {
+    for i in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {
+        if i >= pages {
             break;
         }
-        let mut chunk = PAGE - (addr & (PAGE - 1));
-        if chunk > want - copied {
-            chunk = want - copied;
-        }
-        let at = copied & (MAX_STACK_BYTES as u64 - 1);
-        let chunk = chunk & (2 * PAGE - 1);
-        // SAFETY: `at < MAX_STACK_BYTES` and `chunk < 2 pages`: inside the slot.
+        // SAFETY: the reservation holds `pages` pages after the header.
         let ret = unsafe {
             read_user_raw(
-                sample.add(at as usize).cast(),
-                chunk as u32,
-                addr as *const _,
+                sample.add((i * PAGE) as usize).cast(),
+                PAGE as u32,
+                (base + i * PAGE) as *const _,
             )
         };
         if ret != 0 {
@@ -306,8 +324,7 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, tgid: u32, regs
             unsafe { (*header).flags |= FLAG_STACK_END };
             break;
         }
-        copied += chunk;
-        addr += chunk;
+        copied += PAGE;
     }
     // SAFETY: `header` is valid per the caller.
     unsafe { (*header).stack_len = copied as u32 };

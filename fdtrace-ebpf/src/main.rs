@@ -16,22 +16,24 @@
 
 mod capture;
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::pt_regs,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    COUNTER_SLOTS, Counter, EventHeader, EventKind, MAX_RECORD, Syscall, SyscallArgs, nr,
+    COUNTER_SLOTS, Counter, EventHeader, EventKind, FLAG_STOPPED, Syscall, SyscallArgs, nr,
 };
 
 #[map]
+/// Sized by userspace (`load.rs`) before load.
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
 #[map]
@@ -50,22 +52,20 @@ static MAPS_SEEN: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 #[map]
 static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(65536, 0);
 
-/// One record-sized buffer per CPU (userspace sets `max_entries` to the
-/// number of possible CPUs). A regular array, since per-CPU values are
-/// limited to 32 KiB.
-#[map]
-static SCRATCH: Array<[u8; SCRATCH_BYTES]> = Array::with_max_entries(1, 0);
-
-/// `MAX_RECORD` plus one page of slack, so the verifier can bound a
-/// page-sized copy that starts anywhere below `MAX_RECORD`.
-const SCRATCH_BYTES: usize = MAX_RECORD + 8192;
-
 /// Set by userspace before load (`fdtrace_common::STACK_MODE_GLOBAL`).
 #[unsafe(no_mangle)]
 static STACK_MODE: u32 = 2;
 /// Set by userspace before load (`fdtrace_common::STACK_BYTES_GLOBAL`).
 #[unsafe(no_mangle)]
 static STACK_BYTES: u32 = 8192;
+/// Offsets userspace reads from the kernel's BTF before load
+/// (`fdtrace_common::TASK_PID_OFFSET_GLOBAL` and friends).
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static BPRM_FILENAME_OFFSET: u32 = 0;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -77,17 +77,9 @@ struct Pending {
     args: SyscallArgs,
 }
 
-// `events/sched/sched_process_fork/format`.
-const FORK_CHILD_PID: usize = 20;
-// `events/sched/sched_process_exec/format`.
-const EXEC_FILENAME_LOC: usize = 8;
-// `events/sched/sched_process_exit/format`.
-const EXIT_GROUP_DEAD: usize = 32;
-
 const EMFILE: i64 = 24;
 const ENFILE: i64 = 23;
 const EINPROGRESS: i64 = 115;
-const CLONE_THREAD: u64 = 0x0001_0000;
 const F_DUPFD: u64 = 0;
 const F_SETFD: u64 = 2;
 const F_DUPFD_CLOEXEC: u64 = 1030;
@@ -112,8 +104,22 @@ fn ids() -> (u32, u32) {
 
 fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is a plain u32 and is only read for presence.
-    unsafe { TRACED.get(&tgid).is_some() }
+    unsafe { TRACED.get(tgid).is_some() }
 }
+
+/// Userspace is woken only when a process waits for it (stopped) or the
+/// ring fills up; otherwise it drains on its own timer. A wakeup per event
+/// would cost a context switch per syscall.
+fn wakeup(urgent: bool) -> u64 {
+    if urgent || EVENTS.query(BPF_RB_AVAIL_DATA.into()) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
+
+/// Unread bytes in the ring buffer past which userspace is woken.
+const WAKEUP_BYTES: u64 = 1 << 20;
 
 fn count(counter: Counter) {
     add(counter, 1);
@@ -121,7 +127,9 @@ fn count(counter: Counter) {
 
 fn add(counter: Counter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, this program is the only writer on this CPU.
+        // SAFETY: a valid, aligned u64 per-CPU map value. Not atomic (the
+        // BPF target has no atomic RMW in `core`): two programs preempting
+        // each other on one CPU could lose an increment, never add one.
         unsafe { *slot += n };
     }
 }
@@ -156,23 +164,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let nr: u64 = ctx.arg(1);
-    match nr {
-        nr::CLONE => return remember_clone_flags(tid, user_regs(ctx)?.rdi),
-        // SAFETY: `struct clone_args *` in rdi; `flags` is its first field.
-        nr::CLONE3 => {
-            let uargs = user_regs(ctx)?.rdi;
-            let flags = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
-            return remember_clone_flags(tid, flags);
+    if nr == nr::MMAP {
+        // New executable code invalidates what userspace knows of the layout.
+        if user_regs(ctx)?.rdx & PROT_EXEC != 0 {
+            let _ = MAPS_SEEN.remove(tgid);
         }
-        nr::FORK | nr::VFORK => return remember_clone_flags(tid, 0),
-        nr::MMAP => {
-            // New executable code invalidates what userspace knows of the layout.
-            if user_regs(ctx)?.rdx & PROT_EXEC != 0 {
-                let _ = MAPS_SEEN.remove(&tgid);
-            }
-            return Ok(());
-        }
-        _ => {}
+        return Ok(());
     }
     let Some(syscall) = Syscall::from_x86_64(nr) else {
         return Ok(());
@@ -194,7 +191,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
                 nr,
                 args,
             };
-            if PENDING.insert(&tid, &pending, 0).is_err() {
+            if PENDING.insert(tid, pending, 0).is_err() {
                 count(Counter::DroppedArgs);
             }
             Ok(())
@@ -213,7 +210,7 @@ fn emit_now(syscall: Syscall, tgid: u32, tid: u32, args: &SyscallArgs) -> Result
         capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
         (*header).args = args.args;
     }
-    entry.submit(0);
+    entry.submit(wakeup(false));
     Ok(())
 }
 
@@ -232,10 +229,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: plain-old-data value; copied out before removal.
-    let Some(mut pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+    let Some(mut pending) = (unsafe { PENDING.get(tid) }).copied() else {
         return Ok(());
     };
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     let regs = user_regs(ctx)?;
     if regs.orig_rax != pending.nr {
         // A stale stash (its exit was never seen): ignore it.
@@ -264,9 +261,21 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         syscall,
         Syscall::CloseRange | Syscall::Bind | Syscall::Connect
     );
-    let record = capture::scratch()?;
+    // Reserved straight in the ring buffer: a per-CPU scratch buffer would
+    // be shared by threads that preempt each other inside these programs.
+    let wants_stack = creates || failed_for_lack_of_fds;
+    let entry = if wants_stack {
+        EVENTS.reserve_bytes(capture::stack_record_size(), 0)
+    } else {
+        EVENTS.reserve_bytes(size_of::<EventHeader>(), 0)
+    };
+    let Some(mut entry) = entry else {
+        count(Counter::DroppedEvents);
+        return Ok(());
+    };
+    let record = entry.as_mut_ptr();
     let header = record.cast::<EventHeader>();
-    // SAFETY: the scratch slot is larger than the header and private to this CPU.
+    // SAFETY: the reservation is at least as large as the header.
     unsafe {
         capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
         (*header).ret = ret;
@@ -274,7 +283,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let args = &pending.args.args;
     if ok {
-        // SAFETY: `header` points into the scratch slot; user pointers are
+        // SAFETY: `header` points into the reservation; user pointers are
         // only read through bpf_probe_read_user.
         unsafe {
             match syscall {
@@ -293,11 +302,23 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
                 _ => {}
             }
             if matches!(syscall, Syscall::Recvmsg | Syscall::Recvmmsg) && (*header).nfds == 0 {
+                entry.discard(0);
                 return Ok(());
+            }
+            // Only /proc can say what these descriptors are: keep the
+            // process still until userspace has looked.
+            if matches!(
+                syscall,
+                Syscall::Recvmsg
+                    | Syscall::Recvmmsg
+                    | Syscall::PidfdGetfd
+                    | Syscall::OpenByHandleAt
+            ) {
+                capture::stop(header);
             }
         }
     } else {
-        // The path or address the failing call was given, for the EMFILE report.
+        // The path the failing call was given, for the EMFILE report.
         // SAFETY: as above.
         unsafe {
             match syscall {
@@ -307,50 +328,49 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             }
         }
     }
-    let stack_len = if creates || failed_for_lack_of_fds {
-        // SAFETY: `record` is the scratch slot; the header was initialised above.
-        unsafe { capture::stack(ctx, record, tgid, &regs) }
-    } else {
-        0
-    };
-    capture::output(record, stack_len)
-}
-
-/// Clone flags per thread, read back by `sched_process_fork` (which runs in
-/// the parent) to tell a new thread from a new process.
-#[map]
-static CLONE_FLAGS: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
-
-fn remember_clone_flags(tid: u32, flags: u64) -> Result<(), i64> {
-    if CLONE_FLAGS.insert(&tid, &flags, 0).is_err() {
-        count(Counter::DroppedArgs);
+    if wants_stack {
+        // SAFETY: the reservation is `stack_record_size()` bytes, header initialised.
+        unsafe { capture::stack(ctx, record, tgid, &regs) };
     }
+    // SAFETY: the header was initialised above.
+    let stopped = unsafe { (*header).flags } & FLAG_STOPPED != 0;
+    entry.submit(wakeup(stopped));
     Ok(())
 }
 
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+/// `sched:sched_process_fork(struct task_struct *parent, struct task_struct *child)`
+/// (include/trace/events/sched.h); runs in the parent, before the child runs.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     match try_sched_process_fork(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
     if !is_traced(tgid) {
         return Ok(());
     }
-    // SAFETY: `pid_t child_pid` at offset 20 (sched_process_fork/format).
-    let child: i32 = unsafe { ctx.read_at(FORK_CHILD_PID) }.map_err(i64::from)?;
-    // SAFETY: plain u64 value.
-    let flags = unsafe { CLONE_FLAGS.get(&tid) }.copied().unwrap_or(0);
-    if flags & CLONE_THREAD != 0 {
+    let child: *const u8 = ctx.arg(1);
+    // SAFETY: kernel memory read through bpf_probe_read_kernel at offsets
+    // userspace found in the kernel's BTF.
+    let (child_pid, child_tgid) = unsafe {
+        let pid = read_volatile(&TASK_PID_OFFSET) as usize;
+        let tgid_off = read_volatile(&TASK_TGID_OFFSET) as usize;
+        (
+            bpf_probe_read_kernel(child.add(pid).cast::<i32>()).map_err(i64::from)?,
+            bpf_probe_read_kernel(child.add(tgid_off).cast::<i32>()).map_err(i64::from)?,
+        )
+    };
+    if child_pid != child_tgid {
+        // A new thread: it shares the traced thread group's table.
         return Ok(());
     }
-    let child = child as u32;
+    let child = child_pid as u32;
     // Added here, before the child runs, so none of its events are missed.
-    if TRACED.insert(&child, &1, 0).is_err() {
+    if TRACED.insert(child, 1, 0).is_err() {
         count(Counter::DroppedArgs);
     }
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
@@ -362,78 +382,79 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe {
         capture::init_header(header, EventKind::Fork, 0, tgid, tid);
         (*header).args[0] = u64::from(child);
-        (*header).args[1] = flags;
     }
-    entry.submit(0);
+    entry.submit(wakeup(false));
     Ok(())
 }
 
-#[tracepoint]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+/// `sched:sched_process_exec(struct task_struct *p, pid_t old_pid,
+/// struct linux_binprm *bprm)`; runs in the new program, after the old
+/// image (and its close-on-exec descriptors) is gone.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     match try_sched_process_exec(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn try_sched_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
     if !is_traced(tgid) {
         return Ok(());
     }
-    let _ = MAPS_SEEN.remove(&tgid);
-    // SAFETY: `__data_loc char[] filename` at offset 8 (sched_process_exec/format).
-    let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME_LOC) }.map_err(i64::from)?;
+    let _ = MAPS_SEEN.remove(tgid);
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: kernel memory read through bpf_probe_read_kernel at an offset
+    // from the kernel's BTF.
+    let filename: *const u8 = unsafe {
+        let offset = read_volatile(&BPRM_FILENAME_OFFSET) as usize;
+        bpf_probe_read_kernel(bprm.add(offset).cast::<*const u8>()).map_err(i64::from)?
+    };
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);
         return Ok(());
     };
     let header = entry.as_mut_ptr();
-    // SAFETY: live reservation; the file name lives inside the tracepoint
-    // record at the `__data_loc` offset.
+    // SAFETY: live reservation; the file name is a kernel string.
     unsafe {
         capture::init_header(header, EventKind::Exec, 0, tgid, tid);
-        let src = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
-        if let Ok(name) = bpf_probe_read_kernel_str_bytes(src, &mut (*header).text) {
+        if let Ok(name) = bpf_probe_read_kernel_str_bytes(filename, &mut (*header).text) {
             (*header).text_len = name.len() as u32;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup(false));
     Ok(())
 }
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+/// `sched:sched_process_exit(struct task_struct *p, bool group_dead)`; runs
+/// in the exiting thread, before its descriptor table is released.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     match try_sched_process_exit(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
 
-fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
-    let _ = CLONE_FLAGS.remove(&tid);
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     if !is_traced(tgid) {
         return Ok(());
     }
-    // SAFETY: `bool group_dead` at offset 32 (sched_process_exit/format).
-    let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(i64::from)?;
-    if group_dead == 0 {
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff == 0 {
         return Ok(());
     }
-    let _ = TRACED.remove(&tgid);
-    let _ = MAPS_SEEN.remove(&tgid);
+    let _ = TRACED.remove(tgid);
+    let _ = MAPS_SEEN.remove(tgid);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);
         return Ok(());
     };
-    let header = entry.as_mut_ptr();
     // SAFETY: live reservation the size of `EventHeader`.
-    unsafe {
-        capture::init_header(header, EventKind::Exit, 0, tgid, tid);
-        (*header).ts_ns = bpf_ktime_get_ns();
-    }
-    entry.submit(0);
+    unsafe { capture::init_header(entry.as_mut_ptr(), EventKind::Exit, 0, tgid, tid) };
+    entry.submit(wakeup(false));
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FLAG_STACK_END, FLAG_STOPPED, MAX_EVENT_FDS, StackMode, Syscall,
-    TEXT_LEN,
+    EventHeader, EventKind, FLAG_STACK_END, FLAG_STOPPED, MAX_EVENT_FDS, PAGE_SIZE, StackMode,
+    Syscall, TEXT_LEN,
 };
 
 /// A descriptor number.
@@ -143,9 +143,9 @@ pub enum Action {
     /// A call that changed nothing we track (dup2 onto itself, a signalfd
     /// mask update, a bind to an unknown address family).
     Nothing,
+    /// A new process (not a thread) forked by the event's process.
     Fork {
         child: u32,
-        clone_flags: u64,
     },
     Exec {
         filename: String,
@@ -189,7 +189,6 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     let action = match kind {
         EventKind::Fork => Action::Fork {
             child: u32::try_from(header.args[0])?,
-            clone_flags: header.args[1],
         },
         EventKind::Exec => Action::Exec {
             filename: String::from_utf8_lossy(text).into_owned(),
@@ -235,13 +234,18 @@ fn stack_sample(header: &EventHeader, bytes: &[u8], mode: StackMode) -> Option<S
                 frames.take_while(|&a| a != 0).collect(),
             ))
         }
-        StackMode::Dwarf => Some(StackSample::Raw {
-            ip: header.regs[0],
-            sp: header.regs[1],
-            bp: header.regs[2],
-            bytes: bytes.to_vec(),
-            hit_end: header.flags & FLAG_STACK_END != 0,
-        }),
+        StackMode::Dwarf => {
+            // The copy starts at the page holding sp.
+            let sp = header.regs[1];
+            let skip = usize::try_from(sp & (PAGE_SIZE - 1)).ok()?;
+            Some(StackSample::Raw {
+                ip: header.regs[0],
+                sp,
+                bp: header.regs[2],
+                bytes: bytes.get(skip..).unwrap_or_default().to_vec(),
+                hit_end: header.flags & FLAG_STACK_END != 0,
+            })
+        }
     }
 }
 

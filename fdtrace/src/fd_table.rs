@@ -206,7 +206,7 @@ impl FdTable {
         let mut used = StackUse::default();
         let tgid = event.tgid;
         match &event.action {
-            Action::Fork { child, clone_flags } => self.fork(tgid, *child, *clone_flags),
+            Action::Fork { child } => self.fork(tgid, *child),
             Action::Exec { filename } => self.exec(tgid, filename, &mut used),
             Action::Exit => self.exit(tgid, event.ts_ns, false, &mut used),
             Action::ExitGroup { status } => {
@@ -361,7 +361,10 @@ impl FdTable {
         p.peak_fds = p.peak_fds.max(p.fds.len());
     }
 
-    fn fork(&mut self, parent: u32, child: u32, clone_flags: u64) {
+    /// A forked process starts with a copy of its parent's table. (A table
+    /// shared between processes, `CLONE_FILES` without `CLONE_THREAD`, is
+    /// rare and modelled as a copy: right until either side changes it.)
+    fn fork(&mut self, parent: u32, child: u32) {
         let Some(p) = self.processes.get(&parent) else {
             return;
         };
@@ -373,10 +376,6 @@ impl FdTable {
             fds: p.fds.clone(),
             ..Default::default()
         };
-        // CLONE_FILES without CLONE_THREAD (a shared table between two
-        // processes) is rare and modelled as a copy: right until either side
-        // changes it.
-        let _ = clone_flags;
         self.insert_process(copy);
     }
 
@@ -711,18 +710,7 @@ mod tests {
     fn a_child_leaks_only_what_it_created() {
         let mut t = table();
         t.apply(&open(100, 3, "/parent", false), None, &mut NoProc);
-        t.apply(
-            &ev(
-                100,
-                11,
-                Action::Fork {
-                    child: 101,
-                    clone_flags: 0,
-                },
-            ),
-            None,
-            &mut NoProc,
-        );
+        t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
         t.apply(&open(101, 4, "/child", false), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         assert_eq!(leaks(&t), vec![(101, 4, FdKind::File, "/child".into())]);

@@ -5,6 +5,7 @@
 //! `fd_table` (lifetimes), `report` (grouping, rendering); `session` runs
 //! them for `fdtrace run`.
 
+pub mod btf;
 pub mod cli;
 pub mod events;
 pub mod fd_table;

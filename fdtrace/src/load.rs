@@ -11,14 +11,20 @@ use aya::{
     programs::Program,
 };
 use fdtrace_common::{
-    COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, MAPS_SEEN_MAP, STACK_BYTES_GLOBAL,
-    STACK_MODE_GLOBAL, StackMode, TRACED_MAP,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, MAPS_SEEN_MAP,
+    STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_PID_OFFSET_GLOBAL,
+    TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
+
+use crate::btf::Btf;
 
 /// The kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fdtrace"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// Ring buffer size: room for ~2500 events with an 8 KiB stack copy while
+/// userspace is busy (kernel memory, not ours).
+const RING_BYTES: u32 = 32 << 20;
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 /// CAP_PERFMON (38) and CAP_BPF (39), bits of `CapEff` in /proc/self/status.
 const CAP_PERFMON: u32 = 38;
@@ -66,13 +72,17 @@ impl Probes {
             );
         }
         raise_memlock_limit();
-        let cpus =
-            aya::util::nr_cpus().map_err(|(path, err)| anyhow::anyhow!("read {path}: {err}"))?;
-        let cpus = u32::try_from(cpus).context("number of CPUs")?;
+        let btf = Btf::kernel()?;
+        let task_pid = btf.member_offset("task_struct", "pid")?;
+        let task_tgid = btf.member_offset("task_struct", "tgid")?;
+        let bprm_filename = btf.member_offset("linux_binprm", "filename")?;
         let mut ebpf = EbpfLoader::new()
             .override_global(STACK_MODE_GLOBAL, &(options.stack_mode as u32), true)
             .override_global(STACK_BYTES_GLOBAL, &options.stack_bytes, true)
-            .map_max_entries("SCRATCH", cpus)
+            .override_global(TASK_PID_OFFSET_GLOBAL, &task_pid, true)
+            .override_global(TASK_TGID_OFFSET_GLOBAL, &task_tgid, true)
+            .override_global(BPRM_FILENAME_OFFSET_GLOBAL, &bprm_filename, true)
+            .map_max_entries(EVENTS_MAP, RING_BYTES)
             .load(EBPF_OBJECT)
             .context("load the eBPF object (is the kernel 5.17 or newer with BPF enabled?)")?;
         attach_all(&mut ebpf)?;
@@ -131,8 +141,10 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
-/// Attaches each program to the tracepoint its name gives: `sys_enter` and
-/// `sys_exit` are raw_syscalls raw tracepoints, `sched_*` are `sched/*`.
+/// Attaches each program to the raw tracepoint its name gives (`sys_enter`
+/// and `sys_exit` of raw_syscalls, `sched_process_*` of sched). Raw, not
+/// perf tracepoints: detaching a perf tracepoint waits for an RCU grace
+/// period (~70 ms each), which made every run visibly slower to end.
 fn attach_all(ebpf: &mut Ebpf) -> Result<()> {
     let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
     for name in names {

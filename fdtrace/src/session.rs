@@ -26,7 +26,9 @@ use crate::{
 
 /// How long a stack sample stays raw before it is unwound and interned.
 const UNWIND_AFTER: Duration = Duration::from_millis(200);
-const TICK: Duration = Duration::from_millis(100);
+/// How often the ring buffer is drained without a wakeup from the kernel
+/// (which only wakes us for stopped processes and a filling ring).
+const TICK: Duration = Duration::from_millis(10);
 
 /// The outcome of a run: the report and the command's exit code.
 pub struct Outcome {
@@ -69,8 +71,6 @@ impl Tracer {
             if let Ok(maps) = ProcessMaps::read(tgid) {
                 self.stacks.set_maps(tgid, maps);
             }
-            // SAFETY: plain kill(2); ESRCH (already gone) is fine.
-            unsafe { libc::kill(libc::pid_t::try_from(tgid).unwrap_or(0), libc::SIGCONT) };
         }
         match &mut event.action {
             Action::Fork { child, .. } => self.stacks.fork(tgid, *child),
@@ -100,6 +100,11 @@ impl Tracer {
         }
         if let Some(r) = stack {
             self.stacks.drop_if_unused(r);
+        }
+        if event.stopped {
+            // Maps read and new descriptors described: let it run.
+            // SAFETY: plain kill(2); ESRCH (already gone) is fine.
+            unsafe { libc::kill(libc::pid_t::try_from(tgid).unwrap_or(0), libc::SIGCONT) };
         }
     }
 
@@ -225,7 +230,10 @@ async fn trace_until_exit(ring: RingBuf<MapData>, tracer: &mut Tracer, pid: u32)
                 guard.clear_ready();
             }
             _ = sigchld.recv() => {}
-            _ = tick.tick() => tracer.stacks.mature(monotonic_ns(), UNWIND_AFTER),
+            _ = tick.tick() => {
+                drain(ring.get_mut(), tracer);
+                tracer.stacks.mature(monotonic_ns(), UNWIND_AFTER);
+            }
             _ = sigint.recv() => {
                 interrupts += 1;
                 forward(pid, if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT });

@@ -7,7 +7,7 @@ pub mod maps;
 pub mod symbolize;
 pub mod unwind;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::VecDeque, path::PathBuf, sync::Arc, time::Duration};
 
 use hashbrown::HashMap;
 
@@ -56,13 +56,23 @@ struct Slot {
     state: State,
     refs: u32,
     taken_ns: u64,
+    /// Tells a reused slot from the sample a queue entry was made for.
+    generation: u32,
 }
+
+/// Raw samples kept at most; past this the oldest are unwound early, so
+/// memory stays bounded (8192 x 8 KiB = 64 MiB at the default copy size).
+const MAX_RAW_SAMPLES: usize = 8192;
 
 /// Stack samples, address spaces and interned stacks.
 #[derive(Default)]
 pub struct Stacks {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
+    /// Raw samples in the order they were taken: (slot, generation).
+    raw_queue: VecDeque<(StackRef, u32)>,
+    raw_live: usize,
+    next_generation: u32,
     /// Every address space seen; a process points at its latest one.
     spaces: Vec<AddressSpace>,
     current_space: HashMap<u32, usize>,
@@ -98,6 +108,8 @@ impl Stacks {
     /// Keeps a sample; it is freed when nothing holds it any more.
     pub fn add(&mut self, tgid: u32, sample: StackSample, taken_ns: u64) -> StackRef {
         let space = self.current_space.get(&tgid).copied();
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
         let slot = Slot {
             state: State::Raw {
                 tgid,
@@ -106,6 +118,7 @@ impl Stacks {
             },
             refs: 0,
             taken_ns,
+            generation,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -117,7 +130,13 @@ impl Stacks {
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        StackRef(index)
+        let r = StackRef(index);
+        self.raw_queue.push_back((r, generation));
+        self.raw_live += 1;
+        while self.raw_live > MAX_RAW_SAMPLES {
+            self.resolve_oldest();
+        }
+        r
     }
 
     pub fn hold(&mut self, r: StackRef) {
@@ -135,10 +154,15 @@ impl Stacks {
 
     /// Frees a sample nothing holds (call after handing it to the fd table).
     pub fn drop_if_unused(&mut self, r: StackRef) {
-        if self.slot_mut(r).is_some_and(|s| s.refs == 0) {
-            self.slots[r.0 as usize] = None;
-            self.free.push(r.0);
+        let Some(slot) = self.slot_mut(r) else { return };
+        if slot.refs > 0 {
+            return;
         }
+        if matches!(slot.state, State::Raw { .. }) {
+            self.raw_live -= 1;
+        }
+        self.slots[r.0 as usize] = None;
+        self.free.push(r.0);
     }
 
     fn slot_mut(&mut self, r: StackRef) -> Option<&mut Slot> {
@@ -149,21 +173,44 @@ impl Stacks {
     /// bytes are kept only for young descriptors.
     pub fn mature(&mut self, now_ns: u64, age: Duration) {
         let age_ns = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
-        for i in 0..self.slots.len() {
-            let old_raw = matches!(&self.slots[i], Some(Slot { state: State::Raw { .. }, taken_ns, .. }) if now_ns.saturating_sub(*taken_ns) >= age_ns);
-            if old_raw {
-                self.resolve(StackRef(u32::try_from(i).unwrap_or(u32::MAX)));
+        while let Some(&(r, generation)) = self.raw_queue.front() {
+            match self.slots.get(r.0 as usize).and_then(Option::as_ref) {
+                Some(slot)
+                    if slot.generation == generation && matches!(slot.state, State::Raw { .. }) =>
+                {
+                    if now_ns.saturating_sub(slot.taken_ns) < age_ns {
+                        return;
+                    }
+                    self.raw_queue.pop_front();
+                    self.resolve(r);
+                }
+                // Freed or already unwound.
+                _ => {
+                    self.raw_queue.pop_front();
+                }
+            }
+        }
+    }
+
+    fn resolve_oldest(&mut self) {
+        while let Some((r, generation)) = self.raw_queue.pop_front() {
+            let live = self
+                .slots
+                .get(r.0 as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|slot| {
+                    slot.generation == generation && matches!(slot.state, State::Raw { .. })
+                });
+            if live {
+                self.resolve(r);
+                return;
             }
         }
     }
 
     /// Samples still held as raw bytes.
     pub fn raw_count(&self) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|s| matches!(s.state, State::Raw { .. }))
-            .count()
+        self.raw_live
     }
 
     /// The interned stack of a sample, unwinding it now if needed.
@@ -185,6 +232,7 @@ impl Stacks {
         if let Some(slot) = self.slots.get_mut(r.0 as usize).and_then(Option::as_mut) {
             slot.state = State::Done(id);
         }
+        self.raw_live -= 1;
         Some(id)
     }
 
@@ -264,5 +312,73 @@ impl Stacks {
 
     pub fn stack(&self, id: StackId) -> &Stack {
         &self.stacks[id.0 as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ip: u64) -> StackSample {
+        StackSample::Raw {
+            ip,
+            sp: 0x1000,
+            bp: 0,
+            bytes: vec![0; 64],
+            hit_end: false,
+        }
+    }
+
+    #[test]
+    fn samples_live_while_held_and_are_freed_after() {
+        let mut stacks = Stacks::default();
+        let r = stacks.add(1, sample(0x10), 0);
+        stacks.hold(r);
+        stacks.hold(r);
+        stacks.drop_if_unused(r);
+        assert_eq!(stacks.raw_count(), 1);
+        stacks.release(r);
+        assert_eq!(stacks.raw_count(), 1);
+        stacks.release(r);
+        assert_eq!(stacks.raw_count(), 0);
+        // The slot is reused, and the stale queue entry is ignored.
+        let again = stacks.add(1, sample(0x20), 5);
+        assert_eq!(again, r);
+        stacks.hold(again);
+        stacks.mature(10, Duration::from_nanos(100));
+        assert_eq!(stacks.raw_count(), 1);
+    }
+
+    #[test]
+    fn only_old_samples_are_unwound_and_identical_ones_share_an_id() {
+        let mut stacks = Stacks::default();
+        let old = stacks.add(1, sample(0x10), 0);
+        let twin = stacks.add(1, sample(0x10), 10);
+        let young = stacks.add(1, sample(0x30), 1_000);
+        for r in [old, twin, young] {
+            stacks.hold(r);
+        }
+        stacks.mature(1_050, Duration::from_nanos(500));
+        assert_eq!(stacks.raw_count(), 1);
+        assert_eq!(stacks.resolve(old), stacks.resolve(twin));
+        assert_ne!(stacks.resolve(old), stacks.resolve(young));
+        assert_eq!(stacks.raw_count(), 0);
+        // No maps were read for process 1: the stack is only its ip, truncated.
+        let id = stacks.resolve(old).unwrap();
+        assert_eq!(
+            stacks.stack(id).frames,
+            vec![Frame::Unknown { address: 0x10 }]
+        );
+        assert!(stacks.stack(id).truncated);
+    }
+
+    #[test]
+    fn raw_memory_is_bounded() {
+        let mut stacks = Stacks::default();
+        for i in 0..(MAX_RAW_SAMPLES as u64 + 10) {
+            let r = stacks.add(1, sample(i), i);
+            stacks.hold(r);
+        }
+        assert_eq!(stacks.raw_count(), MAX_RAW_SAMPLES);
     }
 }

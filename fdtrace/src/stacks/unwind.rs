@@ -14,7 +14,7 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
 use super::maps::{Mapping, ProcessMaps};
 
 /// Most frames kept per stack.
-pub const MAX_FRAMES: usize = 128;
+pub const MAX_FRAMES: usize = 256;
 
 /// Bytes of a section inside a shared file image.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use std::{
     env, fs,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::OnceLock,
+    sync::{Mutex, OnceLock},
 };
 
 use serde_json::Value;
@@ -52,24 +52,41 @@ pub fn fixture_source(name: &str) -> PathBuf {
     workspace().join("tests/fixtures").join(name)
 }
 
-/// Compiles a C fixture with `cc`; `variant` names the flag set.
+/// Compiles a C fixture with `cc`; `variant` names the flag set. Each
+/// fixture is built once per test binary (tests run in parallel and must not
+/// execute a file another test is still writing).
 pub fn compile_c(source: &str, variant: &str, flags: &[&str]) -> PathBuf {
-    let src = fixture_source(source);
     let stem = source.trim_end_matches(".c");
-    let out = fixture_out().join(format!("{stem}-{variant}"));
-    let output = Command::new("cc")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .arg("-pthread")
-        .output()
-        .expect("run cc (install gcc)");
+    build_once(&format!("{stem}-{variant}"), |out| {
+        let mut cc = Command::new("cc");
+        cc.args(flags)
+            .arg("-o")
+            .arg(out)
+            .arg(fixture_source(source))
+            .arg("-pthread")
+            .arg("-ldl");
+        cc
+    })
+}
+
+/// Runs `command` (which writes the path it is given) once per `name`,
+/// writing to a temporary name and renaming, so the result appears whole.
+fn build_once(name: &str, command: impl FnOnce(&Path) -> Command) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let out = fixture_out().join(name);
+    if built.iter().any(|b| b == name) {
+        return out;
+    }
+    let tmp = fixture_out().join(format!(".{name}.{}", std::process::id()));
+    let output = command(&tmp).output().expect("run the fixture compiler");
     assert!(
         output.status.success(),
-        "cc {source} failed: {}",
+        "building {name} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    fs::rename(&tmp, &out).expect("move the fixture into place");
+    built.push(name.to_owned());
     out
 }
 
@@ -78,22 +95,18 @@ pub fn c_fixture(source: &str) -> PathBuf {
     compile_c(source, "g", &["-g", "-O0", "-fno-omit-frame-pointer"])
 }
 
-/// Compiles a Rust fixture with `rustc`.
+/// Compiles a Rust fixture with `rustc`, once per test binary.
 pub fn rust_fixture(source: &str, variant: &str, flags: &[&str]) -> PathBuf {
-    let out = fixture_out().join(format!("{}-{variant}", source.trim_end_matches(".rs")));
-    let output = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(fixture_source(source))
-        .output()
-        .expect("run rustc");
-    assert!(
-        output.status.success(),
-        "rustc {source} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    let stem = source.trim_end_matches(".rs");
+    build_once(&format!("{stem}-{variant}"), |out| {
+        let mut rustc = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()));
+        rustc
+            .args(flags)
+            .arg("-o")
+            .arg(out)
+            .arg(fixture_source(source));
+        rustc
+    })
 }
 
 /// The line of `source` carrying `marker` (1-based).

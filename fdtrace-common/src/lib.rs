@@ -128,11 +128,17 @@ pub enum Syscall {
     Bind,
     Connect,
     ExitGroup,
+    /// Only recorded when `nfds` > FD_SETSIZE (1024): the fd_set overflows.
+    Select,
+    Pselect6,
 }
+
+/// `FD_SETSIZE`: select() cannot watch descriptors at or above it.
+pub const FD_SETSIZE: u64 = 1024;
 
 /// Every syscall, in declaration order; `Syscall::ALL[i] as u32 == i + 1`.
 impl Syscall {
-    pub const ALL: [Syscall; 39] = [
+    pub const ALL: [Syscall; 41] = [
         Syscall::Open,
         Syscall::Openat,
         Syscall::Openat2,
@@ -172,6 +178,8 @@ impl Syscall {
         Syscall::Bind,
         Syscall::Connect,
         Syscall::ExitGroup,
+        Syscall::Select,
+        Syscall::Pselect6,
     ];
 
     /// The kernel's name, as in `syscalls/sys_enter_<name>`.
@@ -216,6 +224,8 @@ impl Syscall {
             Syscall::Bind => "bind",
             Syscall::Connect => "connect",
             Syscall::ExitGroup => "exit_group",
+            Syscall::Select => "select",
+            Syscall::Pselect6 => "pselect6",
         }
     }
 }
@@ -234,6 +244,7 @@ impl Syscall {
             3 => Syscall::Close,
             16 => Syscall::Ioctl,
             22 => Syscall::Pipe,
+            23 => Syscall::Select,
             32 => Syscall::Dup,
             33 => Syscall::Dup2,
             41 => Syscall::Socket,
@@ -248,6 +259,7 @@ impl Syscall {
             231 => Syscall::ExitGroup,
             253 => Syscall::InotifyInit,
             257 => Syscall::Openat,
+            270 => Syscall::Pselect6,
             282 => Syscall::Signalfd,
             283 => Syscall::TimerfdCreate,
             284 => Syscall::Eventfd,

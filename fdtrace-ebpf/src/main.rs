@@ -29,7 +29,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    COUNTER_SLOTS, Counter, EventHeader, EventKind, FLAG_STOPPED, Syscall, SyscallArgs, nr,
+    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STOPPED, Syscall, SyscallArgs,
+    nr,
 };
 
 #[map]
@@ -184,6 +185,8 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         Syscall::Fcntl if a[1] == F_SETFD => emit_now(syscall, tgid, tid, &args),
         Syscall::Ioctl | Syscall::Fcntl if a[1] != F_DUPFD && a[1] != F_DUPFD_CLOEXEC => Ok(()),
+        // Only a set larger than FD_SETSIZE is worth a record (and a stack).
+        Syscall::Select | Syscall::Pselect6 if a[0] <= FD_SETSIZE => Ok(()),
         _ => {
             let pending = Pending {
                 syscall: syscall as u32,
@@ -252,6 +255,8 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let failed_for_lack_of_fds = ret == -EMFILE || ret == -ENFILE;
     let ok = match syscall {
         Syscall::Connect => ret == 0 || ret == -EINPROGRESS,
+        // Recorded whatever the result: the overflow already happened.
+        Syscall::Select | Syscall::Pselect6 => true,
         _ => ret >= 0,
     };
     if !ok && !failed_for_lack_of_fds {
@@ -331,6 +336,13 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if wants_stack {
         // SAFETY: the reservation is `stack_record_size()` bytes, header initialised.
         unsafe { capture::stack(ctx, record, tgid, &regs) };
+    }
+    if failed_for_lack_of_fds {
+        // Stopped before the failure returns to user space: userspace reads
+        // the limit and who holds the table as they are now, and continues
+        // the process (or leaves it stopped, with --on-emfile stop).
+        // SAFETY: the header was initialised above.
+        unsafe { capture::stop(header) };
     }
     // SAFETY: the header was initialised above.
     let stopped = unsafe { (*header).flags } & FLAG_STOPPED != 0;

@@ -1,6 +1,7 @@
-//! Command line: clap types only, converted into a validated [`RunConfig`].
+//! Command line: clap types only, converted into validated [`RunConfig`]
+//! and [`AttachConfig`].
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -21,10 +22,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a command and report every descriptor it and its children never closed.
     Run(RunArgs),
+    /// Attach to running processes and watch which stacks keep accumulating descriptors.
+    Attach(AttachArgs),
 }
 
+/// Options both subcommands take.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct TraceArgs {
     /// Write the report to FILE instead of standard error.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -37,9 +41,6 @@ pub struct RunArgs {
     /// Exit code for --fail-on-leak.
     #[arg(long, value_name = "CODE", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
     pub leak_exit_code: u8,
-    /// Under sudo, run the command as root instead of as the invoking user.
-    #[arg(long)]
-    pub as_root: bool,
     /// How to capture stacks: dwarf (complete, unwound from a stack copy),
     /// fp (frame pointers only) or none.
     #[arg(long, value_enum, default_value_t = StackKind::Dwarf)]
@@ -47,6 +48,19 @@ pub struct RunArgs {
     /// Bytes of user stack copied per event with --stack dwarf (512 to 32768).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_STACK_BYTES)]
     pub stack_bytes: usize,
+    /// What to do when a traced call fails with EMFILE or ENFILE: report it
+    /// and go on, stop the process right there, or end tracing.
+    #[arg(long, value_enum, default_value_t = OnEmfile::Report)]
+    pub on_emfile: OnEmfile,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Under sudo, run the command as root instead of as the invoking user.
+    #[arg(long)]
+    pub as_root: bool,
     /// The command to run, after `--`.
     #[arg(
         required = true,
@@ -55,6 +69,25 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Process to attach to (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", required = true)]
+    pub pids: Vec<u32>,
+    /// Stop after this long (e.g. 30s, 5m, 500ms); default: until Ctrl-C or
+    /// the processes exit.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the growing stacks this often.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration, default_value = "5s")]
+    pub interval: Duration,
+    /// Only count descriptors at least this old in interval reports.
+    #[arg(long, value_name = "TIME", value_parser = parse_duration, default_value = "10s")]
+    pub min_age: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,20 +103,44 @@ pub enum StackKind {
     None,
 }
 
-/// A checked `run` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnEmfile {
+    Report,
+    Stop,
+    Exit,
+}
+
+/// Checked options shared by `run` and `attach`.
 #[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub command: Vec<String>,
+pub struct TraceConfig {
     pub output: Option<PathBuf>,
     pub format: Format,
     pub fail_on_leak: Option<u8>,
-    pub as_root: bool,
     pub stack_mode: StackMode,
     pub stack_bytes: u32,
+    pub on_emfile: OnEmfile,
 }
 
-impl RunArgs {
-    pub fn into_config(self) -> Result<RunConfig> {
+/// A checked `run` request.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub trace: TraceConfig,
+    pub command: Vec<String>,
+    pub as_root: bool,
+}
+
+/// A checked `attach` request.
+#[derive(Clone, Debug)]
+pub struct AttachConfig {
+    pub trace: TraceConfig,
+    pub pids: Vec<u32>,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub min_age: Duration,
+}
+
+impl TraceArgs {
+    fn into_config(self) -> Result<TraceConfig> {
         if !(512..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
             bail!(
                 "--stack-bytes must be between 512 and {MAX_STACK_BYTES}, got {}",
@@ -95,46 +152,105 @@ impl RunArgs {
             StackKind::Fp => StackMode::FramePointer,
             StackKind::None => StackMode::None,
         };
-        Ok(RunConfig {
-            command: self.command,
+        Ok(TraceConfig {
             output: self.output,
             format: self.format,
             fail_on_leak: self.fail_on_leak.then_some(self.leak_exit_code),
-            as_root: self.as_root,
             stack_mode,
             stack_bytes: u32::try_from(self.stack_bytes)?,
+            on_emfile: self.on_emfile,
         })
     }
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<RunConfig> {
+        Ok(RunConfig {
+            trace: self.trace.into_config()?,
+            command: self.command,
+            as_root: self.as_root,
+        })
+    }
+}
+
+impl AttachArgs {
+    pub fn into_config(self) -> Result<AttachConfig> {
+        if self.interval.is_zero() {
+            bail!("--interval must be more than 0");
+        }
+        let mut pids = self.pids;
+        pids.dedup();
+        Ok(AttachConfig {
+            trace: self.trace.into_config()?,
+            pids,
+            duration: self.duration,
+            interval: self.interval,
+            min_age: self.min_age,
+        })
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: use e.g. 500ms, 30s, 5m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}`: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<RunConfig> {
-        let cli = Cli::try_parse_from(args)?;
-        let Command::Run(run) = cli.command;
-        run.into_config()
+    fn parse_run(args: &[&str]) -> Result<RunConfig> {
+        match Cli::try_parse_from(args)?.command {
+            Command::Run(run) => run.into_config(),
+            Command::Attach(_) => bail!("not run"),
+        }
+    }
+
+    fn parse_attach(args: &[&str]) -> Result<AttachConfig> {
+        match Cli::try_parse_from(args)?.command {
+            Command::Attach(attach) => attach.into_config(),
+            Command::Run(_) => bail!("not attach"),
+        }
     }
 
     #[test]
     fn command_after_double_dash_keeps_its_flags() {
-        let c = parse(&[
+        let c = parse_run(&[
             "fdtrace", "run", "--format", "json", "--", "ls", "-l", "--all",
         ])
         .unwrap();
         assert_eq!(c.command, vec!["ls", "-l", "--all"]);
-        assert_eq!(c.format, Format::Json);
-        assert_eq!(c.stack_mode, StackMode::Dwarf);
-        assert_eq!(c.fail_on_leak, None);
+        assert_eq!(c.trace.format, Format::Json);
+        assert_eq!(c.trace.stack_mode, StackMode::Dwarf);
+        assert_eq!(c.trace.fail_on_leak, None);
+        assert_eq!(c.trace.on_emfile, OnEmfile::Report);
     }
 
     #[test]
     fn rejects_bad_values() {
-        assert!(parse(&["fdtrace", "run", "--stack-bytes", "100000", "--", "ls"]).is_err());
-        assert!(parse(&["fdtrace", "run", "--leak-exit-code", "0", "--", "ls"]).is_err());
-        assert!(parse(&["fdtrace", "run"]).is_err());
-        let c = parse(&[
+        assert!(parse_run(&["fdtrace", "run", "--stack-bytes", "100000", "--", "ls"]).is_err());
+        assert!(parse_run(&["fdtrace", "run", "--leak-exit-code", "0", "--", "ls"]).is_err());
+        assert!(parse_run(&["fdtrace", "run"]).is_err());
+        let c = parse_run(&[
             "fdtrace",
             "run",
             "--fail-on-leak",
@@ -144,6 +260,42 @@ mod tests {
             "ls",
         ])
         .unwrap();
-        assert_eq!(c.fail_on_leak, Some(9));
+        assert_eq!(c.trace.fail_on_leak, Some(9));
+    }
+
+    #[test]
+    fn attach_takes_several_pids_and_durations() {
+        let c = parse_attach(&[
+            "fdtrace",
+            "attach",
+            "-p",
+            "1",
+            "--pid",
+            "2",
+            "--duration",
+            "30s",
+            "--interval",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(c.pids, vec![1, 2]);
+        assert_eq!(c.duration, Some(Duration::from_secs(30)));
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.min_age, Duration::from_secs(10));
+        assert!(parse_attach(&["fdtrace", "attach"]).is_err());
+        assert!(parse_attach(&["fdtrace", "attach", "-p", "1", "--interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_duration("soon").is_err());
     }
 }

@@ -140,6 +140,13 @@ pub enum Action {
     ExitGroup {
         status: i32,
     },
+    /// select()/pselect6() with `nfds` above FD_SETSIZE: an fd_set was
+    /// written past its end.
+    FdSetOverflow {
+        syscall: Syscall,
+        nfds: u64,
+        stack: Option<StackSample>,
+    },
     /// A call that changed nothing we track (dup2 onto itself, a signalfd
     /// mask update, a bind to an unknown address family).
     Nothing,
@@ -258,6 +265,13 @@ fn syscall_action(
 ) -> Result<Action> {
     let a = &h.args;
     let text_str = || (!text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned());
+    if matches!(syscall, Syscall::Select | Syscall::Pselect6) {
+        return Ok(Action::FdSetOverflow {
+            syscall,
+            nfds: a[0],
+            stack: stack_sample(h, stack, mode),
+        });
+    }
     if h.ret < 0 {
         let errno = i32::try_from(-h.ret)?;
         return Ok(Action::Exhausted {
@@ -407,6 +421,7 @@ fn syscall_action(
         Syscall::ExitGroup => Action::ExitGroup {
             status: fd_arg(a[0]),
         },
+        Syscall::Select | Syscall::Pselect6 => Action::Nothing,
     };
     Ok(action)
 }

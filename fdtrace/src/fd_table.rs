@@ -85,6 +85,42 @@ pub struct Process {
     pub exited_ns: Option<u64>,
     /// Most fds open at once.
     pub peak_fds: usize,
+    /// RLIMIT_NOFILE (soft, hard) as last read from /proc.
+    pub rlimit: Option<(u64, u64)>,
+    /// [`Process::preexisting_by_kind`] when it exited or tracing ended.
+    pub preexisting_at_end: Vec<(FdKind, usize)>,
+}
+
+impl Process {
+    /// Open fds from before tracing (origin unknown), counted by kind.
+    pub fn preexisting_by_kind(&self) -> Vec<(FdKind, usize)> {
+        let mut counts: Vec<(FdKind, usize)> = Vec::new();
+        for f in self.fds.values().filter(|f| f.origin == Origin::Inherited) {
+            match counts.iter_mut().find(|(k, _)| *k == f.kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((f.kind, 1)),
+            }
+        }
+        counts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts
+    }
+
+    /// Stack and creation time of every fd created while traced.
+    pub fn created(&self) -> impl Iterator<Item = (Fd, Option<StackRef>, u64)> + '_ {
+        self.fds.iter().filter_map(|(&fd, f)| match f.origin {
+            Origin::Created { stack, ts_ns, .. } => Some((fd, stack, ts_ns)),
+            Origin::Inherited => None,
+        })
+    }
+}
+
+/// Descriptors one stack held when the table filled up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub count: usize,
+    /// One of the group's stacks (held for the report).
+    pub stack: Option<StackRef>,
+    pub oldest_ns: u64,
 }
 
 /// An fd its creator still held when it exited (or when tracing ended).
@@ -128,6 +164,25 @@ pub struct Exhaustion {
     pub ts_ns: u64,
     pub open_fds: usize,
     pub stack: Option<StackRef>,
+    /// RLIMIT_NOFILE (soft, hard) at the failure.
+    pub rlimit: Option<(u64, u64)>,
+    /// Who held the table then, largest first (filled in by the caller,
+    /// which can tell equal stacks apart).
+    pub holders: Vec<Holder>,
+    /// Fds open since before tracing, by kind.
+    pub preexisting: Vec<(FdKind, usize)>,
+}
+
+/// select()/pselect6() asked about more than FD_SETSIZE descriptors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdSetOverflow {
+    pub tgid: u32,
+    pub tid: u32,
+    pub syscall: &'static str,
+    pub nfds: u64,
+    /// Highest fd the process held then.
+    pub highest_fd: Option<Fd>,
+    pub stack: Option<StackRef>,
 }
 
 /// What one `apply` did with stacks, so the caller can count references.
@@ -152,6 +207,7 @@ pub struct FdTable {
     pub leaks: Vec<Leak>,
     pub exec_leaks: Vec<ExecLeak>,
     pub exhaustions: Vec<Exhaustion>,
+    pub fd_set_overflows: Vec<FdSetOverflow>,
     /// Order in which processes appeared, for stable reports.
     pub order: Vec<u32>,
 }
@@ -215,6 +271,21 @@ impl FdTable {
                 }
             }
             Action::Nothing => {}
+            Action::FdSetOverflow { syscall, nfds, .. } => {
+                let highest_fd = self
+                    .processes
+                    .get(&tgid)
+                    .and_then(|p| p.fds.keys().max().copied());
+                self.fd_set_overflows.push(FdSetOverflow {
+                    tgid,
+                    tid: event.tid,
+                    syscall: syscall.name(),
+                    nfds: *nfds,
+                    highest_fd,
+                    stack,
+                });
+                used.held.extend(stack);
+            }
             Action::Create(creation) => self.create(event, creation, stack, describe, &mut used),
             Action::Close { fd } => {
                 if let Some(p) = self.processes.get_mut(&tgid) {
@@ -272,7 +343,15 @@ impl FdTable {
             } => {
                 if *errno == EMFILE || *errno == ENFILE {
                     let open_fds = self.processes.get(&tgid).map_or(0, |p| p.fds.len());
+                    let preexisting = self
+                        .processes
+                        .get(&tgid)
+                        .map(Process::preexisting_by_kind)
+                        .unwrap_or_default();
                     self.exhaustions.push(Exhaustion {
+                        rlimit: self.processes.get(&tgid).and_then(|p| p.rlimit),
+                        holders: Vec::new(),
+                        preexisting,
                         tgid,
                         tid: event.tid,
                         syscall: syscall.name(),
@@ -416,6 +495,7 @@ impl FdTable {
         if !still_running {
             p.exited_ns = Some(ts_ns);
         }
+        p.preexisting_at_end = p.preexisting_by_kind();
         let mut fds: Vec<(Fd, OpenFd)> = p.fds.drain().collect();
         fds.sort_unstable_by_key(|(fd, _)| *fd);
         for (fd, f) in fds {

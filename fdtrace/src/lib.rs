@@ -15,3 +15,4 @@ pub mod report;
 pub mod session;
 pub mod spawn;
 pub mod stacks;
+pub mod tracer;

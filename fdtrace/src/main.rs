@@ -9,16 +9,21 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use fdtrace::{
-    cli::{Cli, Command, Format, RunConfig},
+    cli::{Cli, Command, Format, TraceConfig},
     report::{self, Report},
-    session,
+    session::{self, Outcome},
     spawn::LaunchError,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => args.into_config().and_then(|config| run(&config)),
+        Command::Run(args) => args
+            .into_config()
+            .and_then(|config| finish(session::run(&config)?, &config.trace)),
+        Command::Attach(args) => args
+            .into_config()
+            .and_then(|config| finish(session::attach(&config)?, &config.trace)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -30,17 +35,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &RunConfig) -> Result<u8> {
-    let outcome = session::run(config)?;
+/// Writes the report; the exit code is the command's status (0 for
+/// `attach`), or --leak-exit-code when asked to fail on leaks.
+fn finish(outcome: Outcome, config: &TraceConfig) -> Result<u8> {
     write_report(&outcome.report, config)?;
     let leaked = !outcome.report.leaks.is_empty();
     Ok(match config.fail_on_leak {
         Some(code) if leaked => code,
-        _ => u8::try_from(outcome.command_status).unwrap_or(1),
+        _ => u8::try_from(outcome.command_status.unwrap_or(0)).unwrap_or(1),
     })
 }
 
-fn write_report(report: &Report, config: &RunConfig) -> Result<()> {
+fn write_report(report: &Report, config: &TraceConfig) -> Result<()> {
     match &config.output {
         Some(path) => {
             let mut file = File::create(path)

@@ -72,6 +72,60 @@ fn fdinfo_flags(tgid: u32, fd: Fd) -> Option<u32> {
     u32::from_str_radix(flags.trim(), 8).ok()
 }
 
+/// RLIMIT_NOFILE (soft, hard) of a live process; "unlimited" is u64::MAX.
+pub fn nofile_limit(tgid: u32) -> Option<(u64, u64)> {
+    parse_nofile_limit(&fs::read_to_string(format!("/proc/{tgid}/limits")).ok()?)
+}
+
+fn parse_nofile_limit(limits: &str) -> Option<(u64, u64)> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| match v {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        });
+    Some((values.next()??, values.next()??))
+}
+
+/// Why `tgid` cannot be attached to, if it cannot.
+pub fn attach_problem(tgid: u32) -> Option<String> {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/stat")) else {
+        return Some(format!(
+            "no process with PID {tgid} (check the PID; it may have exited)"
+        ));
+    };
+    // Field 9 (after the parenthesised comm) is the flags word; PF_KTHREAD = 0x00200000.
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let flags: u64 = after_comm
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    if flags & 0x0020_0000 != 0 {
+        return Some(format!(
+            "PID {tgid} is a kernel thread: it has no user-space descriptors to trace"
+        ));
+    }
+    let tgid_line = fs::read_to_string(format!("/proc/{tgid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_owned()))?;
+    if tgid_line != tgid.to_string() {
+        return Some(format!(
+            "PID {tgid} is a thread of process {tgid_line}: attach to {tgid_line}"
+        ));
+    }
+    None
+}
+
+/// The process's short name (`/proc/PID/comm`).
+pub fn comm(tgid: u32) -> String {
+    fs::read_to_string(format!("/proc/{tgid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Describes fds by reading their /proc link while the process is alive.
 pub struct ProcDescribe;
 
@@ -102,6 +156,30 @@ mod tests {
             (FdKind::Memfd, "memfd:cache (deleted)".into())
         );
         assert_eq!(classify_link("/etc/hosts").0, FdKind::File);
+    }
+
+    #[test]
+    fn parses_the_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_nofile_limit(limits), Some((1024, 524_288)));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_nofile_limit(unlimited), Some((u64::MAX, u64::MAX)));
+        assert_eq!(
+            nofile_limit(std::process::id()).map(|(s, h)| s <= h),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn refuses_missing_processes_kernel_threads_and_threads() {
+        assert!(attach_problem(std::process::id()).is_none());
+        assert!(attach_problem(0x7fff_fff0).unwrap().contains("no process"));
+        assert!(
+            attach_problem(2).unwrap().contains("kernel thread"),
+            "kthreadd is PID 2"
+        );
     }
 
     #[test]

@@ -1,27 +1,28 @@
-//! `fdtrace run`: load, start the command at a gate, then feed ring-buffer
-//! records through decode -> stacks -> fd table until the command exits,
-//! and build the report. The async loop only waits; [`Tracer`] does the work.
+//! Sessions: `fdtrace run` (start a command at a gate, trace it until it
+//! exits) and `fdtrace attach` (trace running processes until Ctrl-C,
+//! `--duration` or their exit). The async loop only waits for the ring
+//! buffer, signals and timers; [`Tracer`] does the work.
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    io::{self, Write as _},
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
-use fdtrace_common::StackMode;
-use hashbrown::HashMap;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
-    cli::RunConfig,
-    events::{Action, decode},
-    fd_table::{FdTable, StackRef},
+    cli::{AttachConfig, Format, OnEmfile, RunConfig, TraceConfig},
     load::{ProbeOptions, Probes},
-    procfs::{self, ProcDescribe},
-    report::{Context, Report},
+    procfs,
+    report::{Context, IntervalEntry, Report, live, text},
     spawn::{self, Identity},
-    stacks::{Stacks, maps::ProcessMaps, symbolize},
+    tracer::{Notice, Tracer, continue_process},
 };
 
 /// How long a stack sample stays raw before it is unwound and interned.
@@ -30,128 +31,12 @@ const UNWIND_AFTER: Duration = Duration::from_millis(200);
 /// (which only wakes us for stopped processes and a filling ring).
 const TICK: Duration = Duration::from_millis(10);
 
-/// The outcome of a run: the report and the command's exit code.
+/// The outcome of a session.
 pub struct Outcome {
     pub report: Report,
-    /// 128 + signal number when a signal ended the command.
-    pub command_status: i32,
-}
-
-/// Everything that turns records into a report; synchronous and I/O-light.
-pub struct Tracer {
-    pub table: FdTable,
-    pub stacks: Stacks,
-    stack_mode: StackMode,
-    /// Records that did not decode (counted as dropped).
-    pub undecodable: u64,
-}
-
-impl Tracer {
-    pub fn new(stack_mode: StackMode) -> Self {
-        Self {
-            table: FdTable::default(),
-            stacks: Stacks::default(),
-            stack_mode,
-            undecodable: 0,
-        }
-    }
-
-    /// Handles one ring-buffer record.
-    pub fn handle(&mut self, bytes: &[u8]) {
-        let mut event = match decode(bytes, self.stack_mode) {
-            Ok(e) => e,
-            Err(_) => {
-                self.undecodable += 1;
-                return;
-            }
-        };
-        let tgid = event.tgid;
-        if event.stopped {
-            // The kernel stopped the process so its maps are still there.
-            if let Ok(maps) = ProcessMaps::read(tgid) {
-                self.stacks.set_maps(tgid, maps);
-            }
-        }
-        match &mut event.action {
-            Action::Fork { child, .. } => self.stacks.fork(tgid, *child),
-            Action::Exec { filename } => {
-                self.stacks.exec(tgid);
-                // execve got a relative path: name the program by its real path.
-                if !filename.starts_with('/')
-                    && let Ok(exe) = fs::read_link(format!("/proc/{tgid}/exe"))
-                {
-                    *filename = exe.to_string_lossy().into_owned();
-                }
-            }
-            _ => {}
-        }
-        let sample = match &mut event.action {
-            Action::Create(c) => c.stack.take(),
-            Action::Exhausted { stack, .. } => stack.take(),
-            _ => None,
-        };
-        let stack = sample.map(|s| self.stacks.add(tgid, s, event.ts_ns));
-        let used = self.table.apply(&event, stack, &mut ProcDescribe);
-        for r in used.held {
-            self.stacks.hold(r);
-        }
-        for r in used.released {
-            self.stacks.release(r);
-        }
-        if let Some(r) = stack {
-            self.stacks.drop_if_unused(r);
-        }
-        if event.stopped {
-            // Maps read and new descriptors described: let it run.
-            // SAFETY: plain kill(2); ESRCH (already gone) is fine.
-            unsafe { libc::kill(libc::pid_t::try_from(tgid).unwrap_or(0), libc::SIGCONT) };
-        }
-    }
-
-    /// Ends tracing and builds the report.
-    pub fn report(mut self, command: &[String], exit_status: Option<i32>, dropped: u64) -> Report {
-        let used = self.table.finish(monotonic_ns());
-        for r in used.released {
-            self.stacks.release(r);
-        }
-        let refs: Vec<StackRef> = self
-            .table
-            .leaks
-            .iter()
-            .filter_map(|l| l.stack)
-            .chain(self.table.exec_leaks.iter().filter_map(|e| e.stack))
-            .chain(self.table.exhaustions.iter().filter_map(|e| e.stack))
-            .collect();
-        let mut stack_ids = HashMap::new();
-        for r in refs {
-            if let Some(id) = self.stacks.resolve(r) {
-                stack_ids.insert(r, id);
-            }
-        }
-        let mut ids: Vec<_> = stack_ids.values().copied().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let frames = symbolize::symbolize(&self.stacks, &ids);
-        let canonical = symbolize::same_source(&frames, &ids);
-        for id in stack_ids.values_mut() {
-            *id = canonical[id];
-        }
-        let mut truncated = HashMap::new();
-        for &id in &ids {
-            *truncated.entry(canonical[&id]).or_insert(false) |= self.stacks.stack(id).truncated;
-        }
-        Report::build(
-            &self.table,
-            &Context {
-                command,
-                exit_status,
-                dropped_events: dropped + self.undecodable,
-                stack_ids: &stack_ids,
-                frames: &frames,
-                truncated: &truncated,
-            },
-        )
-    }
+    /// The command's status for `run` (128 + signal number when a signal
+    /// ended it); `None` for `attach`.
+    pub command_status: Option<i32>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
@@ -165,13 +50,17 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+fn load(trace: &TraceConfig) -> Result<Probes> {
+    Probes::load(ProbeOptions {
+        stack_mode: trace.stack_mode,
+        stack_bytes: trace.stack_bytes,
+    })
+}
+
 /// Runs `config.command` under tracing.
 pub fn run(config: &RunConfig) -> Result<Outcome> {
     let path = spawn::resolve(&config.command[0])?;
-    let mut probes = Probes::load(ProbeOptions {
-        stack_mode: config.stack_mode,
-        stack_bytes: config.stack_bytes,
-    })?;
+    let mut probes = load(&config.trace)?;
     let identity = if config.as_root {
         None
     } else {
@@ -179,7 +68,7 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     };
     let child = spawn::spawn_gated(&path, &config.command, identity.as_ref())?;
     let pid = child.pid;
-    let mut tracer = Tracer::new(config.stack_mode);
+    let mut tracer = Tracer::new(config.trace.stack_mode);
     // What the command inherits: our own descriptors are close-on-exec and
     // vanish at its exec, so they are not part of its table.
     let mut inherited =
@@ -194,58 +83,308 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         reap(pid);
         return Err(err);
     }
-    let ring = probes.take_events().context("ring buffer already taken")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the event loop")?;
-    let status = runtime.block_on(trace_until_exit(ring, &mut tracer, pid))?;
+    let watch = Watch::Child(pid);
+    let ending = event_loop(&mut probes, &mut tracer, &config.trace, watch, None)?;
+    let status = match ending.reason {
+        Reason::CommandExited(status) => Some(status),
+        _ => None,
+    };
+    tracer.finish(monotonic_ns());
     let dropped = probes.losses().total();
-    let report = tracer.report(&config.command, Some(status), dropped);
+    let report = tracer.report(Context {
+        mode: "run",
+        command: &config.command,
+        exit_status: status,
+        dropped_events: dropped,
+        intervals: ending.intervals,
+    });
     Ok(Outcome {
         report,
         command_status: status,
     })
 }
 
-async fn trace_until_exit(ring: RingBuf<MapData>, tracer: &mut Tracer, pid: u32) -> Result<i32> {
-    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
-    // for as long as it lives, and the AsyncFd owns the RingBuf.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("poll the ring buffer: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
-    let mut sigchld = signal(SignalKind::child()).context("handle SIGCHLD")?;
-    let mut tick = tokio::time::interval(TICK);
-    let mut interrupts = 0;
-    loop {
-        if let Some(status) = try_wait(pid) {
-            drain(ring.get_mut(), tracer);
-            return Ok(status);
-        }
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("wait for ring buffer")?;
-                drain(guard.get_inner_mut(), tracer);
-                guard.clear_ready();
-            }
-            _ = sigchld.recv() => {}
-            _ = tick.tick() => {
-                drain(ring.get_mut(), tracer);
-                tracer.stacks.mature(monotonic_ns(), UNWIND_AFTER);
-            }
-            _ = sigint.recv() => {
-                interrupts += 1;
-                forward(pid, if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT });
-            }
-            _ = sigterm.recv() => forward(pid, libc::SIGTERM),
+/// Attaches to `config.pids` and traces them.
+pub fn attach(config: &AttachConfig) -> Result<Outcome> {
+    for &pid in &config.pids {
+        if let Some(problem) = procfs::attach_problem(pid) {
+            bail!("cannot attach: {problem}");
         }
     }
+    let started = Instant::now();
+    let mut probes = load(&config.trace)?;
+    let mut tracer = Tracer::new(config.trace.stack_mode);
+    for &pid in &config.pids {
+        // Traced first, then the snapshot: an fd opened in between arrives
+        // as an event later and replaces its "origin unknown" entry.
+        probes.trace(pid)?;
+        let fds = procfs::snapshot(pid)
+            .map_err(|_| anyhow!("process {pid} exited before fdtrace could attach"))?;
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracer.table.add_root(pid, &exe, fds);
+        if let Some(p) = tracer.table.processes.get_mut(&pid) {
+            p.rlimit = procfs::nofile_limit(pid);
+            p.comm = procfs::comm(pid);
+        }
+    }
+    let pids: Vec<String> = config.pids.iter().map(u32::to_string).collect();
+    eprintln!(
+        "fdtrace: attached to {} in {} ms; Ctrl-C to stop",
+        pids.join(", "),
+        started.elapsed().as_millis()
+    );
+    let watch = Watch::Attached(config.pids.clone());
+    let intervals = Some(Intervals {
+        every: config.interval,
+        min_age: config.min_age,
+        duration: config.duration,
+    });
+    let ending = event_loop(&mut probes, &mut tracer, &config.trace, watch, intervals)?;
+    tracer.finish(monotonic_ns());
+    let dropped = probes.losses().total();
+    let command = vec![format!("attach -p {}", pids.join(" -p "))];
+    let report = tracer.report(Context {
+        mode: "attach",
+        command: &command,
+        exit_status: None,
+        dropped_events: dropped,
+        intervals: ending.intervals,
+    });
+    Ok(Outcome {
+        report,
+        command_status: None,
+    })
 }
 
-fn drain(ring: &mut RingBuf<MapData>, tracer: &mut Tracer) {
-    while let Some(item) = ring.next() {
-        tracer.handle(&item);
+/// What ends a session.
+enum Watch {
+    /// `run`: the command's exit.
+    Child(u32),
+    /// `attach`: the exit of all of these (or a signal, or --duration).
+    Attached(Vec<u32>),
+}
+
+struct Intervals {
+    every: Duration,
+    min_age: Duration,
+    duration: Option<Duration>,
+}
+
+enum Reason {
+    CommandExited(i32),
+    AllExited,
+    Duration,
+    Interrupted,
+    Emfile,
+}
+
+struct Ending {
+    reason: Reason,
+    intervals: Vec<IntervalEntry>,
+}
+
+fn event_loop(
+    probes: &mut Probes,
+    tracer: &mut Tracer,
+    config: &TraceConfig,
+    watch: Watch,
+    intervals: Option<Intervals>,
+) -> Result<Ending> {
+    let ring = probes.take_events().context("ring buffer already taken")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the event loop")?;
+    // Live notices go to stderr as text, unless that is where JSON goes.
+    let live = text::Style { color: false };
+    let live_enabled = config.format == Format::Text || config.output.is_some();
+    let mut loop_state = LoopState {
+        config,
+        live,
+        live_enabled,
+        intervals: Vec::new(),
+    };
+    runtime.block_on(loop_state.run(ring, tracer, watch, intervals))
+}
+
+struct LoopState<'a> {
+    config: &'a TraceConfig,
+    live: text::Style,
+    live_enabled: bool,
+    intervals: Vec<IntervalEntry>,
+}
+
+impl LoopState<'_> {
+    async fn run(
+        &mut self,
+        ring: RingBuf<MapData>,
+        tracer: &mut Tracer,
+        watch: Watch,
+        intervals: Option<Intervals>,
+    ) -> Result<Ending> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as it lives, and the AsyncFd owns the RingBuf.
+        let mut ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("poll the ring buffer: {e}"))?;
+        let mut sigint = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+        let mut sigchld = signal(SignalKind::child()).context("handle SIGCHLD")?;
+        let mut tick = tokio::time::interval(TICK);
+        let start = Instant::now();
+        let start_ns = monotonic_ns();
+        let every = intervals.as_ref().map_or(Duration::MAX, |i| i.every);
+        let mut next_interval = start + every.min(Duration::from_secs(1 << 30));
+        let mut interrupts = 0;
+        loop {
+            let reason = match &watch {
+                Watch::Child(pid) => try_wait(*pid).map(Reason::CommandExited),
+                Watch::Attached(pids) => pids
+                    .iter()
+                    .all(|p| {
+                        tracer
+                            .table
+                            .processes
+                            .get(p)
+                            .is_none_or(|p| p.exited_ns.is_some())
+                    })
+                    .then_some(Reason::AllExited),
+            };
+            let reason = reason.or_else(|| {
+                let limit = intervals.as_ref().and_then(|i| i.duration)?;
+                (start.elapsed() >= limit).then_some(Reason::Duration)
+            });
+            if let Some(reason) = reason {
+                self.drain(ring.get_mut(), tracer);
+                return Ok(Ending {
+                    reason,
+                    intervals: std::mem::take(&mut self.intervals),
+                });
+            }
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("wait for ring buffer")?;
+                    let ended = self.drain(guard.get_inner_mut(), tracer);
+                    guard.clear_ready();
+                    if ended {
+                        return Ok(Ending { reason: Reason::Emfile, intervals: std::mem::take(&mut self.intervals) });
+                    }
+                }
+                _ = sigchld.recv() => {}
+                _ = tick.tick() => {
+                    if self.drain(ring.get_mut(), tracer) {
+                        return Ok(Ending { reason: Reason::Emfile, intervals: std::mem::take(&mut self.intervals) });
+                    }
+                    tracer.stacks.mature(monotonic_ns(), UNWIND_AFTER);
+                    if let Some(i) = &intervals && Instant::now() >= next_interval {
+                        next_interval += i.every;
+                        self.interval(tracer, start_ns, i);
+                    }
+                }
+                _ = sigint.recv() => {
+                    interrupts += 1;
+                    match &watch {
+                        Watch::Child(pid) => forward(*pid, if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT }),
+                        Watch::Attached(_) => {
+                            self.drain(ring.get_mut(), tracer);
+                            return Ok(Ending { reason: Reason::Interrupted, intervals: std::mem::take(&mut self.intervals) });
+                        }
+                    }
+                }
+                _ = sigterm.recv() => match &watch {
+                    Watch::Child(pid) => forward(*pid, libc::SIGTERM),
+                    Watch::Attached(_) => {
+                        self.drain(ring.get_mut(), tracer);
+                        return Ok(Ending { reason: Reason::Interrupted, intervals: std::mem::take(&mut self.intervals) });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles every record available; true if tracing must end now
+    /// (`--on-emfile exit`).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, tracer: &mut Tracer) -> bool {
+        let mut end = false;
+        while let Some(item) = ring.next() {
+            let notice = tracer.handle(&item);
+            drop(item);
+            if let Some(notice) = notice {
+                end |= self.notice(tracer, notice);
+            }
+        }
+        end
+    }
+
+    fn notice(&mut self, tracer: &mut Tracer, notice: Notice) -> bool {
+        let context = Context {
+            mode: "live",
+            command: &[],
+            exit_status: None,
+            dropped_events: 0,
+            intervals: Vec::new(),
+        };
+        match notice {
+            Notice::Emfile { index, tgid } => {
+                if self.live_enabled {
+                    let report = tracer.report(context);
+                    let mut err = io::stderr().lock();
+                    let _ = live::emfile(&report, index, self.live, &mut err);
+                    if self.config.on_emfile == OnEmfile::Stop {
+                        let _ = writeln!(
+                            err,
+                            "fdtrace: process {tgid} is stopped at the failure (--on-emfile stop).\n  \
+                             inspect: ls -l /proc/{tgid}/fd; cat /proc/{tgid}/limits; gdb -p {tgid}\n  \
+                             resume:  kill -CONT {tgid}"
+                        );
+                    }
+                }
+                match self.config.on_emfile {
+                    OnEmfile::Stop => false,
+                    OnEmfile::Report => {
+                        continue_process(tgid);
+                        false
+                    }
+                    OnEmfile::Exit => {
+                        continue_process(tgid);
+                        true
+                    }
+                }
+            }
+            Notice::FdSetOverflow { index } => {
+                if self.live_enabled {
+                    let report = tracer.report(context);
+                    let _ =
+                        live::fd_set_overflow(&report, index, self.live, &mut io::stderr().lock());
+                }
+                false
+            }
+        }
+    }
+
+    fn interval(&mut self, tracer: &mut Tracer, start_ns: u64, intervals: &Intervals) {
+        let now = monotonic_ns();
+        let min_age = u64::try_from(intervals.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let entry = tracer.interval((now - start_ns) / 1_000_000, now.saturating_sub(min_age));
+        if self.live_enabled {
+            let report = tracer.report(Context {
+                mode: "live",
+                command: &[],
+                exit_status: None,
+                dropped_events: 0,
+                intervals: vec![entry.clone()],
+            });
+            let _ = live::interval(
+                &report,
+                &entry,
+                intervals.every,
+                intervals.min_age,
+                self.live,
+                &mut io::stderr().lock(),
+            );
+        }
+        self.intervals.push(entry);
     }
 }
 

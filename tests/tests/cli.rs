@@ -212,6 +212,9 @@ fn json_report_follows_the_documented_contract() {
     let t = trace(&[], &[bin.to_str().unwrap(), "exec"]);
     let r = &t.report;
     assert_eq!(r["version"], 1);
+    assert_eq!(r["mode"], "run");
+    assert_eq!(r["fd_set_overflows"], serde_json::json!([]));
+    assert_eq!(r["intervals"], serde_json::json!([]));
     assert_eq!(
         r["command"],
         serde_json::json!([bin.to_str().unwrap(), "exec"])

@@ -18,6 +18,9 @@ mod tests {
     fn has_the_documented_fields() {
         let report = Report {
             version: VERSION,
+            mode: "run",
+            fd_set_overflows: vec![],
+            intervals: vec![],
             command: vec!["./a".into()],
             exit_status: Some(1),
             dropped_events: 0,

@@ -1,16 +1,19 @@
-//! Report stage: turns the final fd table into a [`Report`] (leaks grouped
-//! by the stack that opened them, largest group first) and renders it as
-//! text or JSON into any `impl Write`. Knows nothing of BPF or async.
+//! Report stage: turns the fd table into a [`Report`] (leaks grouped by the
+//! stack that opened them, largest group first) and renders it as text or
+//! JSON into any `impl Write`. Knows nothing of BPF or async: stacks come
+//! through [`StackLookup`].
 
 pub mod json;
+pub mod live;
 pub mod text;
 
 use hashbrown::HashMap;
 use serde::Serialize;
 
 use crate::{
+    events::FdKind,
     fd_table::{FdTable, StackRef},
-    stacks::{StackId, symbolize::SymFrame},
+    stacks::symbolize::SymFrame,
 };
 
 /// JSON format version.
@@ -20,8 +23,11 @@ pub const VERSION: u32 = 1;
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
     pub version: u32,
+    /// `run` or `attach`.
+    pub mode: &'static str,
     pub command: Vec<String>,
-    /// The command's exit status (128 + signal number if a signal killed it).
+    /// The command's exit status (128 + signal number if a signal killed
+    /// it); null for `attach`.
     pub exit_status: Option<i32>,
     /// Events the kernel could not deliver; non-zero means the report is incomplete.
     pub dropped_events: u64,
@@ -30,6 +36,9 @@ pub struct Report {
     pub leaks: Vec<LeakEntry>,
     pub exec_leaks: Vec<ExecLeakEntry>,
     pub emfile: Vec<EmfileEntry>,
+    pub fd_set_overflows: Vec<FdSetOverflowEntry>,
+    /// `attach --interval` snapshots, oldest first.
+    pub intervals: Vec<IntervalEntry>,
     pub groups: Vec<Group>,
 }
 
@@ -41,6 +50,16 @@ pub struct ProcessEntry {
     pub exe: String,
     pub exit_status: Option<i32>,
     pub peak_fds: usize,
+    /// RLIMIT_NOFILE [soft, hard] as last read.
+    pub rlimit: Option<[u64; 2]>,
+    /// Descriptors open before tracing began (origin unknown), by kind.
+    pub preexisting: Vec<KindCount>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KindCount {
+    pub kind: &'static str,
+    pub count: usize,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -77,7 +96,49 @@ pub struct EmfileEntry {
     pub error: &'static str,
     pub argument: Option<String>,
     pub open_fds: usize,
+    pub rlimit: Option<[u64; 2]>,
     pub stack_id: Option<u32>,
+    /// Stacks holding the table at the failure, most descriptors first.
+    pub holders: Vec<HolderEntry>,
+    /// Descriptors open since before tracing, by kind.
+    pub preexisting: Vec<KindCount>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HolderEntry {
+    pub count: usize,
+    pub stack_id: Option<u32>,
+    pub oldest_age_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FdSetOverflowEntry {
+    pub pid: u32,
+    pub tid: u32,
+    pub syscall: &'static str,
+    pub nfds: u64,
+    pub highest_fd: Option<i32>,
+    pub stack_id: Option<u32>,
+}
+
+/// One `attach --interval` snapshot.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct IntervalEntry {
+    /// Time since attach.
+    pub elapsed_ms: u64,
+    /// Stacks holding descriptors opened since attach and older than
+    /// `--min-age`, most first.
+    pub groups: Vec<IntervalGroup>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct IntervalGroup {
+    pub stack_id: Option<u32>,
+    pub count: usize,
+    /// Change since the previous snapshot.
+    pub growth: i64,
+    pub kind: &'static str,
+    pub pids: Vec<u32>,
 }
 
 /// One stack and how many leaks it opened.
@@ -100,20 +161,41 @@ pub struct FrameEntry {
     pub inlined: bool,
 }
 
+/// How the report reaches stacks: handles to ids, ids to frames.
+pub trait StackLookup {
+    /// The report's stack id for a table handle (equal stacks, equal ids).
+    fn id(&self, stack: StackRef) -> Option<u32>;
+    fn frames(&self, id: u32) -> Vec<SymFrame>;
+    fn truncated(&self, id: u32) -> bool;
+}
+
 /// Inputs for [`Report::build`] besides the table.
 pub struct Context<'a> {
+    pub mode: &'static str,
     pub command: &'a [String],
     pub exit_status: Option<i32>,
     pub dropped_events: u64,
-    /// Maps the table's stack handles to interned stacks.
-    pub stack_ids: &'a HashMap<StackRef, StackId>,
-    pub frames: &'a HashMap<StackId, Vec<SymFrame>>,
-    pub truncated: &'a HashMap<StackId, bool>,
+    pub intervals: Vec<IntervalEntry>,
+}
+
+fn kind_counts(counts: &[(FdKind, usize)]) -> Vec<KindCount> {
+    counts
+        .iter()
+        .map(|&(kind, count)| KindCount {
+            kind: kind.name(),
+            count,
+        })
+        .collect()
+}
+
+/// Nanoseconds between two timestamps, in whole milliseconds.
+pub fn age_ms(from_ns: u64, to_ns: u64) -> u64 {
+    to_ns.saturating_sub(from_ns) / 1_000_000
 }
 
 impl Report {
-    pub fn build(table: &FdTable, cx: &Context<'_>) -> Self {
-        let id_of = |r: Option<StackRef>| r.and_then(|r| cx.stack_ids.get(&r)).map(|id| id.0);
+    pub fn build(table: &FdTable, cx: Context<'_>, stacks: &impl StackLookup) -> Self {
+        let id_of = |r: Option<StackRef>| r.and_then(|r| stacks.id(r));
         let processes = table
             .order
             .iter()
@@ -125,6 +207,12 @@ impl Report {
                 exe: p.exe.clone(),
                 exit_status: p.exit_status,
                 peak_fds: p.peak_fds,
+                rlimit: p.rlimit.map(|(soft, hard)| [soft, hard]),
+                preexisting: kind_counts(&if p.exited_ns.is_some() || p.fds.is_empty() {
+                    p.preexisting_at_end.clone()
+                } else {
+                    p.preexisting_by_kind()
+                }),
             })
             .collect();
         let leaks: Vec<LeakEntry> = table
@@ -137,7 +225,7 @@ impl Report {
                 target: l.target.clone(),
                 cloexec: l.cloexec,
                 opened_by: l.opened_by,
-                age_ms: l.seen_ns.saturating_sub(l.opened_ns) / 1_000_000,
+                age_ms: age_ms(l.opened_ns, l.seen_ns),
                 stack_id: id_of(l.stack),
                 still_running: l.still_running,
             })
@@ -166,12 +254,46 @@ impl Report {
                 error: if e.errno == 24 { "EMFILE" } else { "ENFILE" },
                 argument: e.argument.clone(),
                 open_fds: e.open_fds,
+                rlimit: e.rlimit.map(|(soft, hard)| [soft, hard]),
                 stack_id: id_of(e.stack),
+                holders: e
+                    .holders
+                    .iter()
+                    .map(|h| HolderEntry {
+                        count: h.count,
+                        stack_id: id_of(h.stack),
+                        oldest_age_ms: age_ms(h.oldest_ns, e.ts_ns),
+                    })
+                    .collect(),
+                preexisting: kind_counts(&e.preexisting),
             })
             .collect();
-        let groups = groups(&leaks, &exec_leaks, &emfile, cx);
+        let fd_set_overflows: Vec<FdSetOverflowEntry> = table
+            .fd_set_overflows
+            .iter()
+            .map(|o| FdSetOverflowEntry {
+                pid: o.tgid,
+                tid: o.tid,
+                syscall: o.syscall,
+                nfds: o.nfds,
+                highest_fd: o.highest_fd,
+                stack_id: id_of(o.stack),
+            })
+            .collect();
+        let mut ids: Vec<(Option<u32>, bool)> = leaks.iter().map(|l| (l.stack_id, true)).collect();
+        ids.extend(exec_leaks.iter().map(|e| (e.stack_id, false)));
+        for e in &emfile {
+            ids.push((e.stack_id, false));
+            ids.extend(e.holders.iter().map(|h| (h.stack_id, false)));
+        }
+        ids.extend(fd_set_overflows.iter().map(|o| (o.stack_id, false)));
+        for interval in &cx.intervals {
+            ids.extend(interval.groups.iter().map(|g| (g.stack_id, false)));
+        }
+        let groups = groups(&ids, stacks);
         Self {
             version: VERSION,
+            mode: cx.mode,
             command: cx.command.to_vec(),
             exit_status: cx.exit_status,
             dropped_events: cx.dropped_events,
@@ -180,6 +302,8 @@ impl Report {
             leaks,
             exec_leaks,
             emfile,
+            fd_set_overflows,
+            intervals: cx.intervals,
             groups,
         }
     }
@@ -198,22 +322,12 @@ impl Report {
     }
 }
 
-/// Every stack the report mentions: leak stacks first, by leak count, then
-/// those only exec leaks or EMFILE failures refer to.
-fn groups(
-    leaks: &[LeakEntry],
-    exec_leaks: &[ExecLeakEntry],
-    emfile: &[EmfileEntry],
-    cx: &Context<'_>,
-) -> Vec<Group> {
+/// Every stack the report mentions: by leak count (`true` entries), then
+/// in order of first mention.
+fn groups(ids: &[(Option<u32>, bool)], stacks: &impl StackLookup) -> Vec<Group> {
     let mut counts: HashMap<u32, usize> = HashMap::new();
     let mut order: Vec<u32> = Vec::new();
-    let ids = leaks
-        .iter()
-        .map(|l| (l.stack_id, true))
-        .chain(exec_leaks.iter().map(|e| (e.stack_id, false)))
-        .chain(emfile.iter().map(|e| (e.stack_id, false)));
-    for (id, is_leak) in ids {
+    for &(id, is_leak) in ids {
         let Some(id) = id else { continue };
         let count = counts.entry(id).or_insert_with(|| {
             order.push(id);
@@ -227,24 +341,22 @@ fn groups(
     order.sort_by_key(|id| std::cmp::Reverse(counts[id]));
     order
         .into_iter()
-        .map(|id| {
-            let frames = cx.frames.get(&StackId(id)).cloned().unwrap_or_default();
-            Group {
-                stack_id: id,
-                count: counts[&id],
-                truncated: cx.truncated.get(&StackId(id)).copied().unwrap_or(false),
-                stack: frames
-                    .into_iter()
-                    .map(|f| FrameEntry {
-                        address: format!("{:#x}", f.address),
-                        function: f.function,
-                        file: f.file,
-                        line: f.line,
-                        module: f.module,
-                        inlined: f.inlined,
-                    })
-                    .collect(),
-            }
+        .map(|id| Group {
+            stack_id: id,
+            count: counts[&id],
+            truncated: stacks.truncated(id),
+            stack: stacks
+                .frames(id)
+                .into_iter()
+                .map(|f| FrameEntry {
+                    address: format!("{:#x}", f.address),
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                    module: f.module,
+                    inlined: f.inlined,
+                })
+                .collect(),
         })
         .collect()
 }

@@ -3,13 +3,15 @@
 
 use std::io::{self, Write};
 
-use super::{ExecLeakEntry, FrameEntry, Group, LeakEntry, Report};
+use super::{ExecLeakEntry, FrameEntry, Group, LeakEntry, Report, live};
 
-const WIDTH: usize = 80;
+pub(super) const WIDTH: usize = 80;
 /// Frames shown per stack; JSON has them all.
 const MAX_FRAMES: usize = 16;
 /// Width function names are padded to, so locations line up.
 const FUNCTION_COLUMN: usize = 32;
+/// Processes listed in the headroom section.
+const MAX_PROCESSES: usize = 10;
 /// Descriptors listed per group.
 const MAX_SAMPLES: usize = 3;
 
@@ -20,14 +22,14 @@ pub struct Style {
 }
 
 impl Style {
-    fn bold(&self, s: &str) -> String {
+    pub(super) fn bold(&self, s: &str) -> String {
         if self.color {
             format!("\x1b[1m{s}\x1b[0m")
         } else {
             s.to_owned()
         }
     }
-    fn red(&self, s: &str) -> String {
+    pub(super) fn red(&self, s: &str) -> String {
         if self.color {
             format!("\x1b[1;31m{s}\x1b[0m")
         } else {
@@ -95,60 +97,101 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
             }
         }
     }
-    if !report.emfile.is_empty() {
+    if !report.fd_set_overflows.is_empty() {
         writeln!(out)?;
         writeln!(
             out,
             "{}",
-            style.red("Calls that failed for lack of descriptors:")
+            style.red("select() past FD_SETSIZE (memory corruption):")
         )?;
-        for e in &report.emfile {
-            let arg = e
-                .argument
-                .as_deref()
-                .map(|a| format!("(\"{a}\")"))
-                .unwrap_or_default();
-            let line = format!(
-                "  {}{arg} failed with {} in {} thread {}, {} fds open",
-                e.syscall,
-                e.error,
-                process_name(report, e.pid),
-                e.tid,
-                e.open_fds
-            );
-            writeln!(out, "{}", fit(&line, WIDTH))?;
-            if let Some(g) = e.stack_id.and_then(|id| report.group(id)) {
-                frames(g, out)?;
-            }
+        for index in 0..report.fd_set_overflows.len() {
+            live::fd_set_overflow(report, index, style, out)?;
         }
+    }
+    for index in 0..report.emfile.len() {
+        writeln!(out)?;
+        live::emfile(report, index, style, out)?;
+    }
+    headroom(report, style, out)
+}
+
+/// Each process's peak against its soft limit, and what it had open before
+/// tracing began.
+fn headroom(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{}",
+        style.bold("Processes (peak open descriptors / soft limit):")
+    )?;
+    for p in report.processes.iter().take(MAX_PROCESSES) {
+        let limit = match p.rlimit {
+            Some([soft, _]) if soft != u64::MAX => soft.to_string(),
+            Some(_) => "unlimited".to_owned(),
+            None => "?".to_owned(),
+        };
+        let status = match p.exit_status {
+            Some(s) => format!(", exit {s}"),
+            None => String::new(),
+        };
+        let mut line = format!("  {}[{}]  {} / {limit}{status}", p.comm, p.pid, p.peak_fds);
+        if !p.preexisting.is_empty() && report.mode == "attach" {
+            let kinds: Vec<String> = p
+                .preexisting
+                .iter()
+                .map(|k| format!("{} {}", k.count, k.kind))
+                .collect();
+            line.push_str(&format!("; open before attach: {}", kinds.join(", ")));
+        }
+        writeln!(out, "{}", fit(&line, WIDTH))?;
+    }
+    if report.processes.len() > MAX_PROCESSES {
+        writeln!(
+            out,
+            "  ... and {} more",
+            report.processes.len() - MAX_PROCESSES
+        )?;
     }
     Ok(())
 }
 
 fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
-    let command = report.command.first().map(String::as_str).unwrap_or("?");
-    let status = match report.exit_status {
-        Some(s) => format!("exited with status {s}"),
-        None => "is still running".to_owned(),
+    let attach = report.mode == "attach";
+    let head = if attach {
+        let who: Vec<String> = report
+            .processes
+            .iter()
+            .filter(|p| p.ppid.is_none())
+            .map(|p| format!("{}[{}]", p.comm, p.pid))
+            .collect();
+        format!("fdtrace: attached to {}", who.join(", "))
+    } else {
+        let command = report.command.first().map(String::as_str).unwrap_or("?");
+        match report.exit_status {
+            Some(s) => format!("fdtrace: {command} exited with status {s}"),
+            None => format!("fdtrace: {command} was still running when tracing ended"),
+        }
     };
-    writeln!(
-        out,
-        "{}",
-        style.bold(&fit(&format!("fdtrace: {command} {status}"), WIDTH))
-    )?;
+    writeln!(out, "{}", style.bold(&fit(&head, WIDTH)))?;
     let leaked = report.leaks.len();
     let stacks = report.groups.iter().filter(|g| g.count > 0).count();
     let mut pids: Vec<u32> = report.leaks.iter().map(|l| l.pid).collect();
     pids.sort_unstable();
     pids.dedup();
+    let what = if attach {
+        "opened since attach still open or leaked at exit"
+    } else {
+        "never closed"
+    };
     let line = if leaked == 0 {
+        let n = report.processes.len();
         format!(
-            "No leaked descriptors in {} processes traced.",
-            report.processes.len()
+            "No leaked descriptors in {n} {} traced.",
+            plural(n, "process", "processes")
         )
     } else {
         format!(
-            "{leaked} {} never closed, from {stacks} {}, in {} {}.",
+            "{leaked} {} {what}, from {stacks} {}, in {} {}.",
             plural(leaked, "descriptor", "descriptors"),
             plural(stacks, "stack", "stacks"),
             pids.len(),
@@ -211,7 +254,7 @@ fn leak_group(
 }
 
 /// "3 x file", or "4 descriptors (2 pipe, 2 file)" for mixed kinds.
-fn what<'a>(kinds: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn what<'a>(kinds: impl Iterator<Item = &'a str>) -> String {
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for kind in kinds {
         match counts.iter_mut().find(|(k, _)| *k == kind) {
@@ -248,12 +291,17 @@ fn samples<'a>(
     Ok(())
 }
 
-fn frames(group: &Group, out: &mut impl Write) -> io::Result<()> {
-    for (i, f) in group.stack.iter().enumerate().take(MAX_FRAMES) {
+pub(super) fn frames(group: &Group, out: &mut impl Write) -> io::Result<()> {
+    frames_up_to(group, MAX_FRAMES, out)
+}
+
+/// At most `max` frames, then how many more there are.
+pub(super) fn frames_up_to(group: &Group, max: usize, out: &mut impl Write) -> io::Result<()> {
+    for (i, f) in group.stack.iter().enumerate().take(max) {
         writeln!(out, "{}", frame_line(i, f))?;
     }
-    if group.stack.len() > MAX_FRAMES {
-        writeln!(out, "  ... {} more frames", group.stack.len() - MAX_FRAMES)?;
+    if group.stack.len() > max {
+        writeln!(out, "  ... {} more frames", group.stack.len() - max)?;
     }
     if group.truncated {
         writeln!(out, "  (stack truncated)")?;
@@ -283,7 +331,7 @@ fn frame_line(i: usize, f: &FrameEntry) -> String {
     format!("{prefix}{function:<FUNCTION_COLUMN$} {location}")
 }
 
-fn process_name(report: &Report, pid: u32) -> String {
+pub(super) fn process_name(report: &Report, pid: u32) -> String {
     match report.process(pid) {
         Some(p) => format!("{}[{pid}]", p.comm),
         None => format!("[{pid}]"),
@@ -294,12 +342,12 @@ fn base(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+pub(super) fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
     if n == 1 { one } else { many }
 }
 
 /// Cuts `s` to `width` characters, marking the cut with `…` at the end.
-fn fit(s: &str, width: usize) -> String {
+pub(super) fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         return s.to_owned();
     }
@@ -319,7 +367,7 @@ fn fit_left(s: &str, width: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::report::{ProcessEntry, VERSION};
 
@@ -348,9 +396,12 @@ mod tests {
         }
     }
 
-    fn report() -> Report {
+    pub(in crate::report) fn report() -> Report {
         Report {
             version: VERSION,
+            mode: "run",
+            fd_set_overflows: vec![],
+            intervals: vec![],
             command: vec!["./leaky".into()],
             exit_status: Some(0),
             dropped_events: 0,
@@ -362,6 +413,8 @@ mod tests {
                 exe: "/tmp/leaky".into(),
                 exit_status: Some(0),
                 peak_fds: 6,
+                rlimit: Some([1024, 4096]),
+                preexisting: vec![],
             }],
             leaks: vec![leak(3, "/tmp/a"), leak(4, "/tmp/b")],
             exec_leaks: vec![ExecLeakEntry {
@@ -407,6 +460,9 @@ Descriptors that crossed exec without CLOEXEC:
     fd 3    /tmp/a
   #0  open_config                      leaky.c:12
   #1  main                             leaky.c:30
+
+Processes (peak open descriptors / soft limit):
+  leaky[42]  6 / 1024, exit 0
 ";
         assert_eq!(text, expected);
         assert!(text.lines().all(|l| l.chars().count() <= WIDTH));

@@ -110,45 +110,78 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
         .collect()
 }
 
-/// Maps each stack to the first of `ids` that reads the same at source
-/// level (same functions, files and lines, innermost first), so that one
-/// call site a compiler duplicated (an unrolled loop, a cloned function)
-/// is one group in the report. Frames without a function keep their
+/// A stack as read at source level: (function, file, line, inlined, and
+/// the address for frames without a function).
+type SourceKey = Vec<(
+    Option<String>,
+    Option<String>,
+    Option<u32>,
+    bool,
+    Option<u64>,
+)>;
+
+fn source_key(frames: &[SymFrame]) -> SourceKey {
+    frames
+        .iter()
+        .map(|f| {
+            let address = f.function.is_none().then_some(f.address);
+            (
+                f.function.clone(),
+                f.file.clone(),
+                f.line,
+                f.inlined,
+                address,
+            )
+        })
+        .collect()
+}
+
+/// Symbolized stacks, kept for the whole session: every stack is
+/// symbolized once, however many reports (intervals, EMFILE blocks, the
+/// final report) show it.
+///
+/// Stacks that read the same at source level (one call site a compiler
+/// duplicated: an unrolled loop, a cloned function) share a canonical id,
+/// so they are one group in reports. Frames without a function keep their
 /// address, so unknown code only merges with itself.
-pub fn same_source(
-    frames: &HashMap<StackId, Vec<SymFrame>>,
-    ids: &[StackId],
-) -> HashMap<StackId, StackId> {
-    type Key = Vec<(
-        Option<String>,
-        Option<String>,
-        Option<u32>,
-        bool,
-        Option<u64>,
-    )>;
-    let mut first: HashMap<Key, StackId> = HashMap::new();
-    let mut canonical = HashMap::new();
-    for &id in ids {
-        let key: Key = frames
-            .get(&id)
-            .map(|fs| {
-                fs.iter()
-                    .map(|f| {
-                        let address = f.function.is_none().then_some(f.address);
-                        (
-                            f.function.clone(),
-                            f.file.clone(),
-                            f.line,
-                            f.inlined,
-                            address,
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        canonical.insert(id, *first.entry(key).or_insert(id));
+#[derive(Default)]
+pub struct Symbols {
+    frames: HashMap<StackId, Vec<SymFrame>>,
+    canonical: HashMap<StackId, StackId>,
+    first_by_source: HashMap<SourceKey, StackId>,
+}
+
+impl Symbols {
+    /// Symbolizes those of `ids` not seen before.
+    pub fn ensure(&mut self, stacks: &Stacks, ids: &[StackId]) {
+        let mut missing: Vec<StackId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.frames.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        for (id, frames) in symbolize(stacks, &missing) {
+            self.frames.insert(id, frames);
+        }
+        for id in missing {
+            let key = source_key(&self.frames[&id]);
+            let first = *self.first_by_source.entry(key).or_insert(id);
+            self.canonical.insert(id, first);
+        }
     }
-    canonical
+
+    /// The id reports group `id` under.
+    pub fn canonical(&self, id: StackId) -> StackId {
+        self.canonical.get(&id).copied().unwrap_or(id)
+    }
+
+    pub fn frames(&self, id: StackId) -> &[SymFrame] {
+        self.frames.get(&id).map_or(&[], Vec::as_slice)
+    }
 }
 
 #[cfg(test)]
@@ -167,36 +200,24 @@ mod tests {
     }
 
     #[test]
-    fn stacks_differing_only_in_addresses_merge() {
-        let frames = HashMap::from([
-            (
-                StackId(0),
-                vec![
-                    frame(0x10, Some("open_cache"), 27),
-                    frame(0x90, Some("main"), 43),
-                ],
-            ),
-            (
-                StackId(1),
-                vec![
-                    frame(0x14, Some("open_cache"), 27),
-                    frame(0x98, Some("main"), 43),
-                ],
-            ),
-            (
-                StackId(2),
-                vec![
-                    frame(0x14, Some("open_cache"), 28),
-                    frame(0x98, Some("main"), 43),
-                ],
-            ),
-            (StackId(3), vec![frame(0x50, None, 0)]),
-            (StackId(4), vec![frame(0x51, None, 0)]),
-        ]);
-        let ids = [StackId(0), StackId(1), StackId(2), StackId(3), StackId(4)];
-        let canonical = same_source(&frames, &ids);
-        assert_eq!(canonical[&StackId(1)], StackId(0));
-        assert_eq!(canonical[&StackId(2)], StackId(2));
-        assert_eq!(canonical[&StackId(4)], StackId(4));
+    fn stacks_differing_only_in_addresses_share_a_source_key() {
+        let a = [
+            frame(0x10, Some("open_cache"), 27),
+            frame(0x90, Some("main"), 43),
+        ];
+        let b = [
+            frame(0x14, Some("open_cache"), 27),
+            frame(0x98, Some("main"), 43),
+        ];
+        let c = [
+            frame(0x14, Some("open_cache"), 28),
+            frame(0x98, Some("main"), 43),
+        ];
+        assert_eq!(source_key(&a), source_key(&b));
+        assert_ne!(source_key(&a), source_key(&c));
+        assert_ne!(
+            source_key(&[frame(0x50, None, 0)]),
+            source_key(&[frame(0x51, None, 0)])
+        );
     }
 }

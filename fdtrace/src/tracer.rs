@@ -1,0 +1,316 @@
+//! The synchronous core of a session: each ring-buffer record goes through
+//! decode -> stacks -> fd table here, and reports (final, per interval, per
+//! EMFILE) are built from what that left. The async loop in `session.rs`
+//! only waits and calls in.
+
+use std::fs;
+
+use fdtrace_common::StackMode;
+use hashbrown::HashMap;
+
+use crate::{
+    events::{Action, FdKind, decode},
+    fd_table::{FdTable, Holder, Origin, StackRef},
+    procfs::{self, ProcDescribe},
+    report::{Context, IntervalEntry, IntervalGroup, Report, StackLookup},
+    stacks::{StackId, Stacks, maps::ProcessMaps, symbolize::SymFrame, symbolize::Symbols},
+};
+
+/// Something the session must act on now rather than at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// `table.exhaustions[index]` just happened; the process is stopped
+    /// (the kernel side stops it at the failure) until the session decides.
+    Emfile { index: usize, tgid: u32 },
+    /// `table.fd_set_overflows[index]` just happened.
+    FdSetOverflow { index: usize },
+}
+
+/// Decoded state of one tracing session.
+pub struct Tracer {
+    pub table: FdTable,
+    pub stacks: Stacks,
+    symbols: Symbols,
+    stack_mode: StackMode,
+    /// Records that did not decode (counted as dropped).
+    pub undecodable: u64,
+    /// Interval group sizes last time, by canonical stack.
+    last_interval: HashMap<Option<StackId>, usize>,
+}
+
+/// Live descriptors of one stack, for an interval snapshot.
+struct Holding {
+    id: Option<StackId>,
+    count: usize,
+    kinds: HashMap<FdKind, usize>,
+    pids: Vec<u32>,
+}
+
+/// Stack ids as a report sees them: canonical (same source, same id).
+struct Lookup<'a> {
+    ids: HashMap<StackRef, StackId>,
+    symbols: &'a Symbols,
+    stacks: &'a Stacks,
+}
+
+impl StackLookup for Lookup<'_> {
+    fn id(&self, stack: StackRef) -> Option<u32> {
+        self.ids.get(&stack).map(|id| self.symbols.canonical(*id).0)
+    }
+
+    fn frames(&self, id: u32) -> Vec<SymFrame> {
+        self.symbols.frames(StackId(id)).to_vec()
+    }
+
+    fn truncated(&self, id: u32) -> bool {
+        self.stacks.stack(StackId(id)).truncated
+    }
+}
+
+impl Tracer {
+    pub fn new(stack_mode: StackMode) -> Self {
+        Self {
+            table: FdTable::default(),
+            stacks: Stacks::default(),
+            symbols: Symbols::default(),
+            stack_mode,
+            undecodable: 0,
+            last_interval: HashMap::new(),
+        }
+    }
+
+    /// Handles one ring-buffer record. Processes the kernel stopped for us
+    /// are continued here, except at EMFILE (see [`Notice::Emfile`]).
+    pub fn handle(&mut self, bytes: &[u8]) -> Option<Notice> {
+        let Ok(mut event) = decode(bytes, self.stack_mode) else {
+            self.undecodable += 1;
+            return None;
+        };
+        let tgid = event.tgid;
+        if event.stopped {
+            // The kernel stopped the process: its maps and limits are as of now.
+            if let Ok(maps) = ProcessMaps::read(tgid) {
+                self.stacks.set_maps(tgid, maps);
+            }
+            if let Some(p) = self.table.processes.get_mut(&tgid) {
+                p.rlimit = procfs::nofile_limit(tgid).or(p.rlimit);
+            }
+        }
+        match &mut event.action {
+            Action::Fork { child } => self.stacks.fork(tgid, *child),
+            Action::Exec { filename } => {
+                self.stacks.exec(tgid);
+                // execve got a relative path: name the program by its real path.
+                if !filename.starts_with('/')
+                    && let Ok(exe) = fs::read_link(format!("/proc/{tgid}/exe"))
+                {
+                    *filename = exe.to_string_lossy().into_owned();
+                }
+            }
+            _ => {}
+        }
+        let sample = match &mut event.action {
+            Action::Create(c) => c.stack.take(),
+            Action::Exhausted { stack, .. } | Action::FdSetOverflow { stack, .. } => stack.take(),
+            _ => None,
+        };
+        let stack = sample.map(|s| self.stacks.add(tgid, s, event.ts_ns));
+        let exhaustions = self.table.exhaustions.len();
+        let overflows = self.table.fd_set_overflows.len();
+        let used = self.table.apply(&event, stack, &mut ProcDescribe);
+        for r in used.held {
+            self.stacks.hold(r);
+        }
+        for r in used.released {
+            self.stacks.release(r);
+        }
+        if let Some(r) = stack {
+            self.stacks.drop_if_unused(r);
+        }
+        if self.table.exhaustions.len() > exhaustions {
+            self.fill_holders(exhaustions);
+            return Some(Notice::Emfile {
+                index: exhaustions,
+                tgid,
+            });
+        }
+        if event.stopped {
+            continue_process(tgid);
+        }
+        (self.table.fd_set_overflows.len() > overflows)
+            .then_some(Notice::FdSetOverflow { index: overflows })
+    }
+
+    /// Canonical stack of a handle, symbolizing it if needed.
+    fn canonical(&mut self, stack: Option<StackRef>) -> Option<StackId> {
+        let id = self.stacks.resolve(stack?)?;
+        self.symbols.ensure(&self.stacks, &[id]);
+        Some(self.symbols.canonical(id))
+    }
+
+    /// Groups the fds process `tgid` created while traced by stack:
+    /// (count, a representative handle, oldest creation), most first.
+    fn holders(&mut self, tgid: u32, older_than_ns: u64) -> Vec<(Option<StackId>, Holder)> {
+        let Some(p) = self.table.processes.get(&tgid) else {
+            return Vec::new();
+        };
+        let created: Vec<(Option<StackRef>, u64)> = p
+            .created()
+            .filter(|&(_, _, ts)| ts <= older_than_ns)
+            .map(|(_, stack, ts)| (stack, ts))
+            .collect();
+        let mut groups: Vec<(Option<StackId>, Holder)> = Vec::new();
+        for (stack, ts_ns) in created {
+            let id = self.canonical(stack);
+            match groups.iter_mut().find(|(g, _)| *g == id) {
+                Some((_, h)) => {
+                    h.count += 1;
+                    h.oldest_ns = h.oldest_ns.min(ts_ns);
+                }
+                None => groups.push((
+                    id,
+                    Holder {
+                        count: 1,
+                        stack,
+                        oldest_ns: ts_ns,
+                    },
+                )),
+            }
+        }
+        groups.sort_by_key(|g| std::cmp::Reverse(g.1.count));
+        groups
+    }
+
+    fn fill_holders(&mut self, index: usize) {
+        let (tgid, at) = {
+            let e = &self.table.exhaustions[index];
+            (e.tgid, e.ts_ns)
+        };
+        let holders: Vec<Holder> = self.holders(tgid, at).into_iter().map(|(_, h)| h).collect();
+        for h in &holders {
+            if let Some(r) = h.stack {
+                // Kept for the final report even after those fds close.
+                self.stacks.hold(r);
+            }
+        }
+        self.table.exhaustions[index].holders = holders;
+    }
+
+    /// Descriptors opened since tracing began, still open in live
+    /// processes and created before `older_than_ns`, grouped by stack, with
+    /// growth since the previous call.
+    pub fn interval(&mut self, elapsed_ms: u64, older_than_ns: u64) -> IntervalEntry {
+        let live: Vec<u32> = self
+            .table
+            .order
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.table
+                    .processes
+                    .get(t)
+                    .is_some_and(|p| p.exited_ns.is_none())
+            })
+            .collect();
+        let mut groups: Vec<Holding> = Vec::new();
+        for tgid in live {
+            let p = &self.table.processes[&tgid];
+            let created: Vec<(Option<StackRef>, FdKind)> = p
+                .fds
+                .values()
+                .filter_map(|f| match f.origin {
+                    Origin::Created { stack, ts_ns, .. } if ts_ns <= older_than_ns => {
+                        Some((stack, f.kind))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (stack, kind) in created {
+                let id = self.canonical(stack);
+                let index = match groups.iter().position(|g| g.id == id) {
+                    Some(i) => i,
+                    None => {
+                        groups.push(Holding {
+                            id,
+                            count: 0,
+                            kinds: HashMap::new(),
+                            pids: Vec::new(),
+                        });
+                        groups.len() - 1
+                    }
+                };
+                let g = &mut groups[index];
+                g.count += 1;
+                *g.kinds.entry(kind).or_insert(0) += 1;
+                if !g.pids.contains(&tgid) {
+                    g.pids.push(tgid);
+                }
+            }
+        }
+        groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+        let previous = std::mem::take(&mut self.last_interval);
+        let entry = IntervalEntry {
+            elapsed_ms,
+            groups: groups
+                .iter()
+                .map(|g| IntervalGroup {
+                    stack_id: g.id.map(|id| id.0),
+                    count: g.count,
+                    growth: i64::try_from(g.count).unwrap_or(i64::MAX)
+                        - i64::try_from(previous.get(&g.id).copied().unwrap_or(0)).unwrap_or(0),
+                    kind: g
+                        .kinds
+                        .iter()
+                        .max_by_key(|(_, n)| **n)
+                        .map_or("other", |(k, _)| k.name()),
+                    pids: g.pids.clone(),
+                })
+                .collect(),
+        };
+        self.last_interval = groups.into_iter().map(|g| (g.id, g.count)).collect();
+        entry
+    }
+
+    /// Builds a report of the table as it is now.
+    pub fn report(&mut self, cx: Context<'_>) -> Report {
+        let t = &self.table;
+        let mut refs: Vec<StackRef> = t.leaks.iter().filter_map(|l| l.stack).collect();
+        refs.extend(t.exec_leaks.iter().filter_map(|e| e.stack));
+        for e in &t.exhaustions {
+            refs.extend(e.stack);
+            refs.extend(e.holders.iter().filter_map(|h| h.stack));
+        }
+        refs.extend(t.fd_set_overflows.iter().filter_map(|o| o.stack));
+        let mut ids = HashMap::new();
+        for r in refs {
+            if let Some(id) = self.stacks.resolve(r) {
+                ids.insert(r, id);
+            }
+        }
+        let all: Vec<StackId> = ids.values().copied().collect();
+        self.symbols.ensure(&self.stacks, &all);
+        let lookup = Lookup {
+            ids,
+            symbols: &self.symbols,
+            stacks: &self.stacks,
+        };
+        let mut report = Report::build(&self.table, cx, &lookup);
+        report.dropped_events += self.undecodable;
+        report.incomplete = report.dropped_events > 0;
+        report
+    }
+
+    /// Ends tracing: what live processes still hold is reported too.
+    pub fn finish(&mut self, now_ns: u64) {
+        let used = self.table.finish(now_ns);
+        for r in used.released {
+            self.stacks.release(r);
+        }
+    }
+}
+
+/// Lets a process the kernel stopped for us run again.
+pub fn continue_process(tgid: u32) {
+    // SAFETY: plain kill(2); ESRCH (already gone) is fine.
+    unsafe { libc::kill(libc::pid_t::try_from(tgid).unwrap_or(0), libc::SIGCONT) };
+}

@@ -73,9 +73,12 @@ pub enum Counter {
     DroppedArgs = 1,
     /// SCM_RIGHTS carried more descriptors than one event holds.
     DroppedFds = 2,
+    /// The ring buffer was more than half full: a creation was recorded
+    /// without its stack rather than risk losing the event itself.
+    SkippedStacks = 3,
 }
 /// Number of counters.
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 4;
 
 /// Flag: the kernel stopped the process (SIGSTOP) so userspace can read its
 /// memory maps; userspace sends SIGCONT when done.
@@ -84,6 +87,8 @@ pub const FLAG_STOPPED: u32 = 1;
 pub const FLAG_STACK_END: u32 = 2;
 /// Flag: more descriptors arrived than `fds` holds (counted in `DroppedFds`).
 pub const FLAG_FDS_TRUNCATED: u32 = 4;
+/// Flag: no stack sample because the ring buffer was filling up.
+pub const FLAG_STACK_SKIPPED: u32 = 8;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]

@@ -19,7 +19,9 @@ mod capture;
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, pt_regs,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user,
@@ -29,8 +31,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STOPPED, Syscall, SyscallArgs,
-    nr,
+    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
+    Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -117,6 +119,11 @@ fn wakeup(urgent: bool) -> u64 {
     } else {
         BPF_RB_NO_WAKEUP.into()
     }
+}
+
+/// More than half of the ring buffer is waiting for userspace.
+fn ring_half_full() -> bool {
+    EVENTS.query(BPF_RB_AVAIL_DATA.into()) * 2 > EVENTS.query(BPF_RB_RING_SIZE.into())
 }
 
 /// Unread bytes in the ring buffer past which userspace is woken.
@@ -268,7 +275,14 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     );
     // Reserved straight in the ring buffer: a per-CPU scratch buffer would
     // be shared by threads that preempt each other inside these programs.
-    let wants_stack = creates || failed_for_lack_of_fds;
+    // Under a burst, keep every event and drop stacks first: a lost close
+    // would be a false leak, a lost stack is only a shorter report. EMFILE
+    // failures always get theirs.
+    let busy = creates && !failed_for_lack_of_fds && ring_half_full();
+    if busy {
+        count(Counter::SkippedStacks);
+    }
+    let wants_stack = (creates && !busy) || failed_for_lack_of_fds;
     let entry = if wants_stack {
         EVENTS.reserve_bytes(capture::stack_record_size(), 0)
     } else {
@@ -285,6 +299,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
         (*header).ret = ret;
         (*header).args = pending.args.args;
+    }
+    if busy {
+        // SAFETY: the header was initialised above.
+        unsafe { (*header).flags |= FLAG_STACK_SKIPPED };
     }
     let args = &pending.args.args;
     if ok {

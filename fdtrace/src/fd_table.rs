@@ -262,7 +262,7 @@ impl FdTable {
         let mut used = StackUse::default();
         let tgid = event.tgid;
         match &event.action {
-            Action::Fork { child } => self.fork(tgid, *child),
+            Action::Fork { child } => self.fork(tgid, *child, &mut used),
             Action::Exec { filename } => self.exec(tgid, filename, &mut used),
             Action::Exit => self.exit(tgid, event.ts_ns, false, &mut used),
             Action::ExitGroup { status } => {
@@ -443,10 +443,12 @@ impl FdTable {
     /// A forked process starts with a copy of its parent's table. (A table
     /// shared between processes, `CLONE_FILES` without `CLONE_THREAD`, is
     /// rare and modelled as a copy: right until either side changes it.)
-    fn fork(&mut self, parent: u32, child: u32) {
+    fn fork(&mut self, parent: u32, child: u32, used: &mut StackUse) {
         let Some(p) = self.processes.get(&parent) else {
             return;
         };
+        // The copies hold the stacks too: each is released on its own.
+        used.held.extend(p.fds.values().filter_map(stack_of));
         let copy = Process {
             tgid: child,
             ppid: Some(parent),
@@ -798,6 +800,16 @@ mod tests {
         t.apply(&ev(100, 31, Action::Exit), None, &mut NoProc);
         assert_eq!(t.leaks.len(), 1);
         assert_eq!(t.processes[&101].ppid, Some(100));
+    }
+
+    #[test]
+    fn a_forked_copy_holds_its_stack_until_it_goes() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/a", false), Some(StackRef(4)), &mut NoProc);
+        let used = t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+        assert_eq!(used.held, vec![StackRef(4)]);
+        let used = t.apply(&ev(101, 12, Action::Exit), None, &mut NoProc);
+        assert_eq!(used.released, vec![StackRef(4)]);
     }
 
     #[test]

@@ -22,9 +22,9 @@ use crate::btf::Btf;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fdtrace"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
-/// Ring buffer size: room for ~2500 events with an 8 KiB stack copy while
+/// Ring buffer size: room for ~1300 events with an 8 KiB stack copy while
 /// userspace is busy (kernel memory, not ours).
-const RING_BYTES: u32 = 32 << 20;
+const RING_BYTES: u32 = 16 << 20;
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 /// CAP_PERFMON (38) and CAP_BPF (39), bits of `CapEff` in /proc/self/status.
 const CAP_PERFMON: u32 = 38;
@@ -43,9 +43,12 @@ pub struct Losses {
     pub dropped_events: u64,
     pub dropped_args: u64,
     pub dropped_fds: u64,
+    /// Creations recorded without a stack because the ring was filling.
+    pub skipped_stacks: u64,
 }
 
 impl Losses {
+    /// Events lost (skipped stacks are not: their events arrived).
     pub fn total(&self) -> u64 {
         self.dropped_events + self.dropped_args + self.dropped_fds
     }
@@ -130,11 +133,12 @@ impl Probes {
             dropped_events: read(Counter::DroppedEvents),
             dropped_args: read(Counter::DroppedArgs),
             dropped_fds: read(Counter::DroppedFds),
+            skipped_stacks: read(Counter::SkippedStacks),
         }
     }
 }
 
-const _: () = assert!(COUNTER_SLOTS == 3);
+const _: () = assert!(COUNTER_SLOTS == 4);
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)

@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    io::{self, IsTerminal as _, Write},
+    io::{self, BufWriter, IsTerminal as _, Write},
     process::ExitCode,
 };
 
@@ -49,16 +49,19 @@ fn finish(outcome: Outcome, config: &TraceConfig) -> Result<u8> {
 fn write_report(report: &Report, config: &TraceConfig) -> Result<()> {
     match &config.output {
         Some(path) => {
-            let mut file = File::create(path)
+            let file = File::create(path)
                 .with_context(|| format!("create report file {}", path.display()))?;
-            render(report, config.format, false, &mut file)?;
-            file.flush()
+            let mut out = BufWriter::new(file);
+            render(report, config.format, false, &mut out)?;
+            out.flush()
                 .with_context(|| format!("write report file {}", path.display()))
         }
         None => {
             let stderr = io::stderr();
             let color = stderr.is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            render(report, config.format, color, &mut stderr.lock())
+            let mut out = BufWriter::new(stderr.lock());
+            render(report, config.format, color, &mut out)?;
+            out.flush().context("write the report to standard error")
         }
     }
 }

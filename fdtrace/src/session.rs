@@ -90,12 +90,13 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         _ => None,
     };
     tracer.finish(monotonic_ns());
-    let dropped = probes.losses().total();
+    let losses = probes.losses();
     let report = tracer.report(Context {
         mode: "run",
         command: &config.command,
         exit_status: status,
-        dropped_events: dropped,
+        dropped_events: losses.total(),
+        skipped_stacks: losses.skipped_stacks,
         intervals: ending.intervals,
     });
     Ok(Outcome {
@@ -143,13 +144,14 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     });
     let ending = event_loop(&mut probes, &mut tracer, &config.trace, watch, intervals)?;
     tracer.finish(monotonic_ns());
-    let dropped = probes.losses().total();
+    let losses = probes.losses();
     let command = vec![format!("attach -p {}", pids.join(" -p "))];
     let report = tracer.report(Context {
         mode: "attach",
         command: &command,
         exit_status: None,
-        dropped_events: dropped,
+        dropped_events: losses.total(),
+        skipped_stacks: losses.skipped_stacks,
         intervals: ending.intervals,
     });
     Ok(Outcome {
@@ -323,6 +325,7 @@ impl LoopState<'_> {
             command: &[],
             exit_status: None,
             dropped_events: 0,
+            skipped_stacks: 0,
             intervals: Vec::new(),
         };
         match notice {
@@ -373,6 +376,7 @@ impl LoopState<'_> {
                 command: &[],
                 exit_status: None,
                 dropped_events: 0,
+                skipped_stacks: 0,
                 intervals: vec![entry.clone()],
             });
             let _ = live::interval(

@@ -259,3 +259,30 @@ fn a_call_failing_with_emfile_is_recorded_with_its_stack() {
         .expect("exhaust frame");
     assert_eq!(frame["line"], marker_line("lifetimes.c", "LEAK:emfile"));
 }
+
+#[test]
+fn a_burst_of_descriptors_loses_no_event() {
+    if !bpf_or_skip() {
+        return;
+    }
+    // Faster than userspace can take stacks: the kernel side keeps every
+    // event and records stacks only while the ring is less than half full.
+    // (15000 events fit the 16 MiB ring even if userspace read none.)
+    let bin = fdtrace_tests::compile_c("bench.c", "O2", &["-O2"]);
+    let t = trace(&[], &[bin.to_str().unwrap(), "hold", "15000"]);
+    assert_eq!(t.code(), Some(0), "{}", t.stderr());
+    assert_eq!(t.report["dropped_events"], 0);
+    let held = t
+        .leaks()
+        .iter()
+        .filter(|l| l["target"] == "/etc/hostname")
+        .count();
+    assert_eq!(held, 15_000);
+    let with_stack = t.leaks().iter().filter(|l| l["stack_id"].is_u64()).count() as u64;
+    let skipped = t.report["skipped_stacks"].as_u64().unwrap();
+    assert_eq!(
+        with_stack + skipped,
+        15_001,
+        "every creation has a stack or is counted as skipped"
+    );
+}

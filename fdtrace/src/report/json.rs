@@ -25,6 +25,7 @@ mod tests {
             exit_status: Some(1),
             dropped_events: 0,
             incomplete: false,
+            skipped_stacks: 0,
             processes: vec![],
             leaks: vec![LeakEntry {
                 pid: 1,

@@ -32,6 +32,9 @@ pub struct Report {
     /// Events the kernel could not deliver; non-zero means the report is incomplete.
     pub dropped_events: u64,
     pub incomplete: bool,
+    /// Creations recorded without a stack because the kernel's ring buffer
+    /// was filling up (their events are all there).
+    pub skipped_stacks: u64,
     pub processes: Vec<ProcessEntry>,
     pub leaks: Vec<LeakEntry>,
     pub exec_leaks: Vec<ExecLeakEntry>,
@@ -175,6 +178,7 @@ pub struct Context<'a> {
     pub command: &'a [String],
     pub exit_status: Option<i32>,
     pub dropped_events: u64,
+    pub skipped_stacks: u64,
     pub intervals: Vec<IntervalEntry>,
 }
 
@@ -298,6 +302,7 @@ impl Report {
             exit_status: cx.exit_status,
             dropped_events: cx.dropped_events,
             incomplete: cx.dropped_events > 0,
+            skipped_stacks: cx.skipped_stacks,
             processes,
             leaks,
             exec_leaks,

@@ -209,6 +209,13 @@ fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()
     } else {
         writeln!(out, "{dropped}.")?;
     }
+    if report.skipped_stacks > 0 {
+        let line = format!(
+            "Stacks skipped under load: {} (all events kept; --stack fp is cheaper)",
+            report.skipped_stacks
+        );
+        writeln!(out, "{}", style.red(&fit(&line, WIDTH)))?;
+    }
     Ok(())
 }
 
@@ -406,6 +413,7 @@ pub(super) mod tests {
             exit_status: Some(0),
             dropped_events: 0,
             incomplete: false,
+            skipped_stacks: 0,
             processes: vec![ProcessEntry {
                 pid: 42,
                 ppid: None,

@@ -61,8 +61,8 @@ struct Slot {
 }
 
 /// Raw samples kept at most; past this the oldest are unwound early, so
-/// memory stays bounded (8192 x 8 KiB = 64 MiB at the default copy size).
-const MAX_RAW_SAMPLES: usize = 8192;
+/// memory stays bounded (2048 x 12 KiB = 24 MiB at the default copy size).
+const MAX_RAW_SAMPLES: usize = 2048;
 
 /// Stack samples, address spaces and interned stacks.
 #[derive(Default)]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the developer entry point. Parses the subcommand and hands
 //! it to the module that does the work; orchestration only, no product logic.
 
+mod bench;
 mod bpf_linker;
 mod process;
 mod setup;
@@ -37,6 +38,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure fdtrace against untraced runs; table to stdout, JSON to target/bench.json.
+    Bench {
+        /// Runs per workload and mode (traced and untraced alternate).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -45,6 +52,7 @@ fn main() -> Result<ExitCode> {
         Command::Build { release } => tasks::build(release)?,
         Command::Demo => return tasks::demo(),
         Command::Test { args } => tasks::test(&args)?,
+        Command::Bench { runs } => bench::bench(runs)?,
     }
     Ok(ExitCode::SUCCESS)
 }

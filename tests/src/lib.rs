@@ -243,3 +243,13 @@ pub fn python() -> String {
         .expect("run python3");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
+
+/// Waits for a fixture that prints "ready" once it is running.
+pub fn wait_until_ready(child: &mut std::process::Child) {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the fixture");
+    assert_eq!(line, "ready\n");
+}

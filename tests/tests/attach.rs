@@ -8,7 +8,8 @@ use std::{
 };
 
 use fdtrace_tests::{
-    Trace, bpf_or_skip, c_fixture, fdtrace, fixture_out, fixture_source, marker_line, python, trace,
+    Trace, bpf_or_skip, c_fixture, fdtrace, fixture_out, fixture_source, marker_line, python,
+    trace, wait_until_ready,
 };
 use serde_json::Value;
 
@@ -18,11 +19,7 @@ fn service() -> Child {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    wait_until_ready(&mut child);
     child
 }
 

@@ -1,12 +1,9 @@
 //! The command line: exit codes, output destinations, signals, identity,
 //! errors, and the JSON contract.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
-use fdtrace_tests::{bpf_or_skip, c_fixture, fdtrace, fixture_out, trace};
+use fdtrace_tests::{bpf_or_skip, c_fixture, fdtrace, fixture_out, trace, wait_until_ready};
 use serde_json::Value;
 
 #[test]
@@ -103,11 +100,7 @@ fn ctrl_c_is_forwarded_and_the_report_still_printed() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    wait_until_ready(&mut child);
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT) };
     let status = child.wait().unwrap();

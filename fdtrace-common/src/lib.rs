@@ -14,8 +14,6 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the map holding the thread-group ids being traced.
 pub const TRACED_MAP: &str = "TRACED";
-/// Name of the map of processes whose memory maps userspace has read.
-pub const MAPS_SEEN_MAP: &str = "MAPS_SEEN";
 
 /// Global set by userspace before load: which kind of stack to capture.
 pub const STACK_MODE_GLOBAL: &str = "STACK_MODE";

@@ -4,8 +4,7 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FLAG_STACK_END, FLAG_STOPPED, MAX_EVENT_FDS, PAGE_SIZE, StackMode,
-    Syscall, TEXT_LEN,
+    EventHeader, EventKind, FLAG_STOPPED, MAX_EVENT_FDS, PAGE_SIZE, StackMode, Syscall, TEXT_LEN,
 };
 
 /// A descriptor number.
@@ -83,7 +82,6 @@ pub enum StackSample {
         sp: u64,
         bp: u64,
         bytes: Vec<u8>,
-        hit_end: bool,
     },
     /// Return addresses from a frame-pointer walk, innermost first.
     FramePointer(Vec<u64>),
@@ -250,7 +248,6 @@ fn stack_sample(header: &EventHeader, bytes: &[u8], mode: StackMode) -> Option<S
                 sp,
                 bp: header.regs[2],
                 bytes: bytes.get(skip..).unwrap_or_default().to_vec(),
-                hit_end: header.flags & FLAG_STACK_END != 0,
             })
         }
     }

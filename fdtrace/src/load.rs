@@ -11,7 +11,7 @@ use aya::{
     programs::Program,
 };
 use fdtrace_common::{
-    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, MAPS_SEEN_MAP,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP,
     STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_PID_OFFSET_GLOBAL,
     TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
@@ -60,7 +60,6 @@ pub struct Probes {
     _ebpf: Ebpf,
     events: Option<RingBuf<MapData>>,
     traced: HashMap<MapData, u32, u32>,
-    maps_seen: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -91,13 +90,11 @@ impl Probes {
         attach_all(&mut ebpf)?;
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
-        let maps_seen = HashMap::try_from(take_map(&mut ebpf, MAPS_SEEN_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             traced,
-            maps_seen,
             counters,
         })
     }
@@ -112,13 +109,6 @@ impl Probes {
         self.traced
             .insert(tgid, 1, 0)
             .with_context(|| format!("add process {tgid} to the traced set"))
-    }
-
-    /// Forgets that userspace has read `tgid`'s memory maps, so the next
-    /// creation event stops the process again and they are read afresh.
-    pub fn forget_maps(&mut self, tgid: u32) {
-        // Absent keys are fine: nothing to forget.
-        let _ = self.maps_seen.remove(&tgid);
     }
 
     /// Sums the per-CPU loss counters.

@@ -325,7 +325,6 @@ mod tests {
             sp: 0x1000,
             bp: 0,
             bytes: vec![0; 64],
-            hit_end: false,
         }
     }
 

@@ -3,9 +3,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fdtrace_common::{DEFAULT_STACK_BYTES, MAX_STACK_BYTES, StackMode};
+
+use crate::{report::Finding, suppress::Suppressions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,12 +37,23 @@ pub struct TraceArgs {
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Exit with --leak-exit-code when any descriptor leaked.
+    /// Exit with --leak-exit-code when the report has any of these findings
+    /// (after suppressions): leak, exec-leak, emfile; comma-separated.
+    #[arg(long, value_enum, value_name = "LIST", value_delimiter = ',')]
+    pub fail_on: Vec<FailOn>,
+    /// Same as --fail-on leak.
     #[arg(long)]
     pub fail_on_leak: bool,
-    /// Exit code for --fail-on-leak.
+    /// Exit code for --fail-on and --fail-on-leak.
     #[arg(long, value_name = "CODE", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
     pub leak_exit_code: u8,
+    /// Suppression rules (TOML; repeatable), read after ./.fdtrace.toml.
+    #[arg(long = "suppressions", value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
+    /// After the report, print suppression rules for every leak found, to
+    /// standard error, ready to paste into .fdtrace.toml.
+    #[arg(long)]
+    pub gen_suppressions: bool,
     /// How to capture stacks: dwarf (complete, unwound from a stack copy),
     /// fp (frame pointers only) or none.
     #[arg(long, value_enum, default_value_t = StackKind::Dwarf)]
@@ -94,6 +107,29 @@ pub struct AttachArgs {
 pub enum Format {
     Text,
     Json,
+    /// SARIF 2.1.0, for code scanning (GitHub, GitLab, IDEs).
+    Sarif,
+}
+
+/// Findings that fail the build with --fail-on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    /// A descriptor never closed.
+    Leak,
+    /// A descriptor that crossed exec without CLOEXEC.
+    ExecLeak,
+    /// A call that failed with EMFILE or ENFILE.
+    Emfile,
+}
+
+impl From<FailOn> for Finding {
+    fn from(f: FailOn) -> Self {
+        match f {
+            FailOn::Leak => Finding::Leak,
+            FailOn::ExecLeak => Finding::ExecLeak,
+            FailOn::Emfile => Finding::Emfile,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,7 +151,11 @@ pub enum OnEmfile {
 pub struct TraceConfig {
     pub output: Option<PathBuf>,
     pub format: Format,
-    pub fail_on_leak: Option<u8>,
+    /// Findings that fail the run, and the exit code they fail it with.
+    pub fail_on: Vec<Finding>,
+    pub fail_exit_code: u8,
+    pub suppressions: Suppressions,
+    pub gen_suppressions: bool,
     pub stack_mode: StackMode,
     pub stack_bytes: u32,
     pub on_emfile: OnEmfile,
@@ -147,6 +187,20 @@ impl TraceArgs {
                 self.stack_bytes
             );
         }
+        if self.gen_suppressions && self.format != Format::Text && self.output.is_none() {
+            bail!(
+                "--gen-suppressions prints to standard error: with --format json or sarif, \
+                 write the report elsewhere with -o FILE"
+            );
+        }
+        let mut fail_on: Vec<Finding> = self.fail_on.into_iter().map(Finding::from).collect();
+        if self.fail_on_leak {
+            fail_on.push(Finding::Leak);
+        }
+        fail_on.sort_unstable();
+        fail_on.dedup();
+        let cwd = std::env::current_dir().context("read the working directory")?;
+        let suppressions = Suppressions::load(&cwd, &self.suppressions)?;
         let stack_mode = match self.stack {
             StackKind::Dwarf => StackMode::Dwarf,
             StackKind::Fp => StackMode::FramePointer,
@@ -155,7 +209,10 @@ impl TraceArgs {
         Ok(TraceConfig {
             output: self.output,
             format: self.format,
-            fail_on_leak: self.fail_on_leak.then_some(self.leak_exit_code),
+            fail_on,
+            fail_exit_code: self.leak_exit_code,
+            suppressions,
+            gen_suppressions: self.gen_suppressions,
             stack_mode,
             stack_bytes: u32::try_from(self.stack_bytes)?,
             on_emfile: self.on_emfile,
@@ -241,7 +298,7 @@ mod tests {
         assert_eq!(c.command, vec!["ls", "-l", "--all"]);
         assert_eq!(c.trace.format, Format::Json);
         assert_eq!(c.trace.stack_mode, StackMode::Dwarf);
-        assert_eq!(c.trace.fail_on_leak, None);
+        assert!(c.trace.fail_on.is_empty());
         assert_eq!(c.trace.on_emfile, OnEmfile::Report);
     }
 
@@ -260,7 +317,34 @@ mod tests {
             "ls",
         ])
         .unwrap();
-        assert_eq!(c.trace.fail_on_leak, Some(9));
+        assert_eq!(c.trace.fail_on, vec![Finding::Leak]);
+        assert_eq!(c.trace.fail_exit_code, 9);
+        let c = parse_run(&[
+            "fdtrace",
+            "run",
+            "--fail-on",
+            "emfile,exec-leak",
+            "--fail-on-leak",
+            "--",
+            "ls",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.trace.fail_on,
+            vec![Finding::Leak, Finding::ExecLeak, Finding::Emfile]
+        );
+        assert!(parse_run(&["fdtrace", "run", "--fail-on", "leaks", "--", "ls"]).is_err());
+        let err = parse_run(&[
+            "fdtrace",
+            "run",
+            "--gen-suppressions",
+            "--format",
+            "sarif",
+            "--",
+            "ls",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("-o FILE"), "{err}");
     }
 
     #[test]

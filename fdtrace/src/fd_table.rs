@@ -79,6 +79,9 @@ pub struct Process {
     pub comm: String,
     /// Path of the program last exec'd (the parent's for a fork not yet exec'd).
     pub exe: String,
+    /// Command line, read from /proc while the process was alive (empty
+    /// until then); a fork starts with its parent's.
+    pub cmdline: Vec<String>,
     pub fds: HashMap<Fd, OpenFd>,
     /// Status passed to exit_group, if it got that far.
     pub exit_status: Option<i32>,
@@ -454,6 +457,7 @@ impl FdTable {
             ppid: Some(parent),
             comm: p.comm.clone(),
             exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
             fds: p.fds.clone(),
             ..Default::default()
         };
@@ -485,6 +489,7 @@ impl FdTable {
         }
         p.exe = filename.to_owned();
         p.comm = base_name(filename);
+        p.cmdline.clear();
     }
 
     fn exit(&mut self, tgid: u32, ts_ns: u64, still_running: bool, used: &mut StackUse) {

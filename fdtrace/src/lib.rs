@@ -15,4 +15,5 @@ pub mod report;
 pub mod session;
 pub mod spawn;
 pub mod stacks;
+pub mod suppress;
 pub mod tracer;

@@ -3,6 +3,7 @@
 use std::{
     fs::File,
     io::{self, BufWriter, IsTerminal as _, Write},
+    path::PathBuf,
     process::ExitCode,
 };
 
@@ -13,6 +14,7 @@ use fdtrace::{
     report::{self, Report},
     session::{self, Outcome},
     spawn::LaunchError,
+    suppress,
 };
 
 fn main() -> ExitCode {
@@ -35,14 +37,37 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes the report; the exit code is the command's status (0 for
-/// `attach`), or --leak-exit-code when asked to fail on leaks.
+/// Writes the report (and what CI asked for besides); the exit code is the
+/// command's status (0 for `attach`), or --leak-exit-code when the report
+/// has a finding named by --fail-on.
 fn finish(outcome: Outcome, config: &TraceConfig) -> Result<u8> {
-    write_report(&outcome.report, config)?;
-    let leaked = !outcome.report.leaks.is_empty();
-    Ok(match config.fail_on_leak {
-        Some(code) if leaked => code,
-        _ => u8::try_from(outcome.command_status.unwrap_or(0)).unwrap_or(1),
+    let report = &outcome.report;
+    write_report(report, config)?;
+    let text_on_stderr = config.format == Format::Text && config.output.is_none();
+    if !text_on_stderr {
+        // The text report lists these itself.
+        for line in report::text::stale_suppressions(report) {
+            eprintln!("fdtrace: {line}");
+        }
+    }
+    if config.gen_suppressions {
+        eprint!("{}", suppress::generate(report));
+    }
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        let workspace = std::env::var_os("GITHUB_WORKSPACE")
+            .map(PathBuf::from)
+            .map_or_else(std::env::current_dir, Ok)
+            .context("find the GitHub workspace")?;
+        let mut out = io::stdout().lock();
+        report::github::render(report, &workspace, &mut out)
+            .and_then(|()| out.flush())
+            .context("write GitHub workflow commands to standard output")?;
+    }
+    let failed = config.fail_on.iter().any(|&f| report.has(f));
+    Ok(if failed {
+        config.fail_exit_code
+    } else {
+        u8::try_from(outcome.command_status.unwrap_or(0)).unwrap_or(1)
     })
 }
 
@@ -70,6 +95,10 @@ fn render(report: &Report, format: Format, color: bool, out: &mut impl Write) ->
     match format {
         Format::Text => report::text::render(report, report::text::Style { color }, out),
         Format::Json => report::json::render(report, out),
+        Format::Sarif => {
+            let root = std::env::current_dir().context("read the working directory")?;
+            report::sarif::render(report, &root, out)
+        }
     }
     .context("write the report")
 }

@@ -126,6 +126,19 @@ pub fn comm(tgid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// The process's command line (empty for a kernel thread or a process gone).
+pub fn cmdline(tgid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{tgid}/cmdline"))
+        .map(|bytes| {
+            bytes
+                .split(|&b| b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Describes fds by reading their /proc link while the process is alive.
 pub struct ProcDescribe;
 

@@ -22,6 +22,7 @@ use crate::{
     procfs,
     report::{Context, IntervalEntry, Report, live, text},
     spawn::{self, Identity},
+    suppress,
     tracer::{Notice, Tracer, continue_process},
 };
 
@@ -91,7 +92,7 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     };
     tracer.finish(monotonic_ns());
     let losses = probes.losses();
-    let report = tracer.report(Context {
+    let mut report = tracer.report(Context {
         mode: "run",
         command: &config.command,
         exit_status: status,
@@ -99,6 +100,7 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         skipped_stacks: losses.skipped_stacks,
         intervals: ending.intervals,
     });
+    suppress::apply(&mut report, &config.trace.suppressions);
     Ok(Outcome {
         report,
         command_status: status,
@@ -128,6 +130,7 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
         if let Some(p) = tracer.table.processes.get_mut(&pid) {
             p.rlimit = procfs::nofile_limit(pid);
             p.comm = procfs::comm(pid);
+            p.cmdline = procfs::cmdline(pid);
         }
     }
     let pids: Vec<String> = config.pids.iter().map(u32::to_string).collect();
@@ -146,7 +149,7 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     tracer.finish(monotonic_ns());
     let losses = probes.losses();
     let command = vec![format!("attach -p {}", pids.join(" -p "))];
-    let report = tracer.report(Context {
+    let mut report = tracer.report(Context {
         mode: "attach",
         command: &command,
         exit_status: None,
@@ -154,6 +157,7 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
         skipped_stacks: losses.skipped_stacks,
         intervals: ending.intervals,
     });
+    suppress::apply(&mut report, &config.trace.suppressions);
     Ok(Outcome {
         report,
         command_status: None,

@@ -94,6 +94,10 @@ impl Tracer {
             }
             if let Some(p) = self.table.processes.get_mut(&tgid) {
                 p.rlimit = procfs::nofile_limit(tgid).or(p.rlimit);
+                // Stopped at its first creation since exec: argv is final.
+                if p.cmdline.is_empty() {
+                    p.cmdline = procfs::cmdline(tgid);
+                }
             }
         }
         match &mut event.action {

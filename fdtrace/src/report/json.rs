@@ -40,6 +40,8 @@ mod tests {
             }],
             exec_leaks: vec![],
             emfile: vec![],
+            suppressed: 0,
+            suppressions: vec![],
             groups: vec![Group {
                 stack_id: 0,
                 count: 1,

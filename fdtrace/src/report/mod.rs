@@ -3,8 +3,12 @@
 //! JSON into any `impl Write`. Knows nothing of BPF or async: stacks come
 //! through [`StackLookup`].
 
+pub mod annotate;
+pub mod github;
 pub mod json;
 pub mod live;
+pub mod sarif;
+mod sections;
 pub mod text;
 
 use hashbrown::HashMap;
@@ -15,6 +19,14 @@ use crate::{
     fd_table::{FdTable, StackRef},
     stacks::symbolize::SymFrame,
 };
+
+/// What `--fail-on` can fail a run for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Finding {
+    Leak,
+    ExecLeak,
+    Emfile,
+}
 
 /// JSON format version.
 pub const VERSION: u32 = 1;
@@ -42,7 +54,19 @@ pub struct Report {
     pub fd_set_overflows: Vec<FdSetOverflowEntry>,
     /// `attach --interval` snapshots, oldest first.
     pub intervals: Vec<IntervalEntry>,
+    /// Leaks and exec leaks taken out by suppression rules.
+    pub suppressed: usize,
+    /// Every rule loaded, with how many it took (0: the rule is stale).
+    pub suppressions: Vec<SuppressionEntry>,
     pub groups: Vec<Group>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SuppressionEntry {
+    /// `FILE:N`: the Nth rule in FILE.
+    pub source: String,
+    pub reason: String,
+    pub matched: usize,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -51,6 +75,8 @@ pub struct ProcessEntry {
     pub ppid: Option<u32>,
     pub comm: String,
     pub exe: String,
+    /// Full command line (names the test under a one-process-per-test runner).
+    pub cmdline: Vec<String>,
     pub exit_status: Option<i32>,
     pub peak_fds: usize,
     /// RLIMIT_NOFILE [soft, hard] as last read.
@@ -209,6 +235,7 @@ impl Report {
                 ppid: p.ppid,
                 comm: p.comm.clone(),
                 exe: p.exe.clone(),
+                cmdline: p.cmdline.clone(),
                 exit_status: p.exit_status,
                 peak_fds: p.peak_fds,
                 rlimit: p.rlimit.map(|(soft, hard)| [soft, hard]),
@@ -309,7 +336,52 @@ impl Report {
             emfile,
             fd_set_overflows,
             intervals: cx.intervals,
+            suppressed: 0,
+            suppressions: Vec::new(),
             groups,
+        }
+    }
+
+    /// Recounts leaks per group after leaks were taken out, and drops the
+    /// groups nothing mentions anymore.
+    pub fn regroup(&mut self) {
+        let mut mentioned: Vec<u32> = Vec::new();
+        mentioned.extend(self.exec_leaks.iter().filter_map(|e| e.stack_id));
+        for e in &self.emfile {
+            mentioned.extend(e.stack_id);
+            mentioned.extend(e.holders.iter().filter_map(|h| h.stack_id));
+        }
+        mentioned.extend(self.fd_set_overflows.iter().filter_map(|o| o.stack_id));
+        for interval in &self.intervals {
+            mentioned.extend(interval.groups.iter().filter_map(|g| g.stack_id));
+        }
+        let leaks = &self.leaks;
+        for g in &mut self.groups {
+            g.count = leaks
+                .iter()
+                .filter(|l| l.stack_id == Some(g.stack_id))
+                .count();
+        }
+        self.groups
+            .retain(|g| g.count > 0 || mentioned.contains(&g.stack_id));
+        self.groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+    }
+
+    /// The command line of a process, or its executable when unknown.
+    pub fn command_line(&self, pid: u32) -> String {
+        match self.process(pid) {
+            Some(p) if !p.cmdline.is_empty() => p.cmdline.join(" "),
+            Some(p) => p.exe.clone(),
+            None => String::new(),
+        }
+    }
+
+    /// Whether the report has this kind of finding.
+    pub fn has(&self, finding: Finding) -> bool {
+        match finding {
+            Finding::Leak => !self.leaks.is_empty(),
+            Finding::ExecLeak => !self.exec_leaks.is_empty(),
+            Finding::Emfile => !self.emfile.is_empty(),
         }
     }
 
@@ -325,6 +397,58 @@ impl Report {
     pub fn process(&self, pid: u32) -> Option<&ProcessEntry> {
         self.processes.iter().find(|p| p.pid == pid)
     }
+}
+
+/// Whether a frame is the user's own code rather than the C library, the
+/// dynamic loader, a language runtime or its standard library.
+pub fn own_code(frame: &FrameEntry) -> bool {
+    const RUNTIME_MODULES: &[&str] = &[
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "ld-musl",
+        "libpthread",
+        "libm.so",
+        "libdl",
+        "librt",
+        "libstdc++",
+        "libgcc_s",
+        "libpython",
+        "python",
+        "libuv",
+    ];
+    const RUNTIME_FILES: &[&str] = &[
+        "/rustc/",
+        "/.cargo/registry/",
+        "/.rustup/",
+        "/usr/include/",
+        "/usr/src/",
+        "/lib/python",
+        "../sysdeps/",
+        "./",
+    ];
+    let module = frame
+        .module
+        .as_deref()
+        .map(|m| m.rsplit('/').next().unwrap_or(m))
+        .unwrap_or("");
+    let file = frame.file.as_deref().unwrap_or("");
+    !RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
+        && !RUNTIME_FILES
+            .iter()
+            .any(|f| file.starts_with(f) || (f.starts_with('/') && file.contains(f)))
+        && !file.contains("/library/std/")
+        && !file.contains("/library/core/")
+        && !file.contains("/library/alloc/")
+}
+
+/// The frame a leak is blamed on: the innermost frame of the user's own
+/// code with a source line, else the innermost of it with a name.
+pub fn user_frame(frames: &[FrameEntry]) -> Option<&FrameEntry> {
+    frames
+        .iter()
+        .find(|f| f.file.is_some() && f.line.is_some() && own_code(f))
+        .or_else(|| frames.iter().find(|f| f.function.is_some() && own_code(f)))
 }
 
 /// Every stack the report mentions: by leak count (`true` entries), then
@@ -364,4 +488,109 @@ fn groups(ids: &[(Option<u32>, bool)], stacks: &impl StackLookup) -> Vec<Group> 
                 .collect(),
         })
         .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn frame(function: &str, file: &str, line: u32, module: &str) -> FrameEntry {
+        FrameEntry {
+            address: "0x1139".into(),
+            function: Some(function.into()),
+            file: Some(file.into()),
+            line: Some(line),
+            module: Some(module.into()),
+            inlined: false,
+        }
+    }
+
+    fn leak(fd: i32, target: &str) -> LeakEntry {
+        LeakEntry {
+            pid: 7,
+            fd,
+            kind: "file",
+            target: target.into(),
+            cloexec: false,
+            opened_by: "openat",
+            age_ms: 3,
+            stack_id: Some(1),
+            still_running: false,
+        }
+    }
+
+    /// Two log files leaked through libc from `leak_it` in /src/app/src/leak.c.
+    pub(crate) fn sample_report() -> Report {
+        Report {
+            version: VERSION,
+            mode: "run",
+            command: vec!["./app".into(), "--test".into(), "one".into()],
+            exit_status: Some(0),
+            dropped_events: 0,
+            incomplete: false,
+            skipped_stacks: 0,
+            processes: vec![ProcessEntry {
+                pid: 7,
+                ppid: None,
+                comm: "app".into(),
+                exe: "/src/app/app".into(),
+                cmdline: vec!["./app".into(), "--test".into(), "one".into()],
+                exit_status: Some(0),
+                peak_fds: 5,
+                rlimit: Some([1024, 4096]),
+                preexisting: vec![],
+            }],
+            leaks: vec![leak(3, "/tmp/a.log"), leak(4, "/tmp/b.log")],
+            exec_leaks: vec![],
+            emfile: vec![],
+            fd_set_overflows: vec![],
+            intervals: vec![],
+            suppressed: 0,
+            suppressions: vec![],
+            groups: vec![Group {
+                stack_id: 1,
+                count: 2,
+                truncated: false,
+                stack: vec![
+                    frame(
+                        "open64",
+                        "/usr/src/glibc/io/open64.c",
+                        41,
+                        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                    ),
+                    frame("leak_it", "/src/app/src/leak.c", 12, "/src/app/app"),
+                    frame("main", "/src/app/src/leak.c", 30, "/src/app/app"),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn blames_the_innermost_frame_of_the_users_code() {
+        let r = sample_report();
+        let blamed = user_frame(&r.groups[0].stack).unwrap();
+        assert_eq!(blamed.function.as_deref(), Some("leak_it"));
+        let rust_std = FrameEntry {
+            file: Some("/rustc/abc/library/std/src/fs.rs".into()),
+            ..frame("std::fs::File::open", "", 1, "/src/app/app")
+        };
+        assert!(!own_code(&rust_std));
+        let registry = FrameEntry {
+            file: Some("/root/.cargo/registry/src/x/tokio-1/src/fs.rs".into()),
+            ..rust_std.clone()
+        };
+        assert!(!own_code(&registry));
+    }
+
+    #[test]
+    fn regroup_drops_groups_only_suppressed_leaks_used() {
+        let mut r = sample_report();
+        r.leaks.clear();
+        r.regroup();
+        assert!(r.groups.is_empty());
+        let mut r = sample_report();
+        r.leaks.pop();
+        r.regroup();
+        assert_eq!(r.groups[0].count, 1);
+    }
 }

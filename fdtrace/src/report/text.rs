@@ -3,9 +3,11 @@
 
 use std::io::{self, Write};
 
-use super::{ExecLeakEntry, FrameEntry, Group, LeakEntry, Report, live};
+use super::{ExecLeakEntry, FrameEntry, Group, LeakEntry, Report, live, sections};
 
-pub(super) const WIDTH: usize = 80;
+pub use sections::stale_suppressions;
+
+pub const WIDTH: usize = 80;
 /// Frames shown per stack; JSON has them all.
 const MAX_FRAMES: usize = 16;
 /// Width function names are padded to, so locations line up.
@@ -112,6 +114,8 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
         writeln!(out)?;
         live::emfile(report, index, style, out)?;
     }
+    sections::by_process(report, style, out)?;
+    sections::suppressions(report, style, out)?;
     headroom(report, style, out)
 }
 
@@ -261,7 +265,7 @@ fn leak_group(
 }
 
 /// "3 x file", or "4 descriptors (2 pipe, 2 file)" for mixed kinds.
-pub(super) fn what<'a>(kinds: impl Iterator<Item = &'a str>) -> String {
+pub fn what<'a>(kinds: impl Iterator<Item = &'a str>) -> String {
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for kind in kinds {
         match counts.iter_mut().find(|(k, _)| *k == kind) {
@@ -354,7 +358,7 @@ pub(super) fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
 }
 
 /// Cuts `s` to `width` characters, marking the cut with `…` at the end.
-pub(super) fn fit(s: &str, width: usize) -> String {
+pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         return s.to_owned();
     }
@@ -419,6 +423,7 @@ pub(super) mod tests {
                 ppid: None,
                 comm: "leaky".into(),
                 exe: "/tmp/leaky".into(),
+                cmdline: vec!["./leaky".into()],
                 exit_status: Some(0),
                 peak_fds: 6,
                 rlimit: Some([1024, 4096]),
@@ -435,6 +440,8 @@ pub(super) mod tests {
                 stack_id: Some(0),
             }],
             emfile: vec![],
+            suppressed: 0,
+            suppressions: vec![],
             groups: vec![Group {
                 stack_id: 0,
                 count: 2,

@@ -1,0 +1,219 @@
+//! Findings as annotations on the user's code, for the renderers that point
+//! at source lines (SARIF, GitHub workflow commands): one per leak group,
+//! one per exec-leak group, one per EMFILE failure, each blamed on the
+//! innermost frame of the user's own code.
+
+use super::{FrameEntry, Report, text::what, user_frame};
+
+/// What an annotation reports; also its SARIF rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    Leak,
+    ExecLeak,
+    Exhausted,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 3] = [Rule::Leak, Rule::ExecLeak, Rule::Exhausted];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Rule::Leak => "fd-leak",
+            Rule::ExecLeak => "fd-exec-leak",
+            Rule::Exhausted => "fd-exhausted",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Rule::Leak => "file descriptor never closed",
+            Rule::ExecLeak => "file descriptor crossed exec without CLOEXEC",
+            Rule::Exhausted => "too many open files",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Rule::Leak => {
+                "A file descriptor opened here was still open when its process \
+                 exited (or when tracing ended). Close it on every path, or hold \
+                 it in an owner that closes it."
+            }
+            Rule::ExecLeak => {
+                "A file descriptor opened here without O_CLOEXEC / SOCK_CLOEXEC \
+                 was inherited by a program the process exec'd."
+            }
+            Rule::Exhausted => {
+                "A call failed with EMFILE or ENFILE: the process's descriptor \
+                 table (RLIMIT_NOFILE) or the system's was full."
+            }
+        }
+    }
+}
+
+/// One finding, located.
+#[derive(Clone, Debug)]
+pub struct Annotation<'a> {
+    pub rule: Rule,
+    /// One line: what, how many, where, which process.
+    pub message: String,
+    pub stack_id: Option<u32>,
+    /// Innermost first.
+    pub stack: &'a [FrameEntry],
+    /// Where to point: the innermost frame of the user's own code.
+    pub blame: Option<&'a FrameEntry>,
+    /// Descriptors this finding counts.
+    pub count: usize,
+    pub pids: Vec<u32>,
+}
+
+/// Every finding in `report`, leaks first, largest group first.
+pub fn annotations(report: &Report) -> Vec<Annotation<'_>> {
+    let mut out = Vec::new();
+    let mut leak_ids: Vec<Option<u32>> = report
+        .groups
+        .iter()
+        .filter(|g| g.count > 0)
+        .map(|g| Some(g.stack_id))
+        .collect();
+    if report.leaks.iter().any(|l| l.stack_id.is_none()) {
+        leak_ids.push(None);
+    }
+    for id in leak_ids {
+        let leaks: Vec<_> = report.leaks_of(id).collect();
+        let Some(first) = leaks.first() else { continue };
+        let pids = distinct(leaks.iter().map(|l| l.pid));
+        let fds: Vec<String> = leaks
+            .iter()
+            .take(3)
+            .map(|l| format!("fd {} {}", l.fd, l.target))
+            .collect();
+        let more = if leaks.len() > 3 { ", ..." } else { "" };
+        let message = format!(
+            "{} never closed, opened by {}{} ({}): {}{more}",
+            what(leaks.iter().map(|l| l.kind)),
+            first.opened_by,
+            in_function(report, id),
+            processes(report, &pids),
+            fds.join(", ")
+        );
+        out.push(located(report, Rule::Leak, message, id, leaks.len(), pids));
+    }
+    let mut exec_groups: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
+    for (i, e) in report.exec_leaks.iter().enumerate() {
+        match exec_groups.iter_mut().find(|(id, _)| *id == e.stack_id) {
+            Some((_, members)) => members.push(i),
+            None => exec_groups.push((e.stack_id, vec![i])),
+        }
+    }
+    for (id, members) in exec_groups {
+        let leaks: Vec<_> = members.iter().map(|&i| &report.exec_leaks[i]).collect();
+        let first = leaks[0];
+        let pids = distinct(leaks.iter().map(|e| e.pid));
+        let message = format!(
+            "{} without CLOEXEC, opened by {}{} ({}), crossed exec into {}",
+            what(leaks.iter().map(|e| e.kind)),
+            first.opened_by,
+            in_function(report, id),
+            processes(report, &pids),
+            first.exec
+        );
+        out.push(located(
+            report,
+            Rule::ExecLeak,
+            message,
+            id,
+            leaks.len(),
+            pids,
+        ));
+    }
+    for e in &report.emfile {
+        let limit = e
+            .rlimit
+            .map(|[soft, _]| format!(" (limit {soft})"))
+            .unwrap_or_default();
+        let top = e
+            .holders
+            .first()
+            .map(|h| {
+                format!(
+                    "; {} of them opened{}",
+                    h.count,
+                    in_function(report, h.stack_id)
+                )
+            })
+            .unwrap_or_default();
+        let message = format!(
+            "{} failed with {}{} ({}) with {} descriptors open{limit}{top}",
+            e.syscall,
+            e.error,
+            in_function(report, e.stack_id),
+            processes(report, &[e.pid]),
+            e.open_fds,
+        );
+        out.push(located(
+            report,
+            Rule::Exhausted,
+            message,
+            e.stack_id,
+            e.open_fds,
+            vec![e.pid],
+        ));
+    }
+    out
+}
+
+fn located(
+    report: &Report,
+    rule: Rule,
+    message: String,
+    stack_id: Option<u32>,
+    count: usize,
+    pids: Vec<u32>,
+) -> Annotation<'_> {
+    let stack = stack_id
+        .and_then(|id| report.group(id))
+        .map_or(&[][..], |g| g.stack.as_slice());
+    Annotation {
+        rule,
+        message,
+        stack_id,
+        stack,
+        blame: user_frame(stack),
+        count,
+        pids,
+    }
+}
+
+/// " in leak_it" for the blamed frame of a stack, or nothing.
+fn in_function(report: &Report, stack_id: Option<u32>) -> String {
+    stack_id
+        .and_then(|id| report.group(id))
+        .and_then(|g| user_frame(&g.stack))
+        .and_then(|f| f.function.as_deref())
+        .map(|f| format!(" in {f}"))
+        .unwrap_or_default()
+}
+
+/// `pid 12: ./t --exact a`, at most two, then a count.
+fn processes(report: &Report, pids: &[u32]) -> String {
+    let mut names: Vec<String> = pids
+        .iter()
+        .take(2)
+        .map(|&pid| format!("pid {pid}: {}", report.command_line(pid)))
+        .collect();
+    if pids.len() > 2 {
+        names.push(format!("{} more", pids.len() - 2));
+    }
+    names.join("; ")
+}
+
+fn distinct(pids: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for pid in pids {
+        if !out.contains(&pid) {
+            out.push(pid);
+        }
+    }
+    out
+}

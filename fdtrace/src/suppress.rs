@@ -91,7 +91,9 @@ impl Suppressions {
         let mut all = Self::default();
         let default = dir.join(DEFAULT_FILE);
         if default.is_file() {
-            all.add_file(&default)?;
+            let text = fs::read_to_string(&default)
+                .with_context(|| format!("read {}", default.display()))?;
+            all.add_text(DEFAULT_FILE, &text)?;
         }
         for file in files {
             all.add_file(file.as_ref())?;

@@ -41,6 +41,13 @@ pub fn fdtrace() -> &'static Path {
     })
 }
 
+/// A new empty directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = fixture_out().join(format!("{name}-{}-{}", std::process::id(), unique()));
+    fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
 /// Where compiled fixtures go.
 pub fn fixture_out() -> PathBuf {
     let dir = target_dir().join("fixtures");
@@ -205,9 +212,21 @@ impl Trace {
 
 /// Runs `fdtrace run --format json -o FILE ARGS -- CMD` and parses the report.
 pub fn trace(args: &[&str], cmd: &[&str]) -> Trace {
+    trace_in(
+        &env::current_dir().expect("working directory"),
+        &[],
+        args,
+        cmd,
+    )
+}
+
+/// [`trace`] in working directory `dir`, with `env` added to the environment.
+pub fn trace_in(dir: &Path, env: &[(&str, &str)], args: &[&str], cmd: &[&str]) -> Trace {
     let report_path =
         fixture_out().join(format!("report-{}-{}.json", std::process::id(), unique()));
     let output = Command::new(fdtrace())
+        .current_dir(dir)
+        .envs(env.iter().copied())
         .arg("run")
         .args(["--format", "json", "-o"])
         .arg(&report_path)

@@ -86,7 +86,7 @@ pub fn annotations(report: &Report) -> Vec<Annotation<'_>> {
         let fds: Vec<String> = leaks
             .iter()
             .take(3)
-            .map(|l| format!("fd {} {}", l.fd, l.target))
+            .map(|l| format!("fd {} {}", l.fd, l.target).trim_end().to_owned())
             .collect();
         let more = if leaks.len() > 3 { ", ..." } else { "" };
         let message = format!(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bpf_linker;
+mod dist;
 mod process;
 mod setup;
 mod tasks;
@@ -38,6 +39,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build a static, self-contained release binary (musl, eBPF object
+    /// inside) at target/dist/fdtrace-x86_64-linux-musl.
+    Dist,
     /// Measure fdtrace against untraced runs; table to stdout, JSON to target/bench.json.
     Bench {
         /// Runs per workload and mode (traced and untraced alternate).
@@ -53,6 +57,10 @@ fn main() -> Result<ExitCode> {
         Command::Demo => return tasks::demo(),
         Command::Test { args } => tasks::test(&args)?,
         Command::Bench { runs } => bench::bench(runs)?,
+        Command::Dist => {
+            let binary = dist::dist()?;
+            println!("{}", binary.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ const TRACEFS_EVENTS: &str = "/sys/kernel/tracing/events";
 pub fn run() -> Result<()> {
     nightly_toolchain()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker::ensure()?;
     tracefs()?;
     system_tool("cc", "gcc")?;
@@ -71,6 +72,25 @@ fn rust_src() -> Result<()> {
         command("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
     )
     .context("add rust-src to nightly: check network access, then rerun `cargo xtask setup`")
+}
+
+/// The standard library for the static release binary (`cargo xtask dist`).
+fn musl_target() -> Result<()> {
+    let installed = process::stdout_of(
+        "rustup target list --installed",
+        command("rustup").args(["target", "list", "--installed"]),
+    )
+    .context("list installed rustup targets")?;
+    if installed.lines().any(|t| t == crate::dist::TARGET) {
+        println!("ok: {} target", crate::dist::TARGET);
+        return Ok(());
+    }
+    println!("installing: {} target", crate::dist::TARGET);
+    process::run(
+        "rustup target add",
+        command("rustup").args(["target", "add", crate::dist::TARGET]),
+    )
+    .context("add the musl target: check network access, then rerun `cargo xtask setup`")
 }
 
 /// fdtrace attaches to tracepoints, which need tracefs mounted.

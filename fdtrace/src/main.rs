@@ -51,7 +51,7 @@ fn finish(outcome: Outcome, config: &TraceConfig) -> Result<u8> {
         }
     }
     if config.gen_suppressions {
-        eprint!("{}", suppress::generate(report));
+        eprint!("\n{}", suppress::generate(report));
     }
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
         let workspace = std::env::var_os("GITHUB_WORKSPACE")

@@ -24,6 +24,13 @@ pub const STACK_BYTES_GLOBAL: &str = "STACK_BYTES";
 pub const TASK_PID_OFFSET_GLOBAL: &str = "TASK_PID_OFFSET";
 pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
 pub const BPRM_FILENAME_OFFSET_GLOBAL: &str = "BPRM_FILENAME_OFFSET";
+/// Offset of `task_struct.thread.fsbase`: a thread's `pthread_self()`, which
+/// CPython stores in each thread state as `thread_id`.
+pub const TASK_FSBASE_OFFSET_GLOBAL: &str = "TASK_FSBASE_OFFSET";
+
+/// Name of the map from thread-group id to [`PyWalk`]: processes running
+/// CPython, and how to walk their frames.
+pub const PYTHON_MAP: &str = "PYTHON";
 
 /// Largest user stack copy (`--stack-bytes`).
 pub const MAX_STACK_BYTES: usize = 32 * 1024;
@@ -50,6 +57,9 @@ pub enum EventKind {
     Exec = 3,
     /// `sched_process_exit` of a process's last thread.
     Exit = 4,
+    /// A [`PyStackRecord`]: the CPython frames of the thread's next
+    /// `Syscall` record (same `tid` and `ts_ns`), written just before it.
+    PyStack = 5,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -307,6 +317,7 @@ impl TryFrom<u32> for EventKind {
             2 => Ok(EventKind::Fork),
             3 => Ok(EventKind::Exec),
             4 => Ok(EventKind::Exit),
+            5 => Ok(EventKind::PyStack),
             other => Err(other),
         }
     }
@@ -364,3 +375,137 @@ pub struct EventHeader {
     pub text: [u8; TEXT_LEN],
 }
 const _: () = assert!(size_of::<EventHeader>() == 32 + 48 + 24 + 8 + 64 + 8 + TEXT_LEN);
+
+/// How to find a thread's CPython frames in one process: the address of
+/// `_PyRuntime` and the offsets of the interpreter version it runs. Written
+/// by userspace into [`PYTHON_MAP`] once it has recognised the interpreter.
+/// Offsets are bytes; [`PY_ABSENT`] marks a field this version lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyWalk {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// Mask applied to a frame's code pointer (3.14 tags its low bits).
+    pub code_mask: u64,
+    /// `_PyRuntimeState.interpreters.head`.
+    pub interp_head: u32,
+    /// `PyInterpreterState` thread list head.
+    pub threads_head: u32,
+    /// `PyThreadState.next`.
+    pub thread_next: u32,
+    /// `PyThreadState.thread_id` (`pthread_self()`).
+    pub thread_id: u32,
+    /// `PyThreadState` field holding the current frame (`frame` up to 3.10,
+    /// `cframe` in 3.11 and 3.12, `current_frame` from 3.13).
+    pub thread_frame: u32,
+    /// `_PyCFrame.current_frame` when `thread_frame` is a `cframe`.
+    pub cframe_frame: u32,
+    /// Frame fields: its code object, the calling frame, and the
+    /// instruction: `f_lasti` (an `i32`) when `frame_object` is 1, else the
+    /// `prev_instr`/`instr_ptr` pointer.
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_instr: u32,
+    /// `_PyInterpreterFrame.owner` (a byte), from 3.12; any readable
+    /// offset (0) before, where `shim_owner` is [`PY_NO_SHIMS`].
+    pub frame_owner: u32,
+    /// `_PyInterpreterFrame.is_entry` (a byte), 3.11 only.
+    pub frame_is_entry: u32,
+    /// An `owner` at or above this marks a C-stack shim frame (3.12+);
+    /// [`PY_NO_SHIMS`] before.
+    pub shim_owner: u32,
+    /// 1 for `PyFrameObject` chains (3.8 to 3.10), 0 for interpreter frames.
+    pub frame_object: u32,
+    /// Code object fields the kernel reads to tell a code object from one
+    /// later allocated at the same address: its line table pointer and
+    /// first line.
+    pub code_line_table: u32,
+    pub code_first_line: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PyWalk>() == 16 + 16 * 4);
+
+impl PyWalk {
+    /// Size of the map value.
+    pub const SIZE: usize = size_of::<PyWalk>();
+
+    /// The map value's bytes (native endian, `repr(C)` order, no padding).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let words = [
+            self.interp_head,
+            self.threads_head,
+            self.thread_next,
+            self.thread_id,
+            self.thread_frame,
+            self.cframe_frame,
+            self.frame_code,
+            self.frame_previous,
+            self.frame_instr,
+            self.frame_owner,
+            self.frame_is_entry,
+            self.shim_owner,
+            self.frame_object,
+            self.code_line_table,
+            self.code_first_line,
+            self._pad,
+        ];
+        let mut out = [0u8; Self::SIZE];
+        out[..8].copy_from_slice(&self.runtime.to_ne_bytes());
+        out[8..16].copy_from_slice(&self.code_mask.to_ne_bytes());
+        for (i, w) in words.iter().enumerate() {
+            out[16 + 4 * i..20 + 4 * i].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// [`PyWalk`] value for an offset the interpreter version does not have.
+pub const PY_ABSENT: u32 = u32::MAX;
+/// [`PyWalk::shim_owner`] of versions without shim frames: no byte reaches it.
+pub const PY_NO_SHIMS: u32 = 256;
+
+/// Frame slots in a [`PyStackRecord`] (frames plus group boundaries).
+pub const MAX_PY_SLOTS: usize = 96;
+
+/// One slot of a [`PyStackRecord`]: a frame's code object and instruction
+/// (`f_lasti`, or a pointer into the code's bytecode). [`PY_ENTRY`] in
+/// `instr` marks the last frame (innermost first) one call of the
+/// interpreter's C evaluation function ran; `code == 0` is a C-stack shim
+/// frame (3.12+), which ends the run of frames before it the same way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrameSlot {
+    pub code: u64,
+    pub instr: u64,
+    /// The code object's line table pointer xor its first line shifted to
+    /// the top: with `code`, names one code object over the process's life.
+    pub tag: u64,
+}
+
+/// Bit of [`PyFrameSlot::instr`]: the frame is the first one its native
+/// evaluation call ran (user addresses never have it set).
+pub const PY_ENTRY: u64 = 1 << 63;
+
+/// Flag of a [`PyStackRecord`]: more frames than slots.
+pub const PY_TRUNCATED: u32 = 1;
+/// Flag of a [`PyStackRecord`]: no thread state matched the thread.
+pub const PY_NO_THREAD: u32 = 2;
+
+/// The CPython frames of one thread at one syscall, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyStackRecord {
+    /// [`EventKind::PyStack`]; first, as in [`EventHeader`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Valid entries in `slots`.
+    pub len: u32,
+    /// Equal to the `ts_ns` of the event these frames belong to.
+    pub ts_ns: u64,
+    /// `PY_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    pub slots: [PyFrameSlot; MAX_PY_SLOTS],
+}
+const _: () = assert!(size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_SLOTS);

@@ -15,6 +15,7 @@
 #![no_main]
 
 mod capture;
+mod python;
 
 use core::ptr::read_volatile;
 
@@ -23,8 +24,8 @@ use aya_ebpf::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, pt_regs,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -32,7 +33,7 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    Syscall, SyscallArgs, nr,
+    StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -69,6 +70,8 @@ static TASK_PID_OFFSET: u32 = 0;
 static TASK_TGID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static BPRM_FILENAME_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_FSBASE_OFFSET: u32 = 0;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -283,6 +286,15 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         count(Counter::SkippedStacks);
     }
     let wants_stack = (creates && !busy) || failed_for_lack_of_fds;
+    // SAFETY: plain read of a global set before load.
+    let stack_mode = unsafe { read_volatile(&STACK_MODE) };
+    // A CPython process's frames go in their own record, just before this
+    // one; a code object not seen before stops the process so userspace
+    // can read it while it exists.
+    // SAFETY: the helper takes no arguments and touches no memory.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let new_code =
+        wants_stack && stack_mode != StackMode::None as u32 && python::record(tgid, tid, ts_ns);
     let entry = if wants_stack {
         EVENTS.reserve_bytes(capture::stack_record_size(), 0)
     } else {
@@ -297,8 +309,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: the reservation is at least as large as the header.
     unsafe {
         capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
+        (*header).ts_ns = ts_ns;
         (*header).ret = ret;
         (*header).args = pending.args.args;
+        if new_code {
+            capture::stop(header);
+        }
     }
     if busy {
         // SAFETY: the header was initialised above.
@@ -403,6 +419,7 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     if TRACED.insert(child, 1, 0).is_err() {
         count(Counter::DroppedArgs);
     }
+    python::fork(tgid, child);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);
         return Ok(());
@@ -434,6 +451,7 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let _ = MAPS_SEEN.remove(tgid);
+    python::forget(tgid);
     let bprm: *const u8 = ctx.arg(2);
     // SAFETY: kernel memory read through bpf_probe_read_kernel at an offset
     // from the kernel's BTF.
@@ -479,6 +497,7 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let _ = TRACED.remove(tgid);
     let _ = MAPS_SEEN.remove(tgid);
+    python::forget(tgid);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);
         return Ok(());

@@ -4,7 +4,8 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FLAG_STOPPED, MAX_EVENT_FDS, PAGE_SIZE, StackMode, Syscall, TEXT_LEN,
+    EventHeader, EventKind, FLAG_STOPPED, MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_NO_THREAD,
+    PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
 
 /// A descriptor number.
@@ -156,6 +157,20 @@ pub enum Action {
         filename: String,
     },
     Exit,
+    /// CPython frames of the thread's next syscall event (same `ts_ns`).
+    PyStack(PyStack),
+}
+
+/// Raw CPython frames, innermost first, as the kernel found them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyStack {
+    /// Frames, and boundaries (`code == 0`) closing the run of frames one
+    /// native evaluation call executed.
+    pub slots: Vec<PyFrameSlot>,
+    /// Outer frames did not fit.
+    pub truncated: bool,
+    /// The thread has no Python thread state (a thread Python didn't start).
+    pub no_thread: bool,
 }
 
 // Flag values from include/uapi (x86_64).
@@ -175,6 +190,13 @@ const AF_INET6: u16 = 10;
 
 /// Decodes one ring-buffer record captured with `stack_mode`.
 pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
+    let kind: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow!("short record: {} bytes", bytes.len()))?;
+    if u32::from_ne_bytes(kind) == EventKind::PyStack as u32 {
+        return decode_py_stack(bytes);
+    }
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
         bail!(
@@ -199,6 +221,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
             filename: String::from_utf8_lossy(text).into_owned(),
         },
         EventKind::Exit => Action::Exit,
+        EventKind::PyStack => bail!("a Python stack record with an event header"),
         EventKind::Syscall => {
             let syscall =
                 Syscall::try_from(header.syscall).map_err(|s| anyhow!("unknown syscall id {s}"))?;
@@ -211,6 +234,27 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         tid: header.tid,
         stopped: header.flags & FLAG_STOPPED != 0,
         action,
+    })
+}
+
+fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
+    if bytes.len() < size_of::<PyStackRecord>() {
+        bail!("short Python stack record: {} bytes", bytes.len());
+    }
+    // SAFETY: the length was checked; the record is plain integers, so any
+    // bit pattern is a valid value.
+    let record: PyStackRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let len = usize::try_from(record.len)?.min(MAX_PY_SLOTS);
+    Ok(Event {
+        ts_ns: record.ts_ns,
+        tgid: record.tgid,
+        tid: record.tid,
+        stopped: false,
+        action: Action::PyStack(PyStack {
+            slots: record.slots[..len].to_vec(),
+            truncated: record.flags & PY_TRUNCATED != 0,
+            no_thread: record.flags & PY_NO_THREAD != 0,
+        }),
     })
 }
 

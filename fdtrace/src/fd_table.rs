@@ -273,7 +273,7 @@ impl FdTable {
                     p.exit_status = Some(*status);
                 }
             }
-            Action::Nothing => {}
+            Action::Nothing | Action::PyStack(_) => {}
             Action::FdSetOverflow { syscall, nfds, .. } => {
                 let highest_fd = self
                     .processes

@@ -11,6 +11,7 @@ pub mod events;
 pub mod fd_table;
 pub mod load;
 pub mod procfs;
+pub mod python;
 pub mod report;
 pub mod session;
 pub mod spawn;

@@ -11,12 +11,12 @@ use aya::{
     programs::Program,
 };
 use fdtrace_common::{
-    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP,
-    STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_PID_OFFSET_GLOBAL,
-    TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, PYTHON_MAP,
+    PyWalk, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
+    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
 
-use crate::btf::Btf;
+use crate::{btf::Btf, tracer::PythonWalker};
 
 /// The kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fdtrace"));
@@ -61,6 +61,7 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     traced: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
+    python: Option<HashMap<MapData, u32, [u8; PyWalk::SIZE]>>,
 }
 
 impl Probes {
@@ -78,12 +79,15 @@ impl Probes {
         let task_pid = btf.member_offset("task_struct", "pid")?;
         let task_tgid = btf.member_offset("task_struct", "tgid")?;
         let bprm_filename = btf.member_offset("linux_binprm", "filename")?;
+        let fsbase = btf.member_offset("task_struct", "thread")?
+            + btf.member_offset("thread_struct", "fsbase")?;
         let mut ebpf = EbpfLoader::new()
             .override_global(STACK_MODE_GLOBAL, &(options.stack_mode as u32), true)
             .override_global(STACK_BYTES_GLOBAL, &options.stack_bytes, true)
             .override_global(TASK_PID_OFFSET_GLOBAL, &task_pid, true)
             .override_global(TASK_TGID_OFFSET_GLOBAL, &task_tgid, true)
             .override_global(BPRM_FILENAME_OFFSET_GLOBAL, &bprm_filename, true)
+            .override_global(TASK_FSBASE_OFFSET_GLOBAL, &fsbase, true)
             .map_max_entries(EVENTS_MAP, RING_BYTES)
             .load(EBPF_OBJECT)
             .context("load the eBPF object (is the kernel 5.17 or newer with BPF enabled?)")?;
@@ -91,12 +95,26 @@ impl Probes {
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
+        let python = HashMap::try_from(take_map(&mut ebpf, PYTHON_MAP)?)?;
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             traced,
             counters,
+            python: Some(python),
         })
+    }
+
+    /// Hands out (once) the writer of the kernel's CPython walker map.
+    pub fn take_python_walker(&mut self) -> Option<PythonWalker> {
+        let mut map = self.python.take()?;
+        Some(Box::new(move |tgid, walk| {
+            match walk {
+                Some(walk) => map.insert(tgid, walk.to_bytes(), 0),
+                None => map.remove(&tgid),
+            }
+            .map_err(|e| e.to_string())
+        }))
     }
 
     /// Hands out the ring buffer (once) to the reading loop.

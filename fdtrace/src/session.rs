@@ -70,6 +70,9 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     let child = spawn::spawn_gated(&path, &config.command, identity.as_ref())?;
     let pid = child.pid;
     let mut tracer = Tracer::new(config.trace.stack_mode);
+    if let Some(walker) = probes.take_python_walker() {
+        tracer.set_python_walker(walker);
+    }
     // What the command inherits: our own descriptors are close-on-exec and
     // vanish at its exec, so they are not part of its table.
     let mut inherited =
@@ -117,6 +120,9 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     let started = Instant::now();
     let mut probes = load(&config.trace)?;
     let mut tracer = Tracer::new(config.trace.stack_mode);
+    if let Some(walker) = probes.take_python_walker() {
+        tracer.set_python_walker(walker);
+    }
     for &pid in &config.pids {
         // Traced first, then the snapshot: an fd opened in between arrives
         // as an event later and replaces its "origin unknown" entry.

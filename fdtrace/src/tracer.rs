@@ -5,16 +5,21 @@
 
 use std::fs;
 
-use fdtrace_common::StackMode;
+use fdtrace_common::{PyWalk, StackMode};
 use hashbrown::HashMap;
 
 use crate::{
     events::{Action, FdKind, decode},
     fd_table::{FdTable, Holder, Origin, StackRef},
     procfs::{self, ProcDescribe},
+    python::Python,
     report::{Context, IntervalEntry, IntervalGroup, Report, StackLookup},
     stacks::{StackId, Stacks, maps::ProcessMaps, symbolize::SymFrame, symbolize::Symbols},
 };
+
+/// Writes (or with `None` removes) a process's entry in the kernel's
+/// CPython walker map; the error says why it could not.
+pub type PythonWalker = Box<dyn FnMut(u32, Option<&PyWalk>) -> Result<(), String>>;
 
 /// Something the session must act on now rather than at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +41,10 @@ pub struct Tracer {
     pub undecodable: u64,
     /// Interval group sizes last time, by canonical stack.
     last_interval: HashMap<Option<StackId>, usize>,
+    python: Python,
+    /// Tells the kernel how to walk a process's CPython frames (`Some`) or
+    /// to stop trying (`None`).
+    python_walker: PythonWalker,
 }
 
 /// Live descriptors of one stack, for an interval snapshot.
@@ -76,7 +85,14 @@ impl Tracer {
             stack_mode,
             undecodable: 0,
             last_interval: HashMap::new(),
+            python: Python::default(),
+            python_walker: Box::new(|_, _| Ok(())),
         }
+    }
+
+    /// Where CPython walker entries go (the kernel's `PYTHON` map).
+    pub fn set_python_walker(&mut self, walker: PythonWalker) {
+        self.python_walker = walker;
     }
 
     /// Handles one ring-buffer record. Processes the kernel stopped for us
@@ -87,9 +103,19 @@ impl Tracer {
             return None;
         };
         let tgid = event.tgid;
+        if let Action::PyStack(stack) = event.action {
+            self.python.stash(event.tid, event.ts_ns, stack);
+            return None;
+        }
         if event.stopped {
             // The kernel stopped the process: its maps and limits are as of now.
             if let Ok(maps) = ProcessMaps::read(tgid) {
+                if let Some(found) = self.python.detect(tgid, &maps) {
+                    self.stacks.set_eval_loop(found.module, found.eval);
+                    if let Err(why) = (self.python_walker)(tgid, Some(&found.walk)) {
+                        self.python.walker_failed(tgid, &why);
+                    }
+                }
                 self.stacks.set_maps(tgid, maps);
             }
             if let Some(p) = self.table.processes.get_mut(&tgid) {
@@ -101,9 +127,14 @@ impl Tracer {
             }
         }
         match &mut event.action {
-            Action::Fork { child } => self.stacks.fork(tgid, *child),
+            Action::Fork { child } => {
+                self.stacks.fork(tgid, *child);
+                self.python.fork(tgid, *child);
+            }
+            Action::Exit => self.python.forget(tgid),
             Action::Exec { filename } => {
                 self.stacks.exec(tgid);
+                self.python.forget(tgid);
                 // execve got a relative path: name the program by its real path.
                 if !filename.starts_with('/')
                     && let Ok(exe) = fs::read_link(format!("/proc/{tgid}/exe"))
@@ -118,7 +149,13 @@ impl Tracer {
             Action::Exhausted { stack, .. } | Action::FdSetOverflow { stack, .. } => stack.take(),
             _ => None,
         };
-        let stack = sample.map(|s| self.stacks.add(tgid, s, event.ts_ns));
+        let stack = sample.map(|s| {
+            let python = self.python.frames(tgid, event.tid, event.ts_ns);
+            if self.python.rejected(tgid) {
+                let _ = (self.python_walker)(tgid, None);
+            }
+            self.stacks.add(tgid, s, python, event.ts_ns)
+        });
         let exhaustions = self.table.exhaustions.len();
         let overflows = self.table.fd_set_overflows.len();
         let used = self.table.apply(&event, stack, &mut ProcDescribe);
@@ -299,6 +336,7 @@ impl Tracer {
             stacks: &self.stacks,
         };
         let mut report = Report::build(&self.table, cx, &lookup);
+        report.notes.clone_from(&self.python.notes);
         report.dropped_events += self.undecodable;
         report.incomplete = report.dropped_events > 0;
         report

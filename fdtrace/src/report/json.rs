@@ -40,6 +40,7 @@ mod tests {
             }],
             exec_leaks: vec![],
             emfile: vec![],
+            notes: vec![],
             suppressed: 0,
             suppressions: vec![],
             groups: vec![Group {

@@ -54,6 +54,9 @@ pub struct Report {
     pub fd_set_overflows: Vec<FdSetOverflowEntry>,
     /// `attach --interval` snapshots, oldest first.
     pub intervals: Vec<IntervalEntry>,
+    /// Things the reader should know about how complete stacks are (a
+    /// Python version fdtrace cannot walk).
+    pub notes: Vec<String>,
     /// Leaks and exec leaks taken out by suppression rules.
     pub suppressed: usize,
     /// Every rule loaded, with how many it took (0: the rule is stale).
@@ -188,6 +191,9 @@ pub struct FrameEntry {
     pub line: Option<u32>,
     pub module: Option<String>,
     pub inlined: bool,
+    /// `native`, or `python` for a CPython frame (`function` is its
+    /// qualified name, `file` the script, `address` empty).
+    pub lang: &'static str,
 }
 
 /// How the report reaches stacks: handles to ids, ids to frames.
@@ -336,6 +342,7 @@ impl Report {
             emfile,
             fd_set_overflows,
             intervals: cx.intervals,
+            notes: Vec::new(),
             suppressed: 0,
             suppressions: Vec::new(),
             groups,
@@ -478,12 +485,17 @@ fn groups(ids: &[(Option<u32>, bool)], stacks: &impl StackLookup) -> Vec<Group> 
                 .frames(id)
                 .into_iter()
                 .map(|f| FrameEntry {
-                    address: format!("{:#x}", f.address),
+                    address: if f.python {
+                        String::new()
+                    } else {
+                        format!("{:#x}", f.address)
+                    },
                     function: f.function,
                     file: f.file,
                     line: f.line,
                     module: f.module,
                     inlined: f.inlined,
+                    lang: if f.python { "python" } else { "native" },
                 })
                 .collect(),
         })
@@ -502,6 +514,7 @@ pub(crate) mod tests {
             line: Some(line),
             module: Some(module.into()),
             inlined: false,
+            lang: "native",
         }
     }
 
@@ -545,6 +558,7 @@ pub(crate) mod tests {
             emfile: vec![],
             fd_set_overflows: vec![],
             intervals: vec![],
+            notes: vec![],
             suppressed: 0,
             suppressions: vec![],
             groups: vec![Group {

@@ -390,6 +390,7 @@ pub(super) mod tests {
             line: Some(line),
             module: Some("/tmp/leaky".into()),
             inlined: false,
+            lang: "native",
         }
     }
 
@@ -440,6 +441,7 @@ pub(super) mod tests {
                 stack_id: Some(0),
             }],
             emfile: vec![],
+            notes: vec![],
             suppressed: 0,
             suppressions: vec![],
             groups: vec![Group {

@@ -27,6 +27,13 @@ pub enum Frame {
     Module { module: Arc<PathBuf>, svma: u64 },
     /// An address in no known file mapping (JIT code, vdso, a stale map).
     Unknown { address: u64 },
+    /// A CPython frame (line 0: unknown), in place of the interpreter's
+    /// native evaluation frame that ran it.
+    Python {
+        file: Arc<str>,
+        function: Arc<str>,
+        line: u32,
+    },
 }
 
 /// A complete stack, innermost frame first.
@@ -48,6 +55,8 @@ enum State {
         tgid: u32,
         space: Option<usize>,
         sample: StackSample,
+        /// CPython frames by native evaluation call, innermost first.
+        python: Vec<Vec<Frame>>,
     },
     Done(StackId),
 }
@@ -79,6 +88,8 @@ pub struct Stacks {
     modules: ModuleCache,
     interned: HashMap<Stack, StackId>,
     stacks: Vec<Stack>,
+    /// CPython's evaluation loop, by module: (module, address ranges).
+    eval_loops: Vec<(Arc<PathBuf>, Vec<std::ops::Range<u64>>)>,
     /// Samples that could not be unwound (no maps, no module).
     pub unresolved: u64,
 }
@@ -105,8 +116,24 @@ impl Stacks {
         self.current_space.remove(&tgid);
     }
 
-    /// Keeps a sample; it is freed when nothing holds it any more.
-    pub fn add(&mut self, tgid: u32, sample: StackSample, taken_ns: u64) -> StackRef {
+    /// Marks the address ranges (as symbol tables see them) of CPython's
+    /// evaluation loop in `module`: their frames are replaced by the
+    /// Python frames they ran.
+    pub fn set_eval_loop(&mut self, module: Arc<PathBuf>, ranges: Vec<std::ops::Range<u64>>) {
+        if !self.eval_loops.iter().any(|(m, _)| *m == module) {
+            self.eval_loops.push((module, ranges));
+        }
+    }
+
+    /// Keeps a sample, with the CPython frames of the same moment grouped
+    /// by native evaluation call; it is freed when nothing holds it.
+    pub fn add(
+        &mut self,
+        tgid: u32,
+        sample: StackSample,
+        python: Vec<Vec<Frame>>,
+        taken_ns: u64,
+    ) -> StackRef {
         let space = self.current_space.get(&tgid).copied();
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
@@ -115,6 +142,7 @@ impl Stacks {
                 tgid,
                 space,
                 sample,
+                python,
             },
             refs: 0,
             taken_ns,
@@ -216,18 +244,23 @@ impl Stacks {
     /// The interned stack of a sample, unwinding it now if needed.
     pub fn resolve(&mut self, r: StackRef) -> Option<StackId> {
         let slot = self.slots.get_mut(r.0 as usize)?.as_mut()?;
-        let (space, sample) = match &mut slot.state {
+        let (space, sample, python) = match &mut slot.state {
             State::Done(id) => return Some(*id),
             State::Raw {
                 tgid,
                 space,
                 sample,
+                python,
             } => (
                 space.or_else(|| self.current_space.get(tgid).copied()),
                 std::mem::replace(sample, StackSample::FramePointer(Vec::new())),
+                std::mem::take(python),
             ),
         };
-        let stack = self.build(space, &sample);
+        let mut stack = self.build(space, &sample);
+        if !python.is_empty() {
+            stack.frames = self.splice(stack.frames, python);
+        }
         let id = self.intern(stack);
         if let Some(slot) = self.slots.get_mut(r.0 as usize).and_then(Option::as_mut) {
             slot.state = State::Done(id);
@@ -300,6 +333,32 @@ impl Stacks {
         Stack { frames, truncated }
     }
 
+    /// Replaces each native frame of CPython's evaluation loop with the
+    /// Python frames that call ran. Python frames whose native frames the
+    /// unwinder did not reach go at the outer end.
+    fn splice(&self, native: Vec<Frame>, python: Vec<Vec<Frame>>) -> Vec<Frame> {
+        let is_eval = |frame: &Frame| match frame {
+            Frame::Module { module, svma } => self
+                .eval_loops
+                .iter()
+                .any(|(m, ranges)| m == module && ranges.iter().any(|r| r.contains(svma))),
+            _ => false,
+        };
+        let mut groups = python.into_iter();
+        let mut out = Vec::with_capacity(native.len());
+        for frame in native {
+            if is_eval(&frame)
+                && let Some(group) = groups.next()
+            {
+                out.extend(group);
+            } else {
+                out.push(frame);
+            }
+        }
+        out.extend(groups.flatten());
+        out
+    }
+
     fn intern(&mut self, stack: Stack) -> StackId {
         if let Some(&id) = self.interned.get(&stack) {
             return id;
@@ -328,10 +387,58 @@ mod tests {
         }
     }
 
+    impl Stacks {
+        fn add_native(&mut self, tgid: u32, sample: StackSample, taken_ns: u64) -> StackRef {
+            self.add(tgid, sample, Vec::new(), taken_ns)
+        }
+    }
+
+    fn py(function: &str, line: u32) -> Frame {
+        Frame::Python {
+            file: Arc::from("app.py"),
+            function: Arc::from(function),
+            line,
+        }
+    }
+
+    #[test]
+    fn python_frames_replace_the_evaluation_loop_frames_that_ran_them() {
+        let mut stacks = Stacks::default();
+        let python = Arc::new(PathBuf::from("/usr/bin/python3.11"));
+        stacks.set_eval_loop(python.clone(), vec![0x100..0x200]);
+        let native = |svma| Frame::Module {
+            module: python.clone(),
+            svma,
+        };
+        let frames = vec![
+            native(0x50),  // _io_open
+            native(0x150), // _PyEval_EvalFrameDefault
+            native(0x60),  // _PyFunction_Vectorcall
+            native(0x180), // _PyEval_EvalFrameDefault
+        ];
+        let groups = vec![
+            vec![py("leak", 3), py("helper", 7)],
+            vec![py("<module>", 10)],
+            vec![py("outer", 1)],
+        ];
+        assert_eq!(
+            stacks.splice(frames, groups),
+            vec![
+                native(0x50),
+                py("leak", 3),
+                py("helper", 7),
+                native(0x60),
+                py("<module>", 10),
+                // The unwinder stopped early: the rest goes outermost.
+                py("outer", 1),
+            ]
+        );
+    }
+
     #[test]
     fn samples_live_while_held_and_are_freed_after() {
         let mut stacks = Stacks::default();
-        let r = stacks.add(1, sample(0x10), 0);
+        let r = stacks.add_native(1, sample(0x10), 0);
         stacks.hold(r);
         stacks.hold(r);
         stacks.drop_if_unused(r);
@@ -341,7 +448,7 @@ mod tests {
         stacks.release(r);
         assert_eq!(stacks.raw_count(), 0);
         // The slot is reused, and the stale queue entry is ignored.
-        let again = stacks.add(1, sample(0x20), 5);
+        let again = stacks.add_native(1, sample(0x20), 5);
         assert_eq!(again, r);
         stacks.hold(again);
         stacks.mature(10, Duration::from_nanos(100));
@@ -351,9 +458,9 @@ mod tests {
     #[test]
     fn only_old_samples_are_unwound_and_identical_ones_share_an_id() {
         let mut stacks = Stacks::default();
-        let old = stacks.add(1, sample(0x10), 0);
-        let twin = stacks.add(1, sample(0x10), 10);
-        let young = stacks.add(1, sample(0x30), 1_000);
+        let old = stacks.add_native(1, sample(0x10), 0);
+        let twin = stacks.add_native(1, sample(0x10), 10);
+        let young = stacks.add_native(1, sample(0x30), 1_000);
         for r in [old, twin, young] {
             stacks.hold(r);
         }
@@ -375,7 +482,7 @@ mod tests {
     fn raw_memory_is_bounded() {
         let mut stacks = Stacks::default();
         for i in 0..(MAX_RAW_SAMPLES as u64 + 10) {
-            let r = stacks.add(1, sample(i), i);
+            let r = stacks.add_native(1, sample(i), i);
             stacks.hold(r);
         }
         assert_eq!(stacks.raw_count(), MAX_RAW_SAMPLES);

@@ -19,6 +19,8 @@ pub struct SymFrame {
     pub module: Option<String>,
     /// This function was inlined into the next frame.
     pub inlined: bool,
+    /// A CPython frame (function is the qualified name, file the script).
+    pub python: bool,
 }
 
 /// Symbolizes the given stacks. Frames come innermost first; a frame with
@@ -57,6 +59,7 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
                             line: inl.code_info.as_ref().and_then(|c| c.line),
                             module: Some(module_name.clone()),
                             inlined: true,
+                            python: false,
                         });
                     }
                     out.push(SymFrame {
@@ -69,6 +72,7 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
                         line: sym.code_info.as_ref().and_then(|c| c.line),
                         module: Some(module_name.clone()),
                         inlined: false,
+                        python: false,
                     });
                     out
                 }
@@ -79,6 +83,7 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
                     line: None,
                     module: Some(module_name.clone()),
                     inlined: false,
+                    python: false,
                 }],
             };
             resolved.insert((module.clone(), svma), frames);
@@ -102,6 +107,20 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
                         line: None,
                         module: None,
                         inlined: false,
+                        python: false,
+                    }],
+                    Frame::Python {
+                        file,
+                        function,
+                        line,
+                    } => vec![SymFrame {
+                        address: 0,
+                        function: Some(function.to_string()),
+                        file: Some(file.to_string()),
+                        line: (*line > 0).then_some(*line),
+                        module: None,
+                        inlined: false,
+                        python: true,
                     }],
                 })
                 .collect();
@@ -196,6 +215,7 @@ mod tests {
             line: Some(line),
             module: Some("/bin/a".into()),
             inlined: false,
+            python: false,
         }
     }
 

@@ -138,6 +138,8 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
             p.comm = procfs::comm(pid);
             p.cmdline = procfs::cmdline(pid);
         }
+        // Python frames from its very first event on.
+        tracer.read_maps(pid);
     }
     let pids: Vec<String> = config.pids.iter().map(u32::to_string).collect();
     eprintln!(

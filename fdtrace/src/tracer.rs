@@ -109,15 +109,7 @@ impl Tracer {
         }
         if event.stopped {
             // The kernel stopped the process: its maps and limits are as of now.
-            if let Ok(maps) = ProcessMaps::read(tgid) {
-                if let Some(found) = self.python.detect(tgid, &maps) {
-                    self.stacks.set_eval_loop(found.module, found.eval);
-                    if let Err(why) = (self.python_walker)(tgid, Some(&found.walk)) {
-                        self.python.walker_failed(tgid, &why);
-                    }
-                }
-                self.stacks.set_maps(tgid, maps);
-            }
+            self.read_maps(tgid);
             if let Some(p) = self.table.processes.get_mut(&tgid) {
                 p.rlimit = procfs::nofile_limit(tgid).or(p.rlimit);
                 // Stopped at its first creation since exec: argv is final.
@@ -180,6 +172,21 @@ impl Tracer {
         }
         (self.table.fd_set_overflows.len() > overflows)
             .then_some(Notice::FdSetOverflow { index: overflows })
+    }
+
+    /// Reads a process's memory maps (it is stopped, or just attached to)
+    /// and looks for a CPython interpreter in them.
+    pub fn read_maps(&mut self, tgid: u32) {
+        let Ok(maps) = ProcessMaps::read(tgid) else {
+            return;
+        };
+        if let Some(found) = self.python.detect(tgid, &maps) {
+            self.stacks.set_eval_loop(found.module, found.eval);
+            if let Err(why) = (self.python_walker)(tgid, Some(&found.walk)) {
+                self.python.walker_failed(tgid, &why);
+            }
+        }
+        self.stacks.set_maps(tgid, maps);
     }
 
     /// Canonical stack of a handle, symbolizing it if needed.

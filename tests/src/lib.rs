@@ -263,6 +263,53 @@ pub fn python() -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Every CPython interpreter on the machine (`python3.N` in /usr/bin,
+/// /usr/local/bin and pyenv's versions), by real path, with its version.
+pub fn interpreters() -> Vec<(PathBuf, (u32, u32))> {
+    let mut dirs = vec![PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")];
+    let pyenv = env::var_os("PYENV_ROOT").map_or_else(
+        || PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".pyenv"),
+        PathBuf::from,
+    );
+    if let Ok(versions) = fs::read_dir(pyenv.join("versions")) {
+        dirs.extend(versions.flatten().map(|v| v.path().join("bin")));
+    }
+    let mut found: Vec<(PathBuf, (u32, u32))> = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(minor) = name.strip_prefix("python3.") else {
+                continue;
+            };
+            if minor.parse::<u32>().is_err() {
+                continue;
+            }
+            let Ok(path) = fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            if found.iter().any(|(p, _)| *p == path) {
+                continue;
+            }
+            let Ok(out) = Command::new(&path)
+                .args(["-c", "import sys; print(*sys.version_info[:2])"])
+                .output()
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut parts = text.split_whitespace().map(str::parse::<u32>);
+            if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) {
+                found.push((path, (major, minor)));
+            }
+        }
+    }
+    found.sort_by_key(|(_, v)| *v);
+    found
+}
+
 /// Waits for a fixture that prints "ready" once it is running.
 pub fn wait_until_ready(child: &mut std::process::Child) {
     use std::io::BufRead as _;

@@ -60,8 +60,12 @@ struct Runtime {
 /// Symbols of a python executable or libpython.
 #[derive(Debug)]
 struct Module {
-    runtime: u64,
-    code_type: u64,
+    /// `_PyRuntime` and `PyCode_Type`: absent before 3.7 (or in the
+    /// python executable that only links libpython).
+    runtime: Option<u64>,
+    code_type: Option<u64>,
+    /// Defines `Py_Initialize`: this file is the interpreter.
+    interpreter: bool,
     version: Option<u64>,
     eval: Vec<Range<u64>>,
     /// PT_LOAD segments: (file offset, address).
@@ -112,8 +116,15 @@ impl Python {
                 paths.push(&m.host_path);
             }
         }
+        let mut unsupported = None;
         for path in paths {
             let Some(module) = self.module(path) else {
+                continue;
+            };
+            let (Some(runtime), Some(code_type)) = (module.runtime, module.code_type) else {
+                if module.interpreter {
+                    unsupported = Some((path.clone(), module.named));
+                }
                 continue;
             };
             let bias = maps
@@ -127,9 +138,24 @@ impl Python {
                         .find(|&&(offset, _)| offset & !0xfff == m.offset)
                         .map(|&(_, vaddr)| m.start.wrapping_sub(vaddr & !0xfff))
                 })?;
-            return self.recognise(tgid, path, &module, bias);
+            return self.recognise(tgid, path, &module, bias, (runtime, code_type));
+        }
+        if let Some((path, named)) = unsupported {
+            self.unsupported(tgid, &path, named);
         }
         None
+    }
+
+    fn unsupported(&mut self, tgid: u32, path: &Path, named: Option<(u8, u8)>) {
+        let version = named.map_or_else(String::new, |(a, b)| format!(" {a}.{b}"));
+        self.note(
+            tgid,
+            format!(
+                "process {tgid} runs Python{version} ({}), which fdtrace cannot walk \
+                 (3.8 to 3.14 are supported): its stacks are native only",
+                path.display()
+            ),
+        );
     }
 
     fn recognise(
@@ -138,8 +164,9 @@ impl Python {
         path: &Arc<PathBuf>,
         module: &Module,
         bias: u64,
+        (runtime, code_type): (u64, u64),
     ) -> Option<Detected> {
-        let runtime = bias.wrapping_add(module.runtime);
+        let runtime = bias.wrapping_add(runtime);
         let head = self.read(tgid, runtime, DEBUG_OFFSETS_BYTES);
         let layout = match head {
             Some(bytes) if bytes.starts_with(DEBUG_COOKIE) => {
@@ -157,23 +184,13 @@ impl Python {
                 None => Ok(module.named.and_then(|(major, minor)| table(major, minor))),
             },
         };
-        let version = module
-            .named
-            .map_or_else(String::new, |(a, b)| format!(" {a}.{b}"));
         let Ok(Some(layout)) = layout else {
-            self.note(
-                tgid,
-                format!(
-                    "process {tgid} runs Python{version} ({}), which fdtrace cannot walk \
-                     (3.8 to 3.14 are supported): its stacks are native only",
-                    path.display()
-                ),
-            );
+            self.unsupported(tgid, path, module.named);
             return None;
         };
         let mut rt = Runtime {
             layout,
-            code_type: bias.wrapping_add(module.code_type),
+            code_type: bias.wrapping_add(code_type),
             validated: false,
         };
         // Once the interpreter is up, a thread state must point back at it.
@@ -430,9 +447,14 @@ fn read_module(path: &Path) -> Option<Module> {
     let mut runtime = None;
     let mut code_type = None;
     let mut version = None;
+    let mut interpreter = false;
     let mut eval = Vec::new();
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+        if !sym.is_definition() {
+            continue;
+        }
         match sym.name() {
+            Ok("Py_Initialize") => interpreter = true,
             Ok("_PyRuntime") => runtime = Some(sym.address()),
             Ok("PyCode_Type") => code_type = Some(sym.address()),
             Ok("Py_Version") => version = Some(sym.address()),
@@ -454,8 +476,9 @@ fn read_module(path: &Path) -> Option<Module> {
         .collect();
     let name = path.file_name()?.to_str()?;
     Some(Module {
-        runtime: runtime?,
-        code_type: code_type?,
+        runtime,
+        code_type,
+        interpreter,
         version,
         eval,
         segments,

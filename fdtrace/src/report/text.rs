@@ -220,7 +220,29 @@ fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()
         );
         writeln!(out, "{}", style.red(&fit(&line, WIDTH)))?;
     }
+    for note in &report.notes {
+        for line in wrap(&format!("Note: {note}."), WIDTH) {
+            writeln!(out, "{line}")?;
+        }
+    }
     Ok(())
+}
+
+/// Splits `text` at spaces into lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines.into_iter().map(|l| fit(&l, width)).collect()
 }
 
 fn leak_group(
@@ -307,17 +329,43 @@ pub(super) fn frames(group: &Group, out: &mut impl Write) -> io::Result<()> {
 }
 
 /// At most `max` frames, then how many more there are.
+/// Past the first Python frame, the interpreter's own native frames (calls
+/// between Python functions) are left out; JSON has them.
 pub(super) fn frames_up_to(group: &Group, max: usize, out: &mut impl Write) -> io::Result<()> {
-    for (i, f) in group.stack.iter().enumerate().take(max) {
+    let first_python = group.stack.iter().position(|f| f.lang == "python");
+    let shown: Vec<(usize, &FrameEntry)> = group
+        .stack
+        .iter()
+        .enumerate()
+        .filter(|&(i, f)| first_python.is_none_or(|p| i < p || !interpreter_frame(f)))
+        .collect();
+    for &(i, f) in shown.iter().take(max) {
         writeln!(out, "{}", frame_line(i, f))?;
     }
-    if group.stack.len() > max {
-        writeln!(out, "  ... {} more frames", group.stack.len() - max)?;
+    if shown.len() > max {
+        writeln!(out, "  ... {} more frames", shown.len() - max)?;
+    }
+    let hidden = group.stack.len() - shown.len();
+    if hidden > 0 {
+        let s = plural(hidden, "", "s");
+        writeln!(
+            out,
+            "  ({hidden} interpreter frame{s} between Python frames not shown)"
+        )?;
     }
     if group.truncated {
         writeln!(out, "  (stack truncated)")?;
     }
     Ok(())
+}
+
+/// A native frame of the Python interpreter (executable or libpython).
+fn interpreter_frame(f: &FrameEntry) -> bool {
+    f.lang == "native"
+        && f.module.as_deref().is_some_and(|m| {
+            let name = base(m);
+            name.starts_with("python") || name.starts_with("libpython")
+        })
 }
 
 fn frame_line(i: usize, f: &FrameEntry) -> String {

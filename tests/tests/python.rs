@@ -1,0 +1,246 @@
+//! Python-aware stacks: the Python file:line of the leak, from every CPython
+//! interpreter on the machine (3.8 to 3.14 are supported; older ones must
+//! fall back to native stacks with a note).
+
+use std::process::{Command, Stdio};
+
+use fdtrace_tests::{
+    Trace, bpf_or_skip, fdtrace, fixture_source, interpreters, marker_line, python, trace,
+    wait_until_ready,
+};
+use serde_json::Value;
+
+fn supported() -> Vec<(String, (u32, u32))> {
+    let found: Vec<(String, (u32, u32))> = interpreters()
+        .into_iter()
+        .filter(|(_, v)| (3, 8) <= *v && *v <= (3, 14))
+        .map(|(p, v)| (p.to_string_lossy().into_owned(), v))
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no CPython 3.8-3.14 found (python3 is needed for the Python tests)"
+    );
+    found
+}
+
+/// (function, file name, line) of a stack's Python frames, innermost first.
+fn python_frames(t: &Trace, stack_id: &Value) -> Vec<(String, String, u64)> {
+    t.frames(stack_id)
+        .iter()
+        .filter(|f| f["lang"] == "python")
+        .map(|f| {
+            let file = f["file"].as_str().unwrap_or("?");
+            (
+                f["function"].as_str().unwrap_or("?").to_owned(),
+                file.rsplit('/').next().unwrap_or(file).to_owned(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn frame(function: &str, file: &str, marker: &str) -> (String, String, u64) {
+    (function.into(), file.into(), marker_line(file, marker))
+}
+
+#[test]
+fn files_kept_in_a_list_name_their_python_function_and_line_in_every_version() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let script = fixture_source("pykeep.py");
+    for (interpreter, (major, minor)) in supported() {
+        let t = trace(&[], &[&interpreter, script.to_str().unwrap()]);
+        let version = format!("{major}.{minor} ({interpreter})");
+        assert_eq!(t.code(), Some(0), "{version}: {}", t.stderr());
+        assert_eq!(t.report["notes"], serde_json::json!([]), "{version}");
+        assert_eq!(t.leaks().len(), 3, "{version}: {:?}", t.leaks());
+        // 3.11 and later name methods by their qualified name.
+        let fill = if minor >= 11 { "Cache.fill" } else { "fill" };
+        for leak in t.leaks() {
+            assert_eq!(leak["target"], "/etc/hostname", "{version}");
+            assert_eq!(
+                python_frames(&t, &leak["stack_id"]),
+                [
+                    frame(fill, "pykeep.py", "LEAK-FILL"),
+                    frame("main", "pykeep.py", "CALL-FILL"),
+                    frame("<module>", "pykeep.py", "CALL-MAIN"),
+                ],
+                "{version}"
+            );
+            // The evaluation loop's native frames gave way to them.
+            let functions = t.functions(&leak["stack_id"]);
+            assert!(
+                !functions.iter().any(|f| f == "_PyEval_EvalFrameDefault"),
+                "{version}: {functions:?}"
+            );
+            // The C call that opened it is still there, innermost.
+            let first = &t.frames(&leak["stack_id"])[0];
+            assert_eq!(first["lang"], "native", "{version}");
+        }
+    }
+}
+
+#[test]
+fn a_thread_pool_worker_is_found_while_the_gil_is_released() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let script = fixture_source("pypool.py");
+    for (interpreter, (major, minor)) in supported() {
+        let t = trace(&[], &[&interpreter, script.to_str().unwrap()]);
+        let version = format!("{major}.{minor}");
+        assert_eq!(t.leaks().len(), 8, "{version}: {}", t.stderr());
+        for leak in t.leaks() {
+            let frames = python_frames(&t, &leak["stack_id"]);
+            assert_eq!(
+                frames.first(),
+                Some(&frame("worker", "pypool.py", "LEAK-WORKER")),
+                "{version}: {frames:?}"
+            );
+            // Outer frames are the executor's, in the standard library.
+            assert!(
+                frames.iter().any(|(_, file, _)| file == "thread.py"),
+                "{version}: {frames:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_leak_in_an_imported_module_names_that_module_file() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let script = fixture_source("pyapp.py");
+    let t = trace(&[], &[&python(), script.to_str().unwrap()]);
+    assert_eq!(t.leaks().len(), 2, "{}", t.stderr());
+    for leak in t.leaks() {
+        assert_eq!(leak["kind"], "socket");
+        let frames = python_frames(&t, &leak["stack_id"]);
+        // socket.socket is a Python class: its __init__ made the call.
+        assert_eq!(
+            (frames[0].0.as_str(), frames[0].1.as_str()),
+            ("socket.__init__", "socket.py")
+        );
+        assert_eq!(
+            frames[1..],
+            [
+                frame("connect_all", "pymodule.py", "LEAK-MODULE"),
+                frame("<module>", "pyapp.py", "CALL-MODULE"),
+            ]
+        );
+        let file = t
+            .frames(&leak["stack_id"])
+            .into_iter()
+            .find(|f| f["function"] == "connect_all")
+            .unwrap()["file"]
+            .clone();
+        assert_eq!(file, fixture_source("pymodule.py").to_str().unwrap());
+    }
+}
+
+#[test]
+fn emfile_shows_the_failing_python_line_and_the_hoarding_function() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let script = fixture_source("hoard.py");
+    let t = trace(&[], &[&python(), script.to_str().unwrap()]);
+    assert_eq!(t.stdout(), "failed: errno 24\n");
+    let e = &t.report["emfile"][0];
+    assert_eq!(e["syscall"], "socket");
+    let hoard = frame("hoard_sockets", "hoard.py", "LEAK-HOARD");
+    // Under socket.socket's own __init__, in the standard library.
+    assert_eq!(
+        python_frames(&t, &e["stack_id"]).get(1),
+        Some(&hoard),
+        "{e}"
+    );
+    let top = &e["holders"][0];
+    assert!(top["count"].as_u64().unwrap() >= 55, "{e}");
+    assert_eq!(python_frames(&t, &top["stack_id"]).get(1), Some(&hoard));
+    // The text report names them too.
+    let output = Command::new(fdtrace())
+        .args(["run", "--"])
+        .arg(python())
+        .arg(&script)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    let line = format!("hoard_sockets                    hoard.py:{}", hoard.2);
+    assert!(text.contains(&line), "{text}");
+}
+
+#[test]
+fn attach_to_a_python_service_shows_the_leaking_line() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let mut service = Command::new(python())
+        .arg(fixture_source("pyservice.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_ready(&mut service);
+    let output = Command::new(fdtrace())
+        .args(["attach", "--format", "json", "--duration", "1s", "-p"])
+        .arg(service.id().to_string())
+        .output()
+        .unwrap();
+    let _ = service.kill();
+    let _ = service.wait();
+    let report: Value = serde_json::from_slice(
+        &output.stderr[output
+            .stderr
+            .iter()
+            .position(|&b| b == b'{')
+            .expect("a JSON report")..],
+    )
+    .unwrap();
+    let t = Trace { output, report };
+    assert!(t.leaks().len() >= 10, "{:?}", t.leaks());
+    for leak in t.leaks() {
+        assert_eq!(
+            python_frames(&t, &leak["stack_id"]).first(),
+            Some(&frame("leak_one", "pyservice.py", "LEAK-SERVICE"))
+        );
+    }
+}
+
+#[test]
+fn an_unsupported_python_falls_back_to_native_stacks_with_a_note() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let old: Vec<_> = interpreters()
+        .into_iter()
+        .filter(|(_, v)| *v < (3, 8))
+        .collect();
+    let Some((interpreter, (major, minor))) = old.first() else {
+        eprintln!("skipping: no CPython older than 3.8 on this machine to fall back from");
+        return;
+    };
+    let script = fixture_source("pykeep.py");
+    let t = trace(
+        &[],
+        &[interpreter.to_str().unwrap(), script.to_str().unwrap()],
+    );
+    assert_eq!(t.leaks().len(), 3);
+    let notes = t.report["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let note = notes[0].as_str().unwrap();
+    assert!(
+        note.contains(&format!("runs Python {major}.{minor}"))
+            && note.ends_with("its stacks are native only"),
+        "{note}"
+    );
+    for leak in t.leaks() {
+        assert!(python_frames(&t, &leak["stack_id"]).is_empty());
+        assert!(
+            t.functions(&leak["stack_id"])
+                .iter()
+                .any(|f| f == "_PyEval_EvalFrameDefault")
+        );
+    }
+}

@@ -166,8 +166,8 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) -> bool {
                     code: slot.code,
                     tag: slot.tag,
                 };
-                if PY_CODES.get(&key).is_none() {
-                    let _ = PY_CODES.insert(&key, &1, 0);
+                if PY_CODES.get(key).is_none() {
+                    let _ = PY_CODES.insert(key, 1, 0);
                     new_code = true;
                 }
             }

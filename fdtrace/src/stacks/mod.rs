@@ -405,7 +405,13 @@ mod tests {
     fn python_frames_replace_the_evaluation_loop_frames_that_ran_them() {
         let mut stacks = Stacks::default();
         let python = Arc::new(PathBuf::from("/usr/bin/python3.11"));
-        stacks.set_eval_loop(python.clone(), vec![0x100..0x200]);
+        stacks.set_eval_loop(
+            python.clone(),
+            vec![std::ops::Range {
+                start: 0x100,
+                end: 0x200,
+            }],
+        );
         let native = |svma| Frame::Module {
             module: python.clone(),
             svma,

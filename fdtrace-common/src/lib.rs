@@ -465,7 +465,7 @@ pub const PY_ABSENT: u32 = u32::MAX;
 pub const PY_NO_SHIMS: u32 = 256;
 
 /// Frame slots in a [`PyStackRecord`] (frames plus group boundaries).
-pub const MAX_PY_SLOTS: usize = 96;
+pub const MAX_PY_SLOTS: usize = 128;
 
 /// One slot of a [`PyStackRecord`]: a frame's code object and instruction
 /// (`f_lasti`, or a pointer into the code's bytecode). [`PY_ENTRY`] in

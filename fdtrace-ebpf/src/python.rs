@@ -10,7 +10,10 @@
 //! call's frames end. Userspace reads the code objects.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel,
+        generated::bpf_probe_read_user as read_user_raw,
+    },
     macros::map,
     maps::{HashMap, LruHashMap},
 };
@@ -43,11 +46,22 @@ struct CodeKey {
 /// Threads searched for the caller's thread state.
 const MAX_THREADS: usize = 256;
 
-/// Reads a `T` from user memory, 0 (or default) when unreadable.
+/// Reads a `T` from user memory, zero when unreadable (the helper zeroes
+/// its destination on failure). Its result is not branched on: a branch per
+/// read would double the verifier's states per read, per loop step.
 #[inline(always)]
 fn read<T: Default>(addr: u64) -> T {
-    // SAFETY: user memory read through the checked helper.
-    unsafe { bpf_probe_read_user(addr as *const T) }.unwrap_or_default()
+    let mut value = T::default();
+    // SAFETY: the destination is a local of the size passed; the source is
+    // only read through the checked helper.
+    unsafe {
+        read_user_raw(
+            (&raw mut value).cast(),
+            size_of::<T>() as u32,
+            addr as *const core::ffi::c_void,
+        )
+    };
+    value
 }
 
 /// `pthread_self()` of the current thread: its fs base.

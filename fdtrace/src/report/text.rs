@@ -329,15 +329,15 @@ pub(super) fn frames(group: &Group, out: &mut impl Write) -> io::Result<()> {
 }
 
 /// At most `max` frames, then how many more there are.
-/// Past the first Python frame, the interpreter's own native frames (calls
-/// between Python functions) are left out; JSON has them.
+/// In a stack with Python frames the interpreter's own native frames are
+/// left out (JSON has them): the Python frames say where the call came from.
 pub(super) fn frames_up_to(group: &Group, max: usize, out: &mut impl Write) -> io::Result<()> {
-    let first_python = group.stack.iter().position(|f| f.lang == "python");
+    let python = group.stack.iter().any(|f| f.lang == "python");
     let shown: Vec<(usize, &FrameEntry)> = group
         .stack
         .iter()
         .enumerate()
-        .filter(|&(i, f)| first_python.is_none_or(|p| i < p || !interpreter_frame(f)))
+        .filter(|&(_, f)| !python || !interpreter_frame(f))
         .collect();
     for &(i, f) in shown.iter().take(max) {
         writeln!(out, "{}", frame_line(i, f))?;
@@ -350,7 +350,7 @@ pub(super) fn frames_up_to(group: &Group, max: usize, out: &mut impl Write) -> i
         let s = plural(hidden, "", "s");
         writeln!(
             out,
-            "  ({hidden} interpreter frame{s} between Python frames not shown)"
+            "  ({hidden} native frame{s} of the Python interpreter not shown)"
         )?;
     }
     if group.truncated {

@@ -99,6 +99,17 @@ pub fn bench(runs: usize) -> Result<()> {
             .map(String::from)
             .to_vec(),
         },
+        Workload {
+            name: "python",
+            about: "CPython 3.11 loop, 50,000 open/close pairs (Python frames walked)",
+            command: [
+                "/usr/bin/python3",
+                "-c",
+                "for _ in range(50000): open('/etc/hostname').close()",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
     ];
     let mut results = Vec::new();
     println!();

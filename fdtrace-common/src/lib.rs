@@ -97,6 +97,9 @@ pub const FLAG_STACK_END: u32 = 2;
 pub const FLAG_FDS_TRUNCATED: u32 = 4;
 /// Flag: no stack sample because the ring buffer was filling up.
 pub const FLAG_STACK_SKIPPED: u32 = 8;
+/// Flag: stopped only so userspace can read a CPython code object it has
+/// not seen (its memory maps have not changed).
+pub const FLAG_STOPPED_FOR_CODE: u32 = 16;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]

@@ -181,6 +181,14 @@ pub unsafe fn fd_pair(header: *mut EventHeader, ptr: u64) {
 ///
 /// # Safety
 /// `header` must point to a writable `EventHeader`.
+/// Whether a `struct msghdr` has a control buffer (room for SCM_RIGHTS).
+#[inline(always)]
+pub fn has_control(msghdr: u64) -> bool {
+    // SAFETY: user memory read through the checked helper.
+    let len = unsafe { bpf_probe_read_user((msghdr + MSGHDR_CONTROLLEN) as *const u64) };
+    len.unwrap_or(0) > 0
+}
+
 #[inline(always)]
 pub unsafe fn scm_rights(header: *mut EventHeader, msghdr: u64) {
     // SAFETY: user pointers read with the checked helper.

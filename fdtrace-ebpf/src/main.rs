@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    StackMode, Syscall, SyscallArgs, nr,
+    FLAG_STOPPED_FOR_CODE, StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -293,8 +293,16 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // can read it while it exists.
     // SAFETY: the helper takes no arguments and touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let new_code =
-        wants_stack && stack_mode != StackMode::None as u32 && python::record(tgid, tid, ts_ns);
+    // recvmsg without a control buffer carries no descriptors: its record
+    // is discarded below, so don't walk for it.
+    let may_create = match syscall {
+        Syscall::Recvmsg => capture::has_control(pending.args.args[1]),
+        _ => true,
+    };
+    let new_code = wants_stack
+        && may_create
+        && stack_mode != StackMode::None as u32
+        && python::record(tgid, tid, ts_ns);
     let entry = if wants_stack {
         EVENTS.reserve_bytes(capture::stack_record_size(), 0)
     } else {
@@ -312,9 +320,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         (*header).ts_ns = ts_ns;
         (*header).ret = ret;
         (*header).args = pending.args.args;
-        if new_code {
-            capture::stop(header);
-        }
     }
     if busy {
         // SAFETY: the header was initialised above.
@@ -377,6 +382,17 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // the process (or leaves it stopped, with --on-emfile stop).
         // SAFETY: the header was initialised above.
         unsafe { capture::stop(header) };
+    }
+    if new_code {
+        // Stopped only now that the record is sure to be submitted: a
+        // stop userspace never hears of would never be continued.
+        // SAFETY: the header was initialised above.
+        unsafe {
+            if (*header).flags & FLAG_STOPPED == 0 {
+                capture::stop(header);
+                (*header).flags |= FLAG_STOPPED_FOR_CODE;
+            }
+        }
     }
     // SAFETY: the header was initialised above.
     let stopped = unsafe { (*header).flags } & FLAG_STOPPED != 0;

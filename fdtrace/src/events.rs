@@ -4,8 +4,9 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FLAG_STOPPED, MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_NO_THREAD,
-    PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
+    EventHeader, EventKind, FLAG_STOPPED, FLAG_STOPPED_FOR_CODE, MAX_EVENT_FDS, MAX_PY_SLOTS,
+    PAGE_SIZE, PY_NO_THREAD, PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall,
+    TEXT_LEN,
 };
 
 /// A descriptor number.
@@ -19,6 +20,8 @@ pub struct Event {
     pub tid: u32,
     /// The kernel stopped the process for us to read its memory maps.
     pub stopped: bool,
+    /// ... or only for a CPython code object (the maps are unchanged).
+    pub stopped_for_code: bool,
     pub action: Action,
 }
 
@@ -233,6 +236,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         tgid: header.tgid,
         tid: header.tid,
         stopped: header.flags & FLAG_STOPPED != 0,
+        stopped_for_code: header.flags & FLAG_STOPPED_FOR_CODE != 0,
         action,
     })
 }
@@ -250,6 +254,7 @@ fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
         tgid: record.tgid,
         tid: record.tid,
         stopped: false,
+        stopped_for_code: false,
         action: Action::PyStack(PyStack {
             slots: record.slots[..len].to_vec(),
             truncated: record.flags & PY_TRUNCATED != 0,

@@ -591,6 +591,7 @@ mod tests {
             tgid,
             tid: tgid,
             stopped: false,
+            stopped_for_code: false,
             action,
         }
     }

@@ -297,10 +297,13 @@ pub fn generate(report: &Report) -> String {
                 .map(|e| (e.stack_id, e.kind, e.target.as_str(), e.pid, "exec leak")),
         );
     for (stack_id, kind, target, pid, what) in subjects {
-        match pending
-            .iter_mut()
-            .find(|p| p.stack_id == stack_id && p.kind == kind && p.what == what)
-        {
+        let comm = report.process(pid).map(|p| p.comm.as_str());
+        match pending.iter_mut().find(|p| {
+            p.stack_id == stack_id
+                && p.kind == kind
+                && p.what == what
+                && report.process(p.pid).map(|p| p.comm.as_str()) == comm
+        }) {
             Some(p) => p.targets.push(target),
             None => pending.push(Pending {
                 stack_id,

@@ -107,7 +107,7 @@ impl Tracer {
             self.python.stash(event.tid, event.ts_ns, stack);
             return None;
         }
-        if event.stopped {
+        if event.stopped && !event.stopped_for_code {
             // The kernel stopped the process: its maps and limits are as of now.
             self.read_maps(tgid);
             if let Some(p) = self.table.processes.get_mut(&tgid) {
@@ -143,8 +143,8 @@ impl Tracer {
         };
         let stack = sample.map(|s| {
             let python = self.python.frames(tgid, event.tid, event.ts_ns);
-            if self.python.rejected(tgid) {
-                let _ = (self.python_walker)(tgid, None);
+            for retired in self.python.take_retired() {
+                let _ = (self.python_walker)(retired, None);
             }
             self.stacks.add(tgid, s, python, event.ts_ns)
         });

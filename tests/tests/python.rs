@@ -244,3 +244,34 @@ fn an_unsupported_python_falls_back_to_native_stacks_with_a_note() {
         );
     }
 }
+
+#[test]
+fn recvmsg_without_descriptors_never_leaves_the_process_stopped() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let mut child = Command::new(fdtrace())
+        .args(["run", "--"])
+        .arg(python())
+        .arg(fixture_source("pyrecv.py"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stopped for a record the kernel then discarded, it would never end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fdtrace run did not end: the traced Python was left stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "b'x' b'y'\n");
+}

@@ -255,6 +255,15 @@ pub fn from_debug_offsets(words: &[u64]) -> Option<Layout> {
         _ => return None,
     };
     let word = |byte: usize| words.get(byte / 8).copied();
+    // sizeof(_PyInterpreterFrame) as published, which tells the final
+    // layouts from the development builds that shared 3.13's.
+    let frame_size = match minor {
+        13 => (224, 80),
+        _ => (248, 88),
+    };
+    if word(frame_size.0) != Some(frame_size.1) {
+        return None;
+    }
     let small = |byte: usize| word(byte).and_then(|v| u32::try_from(v).ok());
     let mut walk = walk([
         small(f.interp_head)?,
@@ -304,6 +313,7 @@ mod tests {
         words[1] = 0x030d_00f0;
         let set = |w: &mut Vec<u64>, byte: usize, v: u64| w[byte / 8] = v;
         for (byte, v) in [
+            (224, 80),
             (40, 632),
             (72, 7344),
             (168, 8),
@@ -333,6 +343,47 @@ mod tests {
         assert_eq!(l.code.first_line, 68);
         // Unknown layouts are refused rather than guessed.
         words[1] = 0x030f_00a0;
+        assert_eq!(from_debug_offsets(&words), None);
+    }
+
+    #[test]
+    fn debug_offsets_of_314() {
+        // Values read from CPython 3.14.10's _Py_DebugOffsets.
+        let mut words = vec![0u64; 95];
+        words[0] = u64::from_ne_bytes(*DEBUG_COOKIE);
+        words[1] = 0x030e_0af0;
+        for (byte, v) in [
+            (40, 808),
+            (72, 7344),
+            (192, 8),
+            (208, 72),
+            (216, 152),
+            (248, 88),
+            (256, 8),
+            (264, 0),
+            (272, 56),
+            (288, 74),
+            (320, 112),
+            (328, 120),
+            (336, 128),
+            (344, 136),
+            (352, 68),
+            (384, 208),
+        ] {
+            words[byte / 8] = v;
+        }
+        let l = from_debug_offsets(&words).unwrap();
+        assert_eq!((l.major, l.minor), (3, 14));
+        assert_eq!(l.walk.interp_head, 808);
+        assert_eq!(l.walk.thread_next, 8);
+        assert_eq!(l.walk.thread_id, 152);
+        assert_eq!(l.walk.thread_frame, 72);
+        assert_eq!(l.walk.frame_owner, 74);
+        assert_eq!(l.walk.code_mask, !3);
+        assert_eq!(l.code.bytecode, Some(208));
+        assert_eq!(l.code.first_traceable, Some(192));
+        // A development build with 3.13's layout is refused.
+        words[248 / 8] = 0;
         assert_eq!(from_debug_offsets(&words), None);
     }
 

@@ -98,6 +98,8 @@ pub struct Python {
     pending: HashMap<u32, (u64, PyStack)>,
     /// One line per process whose Python could not be walked.
     pub notes: Vec<String>,
+    /// Processes given to the kernel walker and then found unsupported.
+    retired: Vec<u32>,
 }
 
 impl Python {
@@ -223,6 +225,10 @@ impl Python {
     }
 
     fn reject(&mut self, tgid: u32, layout: &Layout) {
+        // The kernel was told about it: it must forget it.
+        if matches!(self.runtimes.get(&tgid), Some(Some(_))) {
+            self.retired.push(tgid);
+        }
         self.note(
             tgid,
             format!(
@@ -248,10 +254,10 @@ impl Python {
         }
     }
 
-    /// Whether `tgid` was found unsupported after being given to the kernel
-    /// (its walker entry should go).
-    pub fn rejected(&self, tgid: u32) -> bool {
-        matches!(self.runtimes.get(&tgid), Some(None))
+    /// Processes given to the kernel walker and since found unsupported,
+    /// each once: their walker entries should go.
+    pub fn take_retired(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.retired)
     }
 
     fn module(&mut self, path: &Arc<PathBuf>) -> Option<Arc<Module>> {
@@ -277,7 +283,7 @@ impl Python {
         if ts != ts_ns {
             return Vec::new();
         }
-        let Some(Some(rt)) = self.runtimes.get(&tgid).cloned() else {
+        let Some(Some(mut rt)) = self.runtimes.get(&tgid).cloned() else {
             return Vec::new();
         };
         let mut groups: Vec<Vec<Frame>> = vec![Vec::new()];
@@ -299,10 +305,11 @@ impl Python {
                 }
                 continue;
             };
-            if !rt.validated
-                && let Some(Some(r)) = self.runtimes.get_mut(&tgid)
-            {
-                r.validated = true;
+            if !rt.validated {
+                rt.validated = true;
+                if let Some(Some(r)) = self.runtimes.get_mut(&tgid) {
+                    r.validated = true;
+                }
             }
             let index = match rt.layout.instr {
                 Instr::LastiBytes => i64::from(slot.instr as u32 as i32) / 2,

@@ -431,8 +431,6 @@ pub fn own_code(frame: &FrameEntry) -> bool {
         "/usr/include/",
         "/usr/src/",
         "/lib/python",
-        "../sysdeps/",
-        "./",
     ];
     let module = frame
         .module
@@ -440,7 +438,9 @@ pub fn own_code(frame: &FrameEntry) -> bool {
         .map(|m| m.rsplit('/').next().unwrap_or(m))
         .unwrap_or("");
     let file = frame.file.as_deref().unwrap_or("");
-    !RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
+    // `<frozen os>`, `<string>`: the interpreter's own or generated code.
+    !file.starts_with('<')
+        && !RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
         && !RUNTIME_FILES
             .iter()
             .any(|f| file.starts_with(f) || (f.starts_with('/') && file.contains(f)))

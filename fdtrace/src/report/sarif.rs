@@ -40,7 +40,7 @@ fn log(report: &Report, root: &Path) -> Value {
         .collect();
     let results: Vec<Value> = annotations(report)
         .iter()
-        .map(|a| result(a, root))
+        .map(|a| result(report, a, root))
         .collect();
     let mut notifications = Vec::new();
     if report.dropped_events > 0 {
@@ -86,7 +86,7 @@ fn log(report: &Report, root: &Path) -> Value {
     })
 }
 
-fn result(a: &Annotation<'_>, root: &Path) -> Value {
+fn result(report: &Report, a: &Annotation<'_>, root: &Path) -> Value {
     let rule_index = Rule::ALL.iter().position(|&r| r == a.rule).unwrap_or(0);
     let mut result = json!({
         "ruleId": a.rule.id(),
@@ -95,9 +95,7 @@ fn result(a: &Annotation<'_>, root: &Path) -> Value {
         "message": { "text": a.message },
         "properties": { "count": a.count, "pids": a.pids },
     });
-    if let Some(blame) = a.blame {
-        result["locations"] = json!([location(blame, root)]);
-    }
+    result["locations"] = json!([primary_location(report, a, root)]);
     if !a.stack.is_empty() {
         let steps: Vec<Value> = a
             .stack
@@ -114,6 +112,51 @@ fn result(a: &Annotation<'_>, root: &Path) -> Value {
         result["partialFingerprints"] = json!({ "fdtraceStack/v1": fingerprint(a) });
     }
     result
+}
+
+/// Where the result points. Code scanning rejects a whole log if a result
+/// has no physical location, so without a source line in the user's own
+/// code it falls back to any frame with one, then to the module of the
+/// innermost frame, then to the process's executable (line 1 of a binary).
+fn primary_location(report: &Report, a: &Annotation<'_>, root: &Path) -> Value {
+    let with_line = |f: &&FrameEntry| f.file.is_some() && f.line.is_some();
+    if let Some(frame) = a
+        .blame
+        .filter(with_line)
+        .or_else(|| a.stack.iter().find(with_line))
+    {
+        let mut located = location(frame, root);
+        if let Some(blame) = a.blame {
+            located["logicalLocations"] = location(blame, root)["logicalLocations"].clone();
+        }
+        return located;
+    }
+    let binary = a
+        .stack
+        .iter()
+        .find_map(|f| f.module.clone())
+        .or_else(|| {
+            a.pids
+                .first()
+                .and_then(|&pid| report.process(pid))
+                .map(|p| p.exe.clone())
+        })
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| report.command.first().cloned().unwrap_or_default());
+    let mut artifact = json!({ "uri": file_uri(&binary, root) });
+    if Path::new(&binary).strip_prefix(root).is_ok() {
+        artifact["uriBaseId"] = json!(SRCROOT);
+    }
+    let mut located = json!({
+        "physicalLocation": {
+            "artifactLocation": artifact,
+            "region": { "startLine": 1 },
+        },
+    });
+    if let Some(blame) = a.blame {
+        located["logicalLocations"] = location(blame, root)["logicalLocations"].clone();
+    }
+    located
 }
 
 /// A physical location when the frame has a source line, and its function
@@ -233,6 +276,21 @@ mod tests {
         assert!(r["message"]["text"].as_str().unwrap().starts_with(
             "2 x file never closed, opened by openat in leak_it (pid 7: ./app --test one)"
         ));
+    }
+
+    #[test]
+    fn every_result_has_a_physical_location() {
+        let mut report = sample_report();
+        for l in &mut report.leaks {
+            l.stack_id = None;
+        }
+        report.groups.clear();
+        let log = log(&report, Path::new("/src/app"));
+        let physical = &log["runs"][0]["results"][0]["locations"][0]["physicalLocation"];
+        // No stack: the process's executable.
+        assert_eq!(physical["artifactLocation"]["uri"], "app");
+        assert_eq!(physical["artifactLocation"]["uriBaseId"], "SRCROOT");
+        assert_eq!(physical["region"]["startLine"], 1);
     }
 
     #[test]

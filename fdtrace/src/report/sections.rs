@@ -14,7 +14,8 @@ use super::{
 const MAX_PROCESSES: usize = 20;
 
 /// Each leaking process with its command line and its leaks by stack.
-/// Only when more than one process was traced: otherwise the header says it.
+/// Only when the leaks are not all the traced command's own (then the
+/// groups above already say which process).
 pub fn by_process(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
     let mut pids: Vec<u32> = Vec::new();
     for l in &report.leaks {
@@ -22,7 +23,11 @@ pub fn by_process(report: &Report, style: Style, out: &mut impl Write) -> io::Re
             pids.push(l.pid);
         }
     }
-    if report.processes.len() < 2 || pids.is_empty() {
+    let only_the_command = match pids.as_slice() {
+        [pid] => report.process(*pid).is_none_or(|p| p.ppid.is_none()),
+        _ => pids.is_empty(),
+    };
+    if only_the_command {
         return Ok(());
     }
     writeln!(out)?;
@@ -146,6 +151,14 @@ Leaks by process:
       1 x pipe
 "
         );
+    }
+
+    #[test]
+    fn the_commands_own_leaks_need_no_section() {
+        let r = sample_report();
+        let mut out = Vec::new();
+        by_process(&r, Style::default(), &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]

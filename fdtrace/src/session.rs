@@ -69,10 +69,7 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     };
     let child = spawn::spawn_gated(&path, &config.command, identity.as_ref())?;
     let pid = child.pid;
-    let mut tracer = Tracer::new(config.trace.stack_mode);
-    if let Some(walker) = probes.take_python_walker() {
-        tracer.set_python_walker(walker);
-    }
+    let mut tracer = new_tracer(&mut probes, &config.trace);
     // What the command inherits: our own descriptors are close-on-exec and
     // vanish at its exec, so they are not part of its table.
     let mut inherited =
@@ -93,17 +90,13 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         Reason::CommandExited(status) => Some(status),
         _ => None,
     };
-    tracer.finish(monotonic_ns());
-    let losses = probes.losses();
-    let mut report = tracer.report(Context {
-        mode: "run",
-        command: &config.command,
-        exit_status: status,
-        dropped_events: losses.total(),
-        skipped_stacks: losses.skipped_stacks,
-        intervals: ending.intervals,
-    });
-    suppress::apply(&mut report, &config.trace.suppressions);
+    let report = final_report(
+        &mut tracer,
+        &probes,
+        &config.trace,
+        ("run", &config.command, status),
+        ending.intervals,
+    );
     Ok(Outcome {
         report,
         command_status: status,
@@ -119,10 +112,7 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     }
     let started = Instant::now();
     let mut probes = load(&config.trace)?;
-    let mut tracer = Tracer::new(config.trace.stack_mode);
-    if let Some(walker) = probes.take_python_walker() {
-        tracer.set_python_walker(walker);
-    }
+    let mut tracer = new_tracer(&mut probes, &config.trace);
     for &pid in &config.pids {
         // Traced first, then the snapshot: an fd opened in between arrives
         // as an event later and replaces its "origin unknown" entry.
@@ -154,22 +144,49 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
         duration: config.duration,
     });
     let ending = event_loop(&mut probes, &mut tracer, &config.trace, watch, intervals)?;
-    tracer.finish(monotonic_ns());
-    let losses = probes.losses();
     let command = vec![format!("attach -p {}", pids.join(" -p "))];
-    let mut report = tracer.report(Context {
-        mode: "attach",
-        command: &command,
-        exit_status: None,
-        dropped_events: losses.total(),
-        skipped_stacks: losses.skipped_stacks,
-        intervals: ending.intervals,
-    });
-    suppress::apply(&mut report, &config.trace.suppressions);
+    let report = final_report(
+        &mut tracer,
+        &probes,
+        &config.trace,
+        ("attach", &command, None),
+        ending.intervals,
+    );
     Ok(Outcome {
         report,
         command_status: None,
     })
+}
+
+/// A tracer whose CPython walker entries go to the loaded programs.
+fn new_tracer(probes: &mut Probes, trace: &TraceConfig) -> Tracer {
+    let mut tracer = Tracer::new(trace.stack_mode);
+    if let Some(walker) = probes.take_python_walker() {
+        tracer.set_python_walker(walker);
+    }
+    tracer
+}
+
+/// Ends tracing and builds the report, suppressions applied.
+fn final_report(
+    tracer: &mut Tracer,
+    probes: &Probes,
+    trace: &TraceConfig,
+    (mode, command, exit_status): (&'static str, &[String], Option<i32>),
+    intervals: Vec<IntervalEntry>,
+) -> Report {
+    tracer.finish(monotonic_ns());
+    let losses = probes.losses();
+    let mut report = tracer.report(Context {
+        mode,
+        command,
+        exit_status,
+        dropped_events: losses.total(),
+        skipped_stacks: losses.skipped_stacks,
+        intervals,
+    });
+    suppress::apply(&mut report, &trace.suppressions);
+    report
 }
 
 /// What ends a session.

@@ -114,6 +114,9 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     let mut probes = load(&config.trace)?;
     let mut tracer = new_tracer(&mut probes, &config.trace);
     for &pid in &config.pids {
+        // The kernel learns how to walk its Python frames (if it runs
+        // CPython) before its first traced event.
+        tracer.read_maps(pid);
         // Traced first, then the snapshot: an fd opened in between arrives
         // as an event later and replaces its "origin unknown" entry.
         probes.trace(pid)?;
@@ -128,8 +131,6 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
             p.comm = procfs::comm(pid);
             p.cmdline = procfs::cmdline(pid);
         }
-        // Python frames from its very first event on.
-        tracer.read_maps(pid);
     }
     let pids: Vec<String> = config.pids.iter().map(u32::to_string).collect();
     eprintln!(

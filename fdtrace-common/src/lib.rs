@@ -491,8 +491,6 @@ pub const PY_ENTRY: u64 = 1 << 63;
 
 /// Flag of a [`PyStackRecord`]: more frames than slots.
 pub const PY_TRUNCATED: u32 = 1;
-/// Flag of a [`PyStackRecord`]: no thread state matched the thread.
-pub const PY_NO_THREAD: u32 = 2;
 
 /// The CPython frames of one thread at one syscall, innermost first.
 #[repr(C)]

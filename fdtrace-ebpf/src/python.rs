@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use fdtrace_common::{
-    Counter, EventKind, MAX_PY_SLOTS, PY_ABSENT, PY_ENTRY, PY_NO_THREAD, PY_TRUNCATED, PyFrameSlot,
+    Counter, EventKind, MAX_PY_SLOTS, PY_ABSENT, PY_ENTRY, PY_TRUNCATED, PyFrameSlot,
     PyStackRecord, PyWalk,
 };
 
@@ -128,7 +128,7 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) -> bool {
             thread = read(thread + u64::from(walk.thread_next));
         }
         if thread == 0 || me == 0 {
-            (*rec).flags = PY_NO_THREAD;
+            // Not a thread Python knows: an empty record.
             entry.submit(0);
             return false;
         }

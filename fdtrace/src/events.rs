@@ -5,8 +5,7 @@
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
     EventHeader, EventKind, FLAG_STOPPED, FLAG_STOPPED_FOR_CODE, MAX_EVENT_FDS, MAX_PY_SLOTS,
-    PAGE_SIZE, PY_NO_THREAD, PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall,
-    TEXT_LEN,
+    PAGE_SIZE, PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
 
 /// A descriptor number.
@@ -172,8 +171,6 @@ pub struct PyStack {
     pub slots: Vec<PyFrameSlot>,
     /// Outer frames did not fit.
     pub truncated: bool,
-    /// The thread has no Python thread state (a thread Python didn't start).
-    pub no_thread: bool,
 }
 
 // Flag values from include/uapi (x86_64).
@@ -258,7 +255,6 @@ fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
         action: Action::PyStack(PyStack {
             slots: record.slots[..len].to_vec(),
             truncated: record.flags & PY_TRUNCATED != 0,
-            no_thread: record.flags & PY_NO_THREAD != 0,
         }),
     })
 }

@@ -22,7 +22,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
     events::PyStack,
-    stacks::{Frame, maps::ProcessMaps},
+    stacks::{Frame, PythonFrames, maps::ProcessMaps},
 };
 use layout::{
     BYTES_DATA, BYTES_SIZE, DEBUG_COOKIE, Instr, Layout, OB_TYPE, STR_LENGTH, STR_STATE,
@@ -276,15 +276,15 @@ impl Python {
 
     /// The Python frames of `tid`'s event at `ts_ns`, grouped by native
     /// evaluation call, innermost first; empty for other processes.
-    pub fn frames(&mut self, tgid: u32, tid: u32, ts_ns: u64) -> Vec<Vec<Frame>> {
+    pub fn frames(&mut self, tgid: u32, tid: u32, ts_ns: u64) -> PythonFrames {
         let Some((ts, stack)) = self.pending.remove(&tid) else {
-            return Vec::new();
+            return PythonFrames::default();
         };
         if ts != ts_ns {
-            return Vec::new();
+            return PythonFrames::default();
         }
         let Some(Some(mut rt)) = self.runtimes.get(&tgid).cloned() else {
-            return Vec::new();
+            return PythonFrames::default();
         };
         let mut groups: Vec<Vec<Frame>> = vec![Vec::new()];
         for raw in &stack.slots {
@@ -301,7 +301,7 @@ impl Python {
                 if !rt.validated {
                     // Not a code object where the table said one would be.
                     self.reject(tgid, &rt.layout);
-                    return Vec::new();
+                    return PythonFrames::default();
                 }
                 continue;
             };
@@ -344,7 +344,10 @@ impl Python {
         if groups.last().is_some_and(Vec::is_empty) {
             groups.pop();
         }
-        groups
+        PythonFrames {
+            groups,
+            truncated: stack.truncated,
+        }
     }
 
     fn code(&mut self, tgid: u32, rt: &Runtime, addr: u64, tag: u64) -> Option<Arc<Code>> {

@@ -36,6 +36,15 @@ pub enum Frame {
     },
 }
 
+/// CPython frames taken with a sample, grouped by the native evaluation
+/// call that ran them, innermost first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PythonFrames {
+    pub groups: Vec<Vec<Frame>>,
+    /// Outer Python frames did not fit in the kernel's record.
+    pub truncated: bool,
+}
+
 /// A complete stack, innermost frame first.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Stack {
@@ -55,8 +64,7 @@ enum State {
         tgid: u32,
         space: Option<usize>,
         sample: StackSample,
-        /// CPython frames by native evaluation call, innermost first.
-        python: Vec<Vec<Frame>>,
+        python: PythonFrames,
     },
     Done(StackId),
 }
@@ -131,7 +139,7 @@ impl Stacks {
         &mut self,
         tgid: u32,
         sample: StackSample,
-        python: Vec<Vec<Frame>>,
+        python: PythonFrames,
         taken_ns: u64,
     ) -> StackRef {
         let space = self.current_space.get(&tgid).copied();
@@ -258,8 +266,9 @@ impl Stacks {
             ),
         };
         let mut stack = self.build(space, &sample);
-        if !python.is_empty() {
-            stack.frames = self.splice(stack.frames, python);
+        if !python.groups.is_empty() {
+            stack.frames = self.splice(stack.frames, python.groups);
+            stack.truncated |= python.truncated;
         }
         let id = self.intern(stack);
         if let Some(slot) = self.slots.get_mut(r.0 as usize).and_then(Option::as_mut) {
@@ -389,7 +398,7 @@ mod tests {
 
     impl Stacks {
         fn add_native(&mut self, tgid: u32, sample: StackSample, taken_ns: u64) -> StackRef {
-            self.add(tgid, sample, Vec::new(), taken_ns)
+            self.add(tgid, sample, PythonFrames::default(), taken_ns)
         }
     }
 
@@ -439,6 +448,29 @@ mod tests {
                 py("outer", 1),
             ]
         );
+    }
+
+    #[test]
+    fn a_truncated_python_stack_marks_the_stack_truncated() {
+        let mut stacks = Stacks::default();
+        stacks.set_maps(1, ProcessMaps::default());
+        let mut resolve = |truncated: bool| {
+            let python = PythonFrames {
+                groups: vec![vec![py("leak", 3)]],
+                truncated,
+            };
+            let r = stacks.add(1, StackSample::FramePointer(vec![0x10]), python, 0);
+            stacks.hold(r);
+            let id = stacks.resolve(r).unwrap();
+            stacks.stack(id).clone()
+        };
+        let whole = resolve(false);
+        assert_eq!(
+            whole.frames,
+            vec![Frame::Unknown { address: 0x10 }, py("leak", 3)]
+        );
+        assert!(!whole.truncated);
+        assert!(resolve(true).truncated);
     }
 
     #[test]

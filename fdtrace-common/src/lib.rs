@@ -27,6 +27,15 @@ pub const BPRM_FILENAME_OFFSET_GLOBAL: &str = "BPRM_FILENAME_OFFSET";
 /// Offset of `task_struct.thread.fsbase`: a thread's `pthread_self()`, which
 /// CPython stores in each thread state as `thread_id`.
 pub const TASK_FSBASE_OFFSET_GLOBAL: &str = "TASK_FSBASE_OFFSET";
+/// Global set by userspace before load: 1 when the user asked to stop a
+/// process at its EMFILE failure (`--on-emfile stop`), the only time the
+/// kernel side ever signals a traced process.
+pub const EMFILE_STOP_GLOBAL: &str = "EMFILE_STOP";
+
+/// Kernel struct member offsets userspace reads from the kernel's BTF and
+/// hands to the kernel side before load, in this order (see
+/// [`KernelOffsets`]).
+pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 
 /// Name of the map from thread-group id to [`PyWalk`]: processes running
 /// CPython, and how to walk their frames.
@@ -60,6 +69,9 @@ pub enum EventKind {
     /// A [`PyStackRecord`]: the CPython frames of the thread's next
     /// `Syscall` record (same `tid` and `ts_ns`), written just before it.
     PyStack = 5,
+    /// A [`FileRecord`]: which file a process mapped as code or received
+    /// as a descriptor, as the kernel saw it at that moment.
+    File = 6,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -88,8 +100,8 @@ pub enum Counter {
 /// Number of counters.
 pub const COUNTER_SLOTS: u32 = 4;
 
-/// Flag: the kernel stopped the process (SIGSTOP) so userspace can read its
-/// memory maps; userspace sends SIGCONT when done.
+/// Flag: the kernel stopped the process (SIGSTOP) at an EMFILE/ENFILE
+/// failure because the user asked for it (`--on-emfile stop`).
 pub const FLAG_STOPPED: u32 = 1;
 /// Flag: the stack copy ended early because the user stack ended.
 pub const FLAG_STACK_END: u32 = 2;
@@ -321,6 +333,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(EventKind::Exec),
             4 => Ok(EventKind::Exit),
             5 => Ok(EventKind::PyStack),
+            6 => Ok(EventKind::File),
             other => Err(other),
         }
     }
@@ -376,8 +389,135 @@ pub struct EventHeader {
     pub text_len: u32,
     /// Path, memfd name, exec file name or raw sockaddr.
     pub text: [u8; TEXT_LEN],
+    /// RLIMIT_NOFILE (soft, hard) of the process at an EMFILE/ENFILE
+    /// failure, read from `task->signal->rlim`; zero otherwise.
+    pub nofile_limit: [u64; 2],
 }
-const _: () = assert!(size_of::<EventHeader>() == 32 + 48 + 24 + 8 + 64 + 8 + TEXT_LEN);
+const _: () = assert!(size_of::<EventHeader>() == 32 + 48 + 24 + 8 + 64 + 8 + TEXT_LEN + 16);
+
+/// Member offsets of kernel structs, from the running kernel's BTF, in the
+/// order of [`KERNEL_OFFSETS_GLOBAL`]'s array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelOffset {
+    /// `task_struct.mm`
+    TaskMm = 0,
+    /// `task_struct.files`
+    TaskFiles,
+    /// `task_struct.signal`
+    TaskSignal,
+    /// `mm_struct.saved_auxv`
+    MmSavedAuxv,
+    /// `files_struct.fdt`
+    FilesFdt,
+    /// `fdtable.max_fds`
+    FdtableMaxFds,
+    /// `fdtable.fd`
+    FdtableFd,
+    /// `file.f_path` (`struct path { vfsmount *mnt; dentry *dentry; }`)
+    FilePath,
+    /// `file.f_inode`
+    FileInode,
+    /// `inode.i_mode`
+    InodeMode,
+    /// `inode.i_ino`
+    InodeIno,
+    /// `inode.i_sb`
+    InodeSb,
+    /// `super_block.s_magic`
+    SbMagic,
+    /// `super_block.s_dev`
+    SbDev,
+    /// `dentry.d_parent`
+    DentryParent,
+    /// `dentry.d_name` (`struct qstr { u32 hash; u32 len; const char *name; }`)
+    DentryName,
+    /// `vfsmount.mnt_root`
+    VfsmountRoot,
+    /// `mount.mnt`: where a `struct vfsmount` sits inside its `struct mount`
+    MountMnt,
+    /// `mount.mnt_parent`
+    MountParent,
+    /// `mount.mnt_mountpoint`
+    MountMountpoint,
+    /// `signal_struct.rlim`
+    SignalRlim,
+    /// `linux_binprm.file`
+    BprmFile,
+}
+/// Number of [`KernelOffset`]s.
+pub const KERNEL_OFFSET_COUNT: usize = 22;
+
+/// What a [`FileRecord`] is about; the top byte of its `usage` word.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileUse {
+    /// The program an exec started: `args` = [AT_ENTRY, AT_BASE, 0] from
+    /// the new auxv (AT_BASE is the ELF interpreter's load address, 0 for
+    /// a static program).
+    Exec = 1,
+    /// An executable mmap of a file, or anonymous code (no file):
+    /// `args` = [address, file offset, length].
+    Mmap = 2,
+    /// A descriptor that arrived whole (SCM_RIGHTS, pidfd_getfd,
+    /// open_by_handle_at): `args` = [fd, 0, 0]. Written just after the
+    /// syscall record that created it.
+    Received = 3,
+}
+
+impl TryFrom<u32> for FileUse {
+    type Error = u32;
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            1 => Ok(FileUse::Exec),
+            2 => Ok(FileUse::Mmap),
+            3 => Ok(FileUse::Received),
+            other => Err(other),
+        }
+    }
+}
+
+/// Bytes of a [`FileRecord`]'s path buffer; the path ends at
+/// [`FILE_PATH_END`] and starts at `path_start`.
+pub const FILE_PATH_BYTES: usize = 1024;
+/// Where a [`FileRecord`]'s path ends: it is built from the last
+/// component backwards, so it is `path[path_start..FILE_PATH_END]`.
+pub const FILE_PATH_END: u32 = 512;
+/// [`FileRecord`] flag: the path was longer than the buffer or deeper
+/// than the walk; what is there is its tail.
+pub const FILE_PATH_TRUNCATED: u32 = 1;
+/// [`FileRecord`] flag: no file (anonymous executable memory, or the fd
+/// was not found).
+pub const FILE_NONE: u32 = 2;
+
+/// A file as the kernel saw it: its path from the global root (built by
+/// walking dentries and mounts), inode, device and filesystem type.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileRecord {
+    /// [`EventKind::File`]; first, as in [`EventHeader`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// [`FileUse`].
+    pub usage: u32,
+    pub ts_ns: u64,
+    /// Per [`FileUse`].
+    pub args: [u64; 3],
+    /// `inode.i_ino`.
+    pub ino: u64,
+    /// `super_block.s_magic`: tells sockets, pipes and anonymous inodes.
+    pub magic: u64,
+    /// `super_block.s_dev` (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    /// `inode.i_mode`.
+    pub mode: u32,
+    /// `FILE_*` flags.
+    pub flags: u32,
+    pub path_start: u32,
+    pub path: [u8; FILE_PATH_BYTES],
+}
+const _: () = assert!(size_of::<FileRecord>() == 16 + 8 + 24 + 16 + 16 + FILE_PATH_BYTES);
 
 /// How to find a thread's CPython frames in one process: the address of
 /// `_PyRuntime` and the offsets of the interpreter version it runs. Written

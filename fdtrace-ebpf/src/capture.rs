@@ -17,7 +17,7 @@ use fdtrace_common::{
     MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, StackMode, TEXT_LEN,
 };
 
-use crate::{MAPS_SEEN, STACK_BYTES, STACK_MODE, add, count};
+use crate::{STACK_BYTES, STACK_MODE, add, count};
 
 const HEADER: usize = size_of::<EventHeader>();
 const SIGSTOP: u32 = 19;
@@ -62,6 +62,7 @@ pub unsafe fn init_header(
         (*header).fds = [-1; MAX_EVENT_FDS];
         (*header).nfds = 0;
         (*header).text_len = 0;
+        (*header).nofile_limit = [0; 2];
     }
 }
 
@@ -253,9 +254,8 @@ pub unsafe fn scm_rights_mmsg(header: *mut EventHeader, vec: u64, received: i64)
     }
 }
 
-/// Stops the whole process when this syscall returns to user space, so
-/// what userspace reads of it in /proc (memory maps, what a received fd
-/// is) is as of this event; userspace sends SIGCONT when done.
+/// Stops the whole process when this syscall returns to user space: only
+/// at an EMFILE failure, and only when the user asked (`--on-emfile stop`).
 ///
 /// # Safety
 /// `header` must point to a writable `EventHeader`.
@@ -270,25 +270,18 @@ pub unsafe fn stop(header: *mut EventHeader) {
 }
 
 /// Captures the user registers and stack sample after the header at
-/// `record`, stopping the process once if userspace has not read its
-/// memory maps yet. Returns the sample's length.
+/// `record`. Returns the sample's length.
 ///
 /// # Safety
 /// `record` must be a reservation of `stack_record_size()` bytes whose
 /// header has been initialised.
 #[inline(always)]
-pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, tgid: u32, regs: &pt_regs) -> u32 {
+pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, regs: &pt_regs) -> u32 {
     let header = record.cast::<EventHeader>();
     // SAFETY: plain read of a global set before load.
     let mode = unsafe { core::ptr::read_volatile(&STACK_MODE) };
     if mode == StackMode::None as u32 {
         return 0;
-    }
-    // SAFETY: plain map lookup of a u32.
-    if unsafe { MAPS_SEEN.get(tgid) }.is_none() {
-        let _ = MAPS_SEEN.insert(tgid, 1, 0);
-        // SAFETY: `header` is valid per the caller.
-        unsafe { stop(header) };
     }
     // SAFETY: `header` is valid per the caller.
     unsafe { (*header).regs = [regs.rip, regs.rsp, regs.rbp] };

@@ -15,6 +15,7 @@
 #![no_main]
 
 mod capture;
+mod files;
 mod python;
 
 use core::ptr::read_volatile;
@@ -33,7 +34,7 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FLAG_STOPPED_FOR_CODE, StackMode, Syscall, SyscallArgs, nr,
+    FLAG_STOPPED_FOR_CODE, FileUse, KernelOffset, StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -46,11 +47,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// Thread-group ids being traced; the value is unused.
 #[map]
 static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
-
-/// Thread-group ids whose memory maps userspace has read since their last
-/// exec or executable mmap.
-#[map]
-static MAPS_SEEN: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 
 /// Arguments from `sys_enter_*`, keyed by thread id.
 #[map]
@@ -72,6 +68,9 @@ static TASK_TGID_OFFSET: u32 = 0;
 static BPRM_FILENAME_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_FSBASE_OFFSET: u32 = 0;
+/// Set by userspace before load (`fdtrace_common::EMFILE_STOP_GLOBAL`).
+#[unsafe(no_mangle)]
+static EMFILE_STOP: u32 = 0;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -92,6 +91,10 @@ const F_DUPFD_CLOEXEC: u64 = 1030;
 const FIONCLEX: u64 = 0x5450;
 const FIOCLEX: u64 = 0x5451;
 const PROT_EXEC: u64 = 4;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// `Pending::syscall` of an executable mmap (not a [`Syscall`]: it creates
+/// no descriptor, it only changes the address space).
+const PENDING_MMAP: u32 = 0x1000;
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
@@ -176,9 +179,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let nr: u64 = ctx.arg(1);
     if nr == nr::MMAP {
-        // New executable code invalidates what userspace knows of the layout.
-        if user_regs(ctx)?.rdx & PROT_EXEC != 0 {
-            let _ = MAPS_SEEN.remove(tgid);
+        // New code: its mapping is recorded at exit, once its address is known.
+        let args = syscall_args(&user_regs(ctx)?);
+        if args.args[2] & PROT_EXEC != 0 {
+            stash(tid, PENDING_MMAP, nr, args);
         }
         return Ok(());
     }
@@ -198,18 +202,42 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         // Only a set larger than FD_SETSIZE is worth a record (and a stack).
         Syscall::Select | Syscall::Pselect6 if a[0] <= FD_SETSIZE => Ok(()),
         _ => {
-            let pending = Pending {
-                syscall: syscall as u32,
-                _pad: 0,
-                nr,
-                args,
-            };
-            if PENDING.insert(tid, pending, 0).is_err() {
-                count(Counter::DroppedArgs);
-            }
+            stash(tid, syscall as u32, nr, args);
             Ok(())
         }
     }
+}
+
+fn stash(tid: u32, syscall: u32, nr: u64, args: SyscallArgs) {
+    let pending = Pending {
+        syscall,
+        _pad: 0,
+        nr,
+        args,
+    };
+    if PENDING.insert(tid, pending, 0).is_err() {
+        count(Counter::DroppedArgs);
+    }
+}
+
+/// An executable mmap returned `addr`: record the mapping and its file.
+fn mmap_exit(tgid: u32, tid: u32, args: &SyscallArgs, addr: i64) {
+    // Errors are -4095..-1; user addresses are positive.
+    if addr < 0 {
+        return;
+    }
+    let a = &args.args;
+    let file = if a[3] & MAP_ANONYMOUS != 0 {
+        0
+    } else {
+        files::fd_file(i64::from(a[4] as i32))
+    };
+    let usage = ((FileUse::Mmap as u64) << 56) | (a[1] & ((1 << 56) - 1));
+    files::fdtrace_file_record(file, ids_word(tgid, tid), usage, addr as u64, a[5]);
+}
+
+fn ids_word(tgid: u32, tid: u32) -> u64 {
+    (u64::from(tgid) << 32) | u64::from(tid)
 }
 
 fn emit_now(syscall: Syscall, tgid: u32, tid: u32, args: &SyscallArgs) -> Result<(), i64> {
@@ -249,6 +277,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let regs = user_regs(ctx)?;
     if regs.orig_rax != pending.nr {
         // A stale stash (its exit was never seen): ignore it.
+        return Ok(());
+    }
+    if pending.syscall == PENDING_MMAP {
+        mmap_exit(tgid, tid, &pending.args, ctx.arg(1));
         return Ok(());
     }
     let Ok(syscall) = Syscall::try_from(pending.syscall) else {
@@ -349,17 +381,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
                 entry.discard(0);
                 return Ok(());
             }
-            // Only /proc can say what these descriptors are: keep the
-            // process still until userspace has looked.
-            if matches!(
-                syscall,
-                Syscall::Recvmsg
-                    | Syscall::Recvmmsg
-                    | Syscall::PidfdGetfd
-                    | Syscall::OpenByHandleAt
-            ) {
-                capture::stop(header);
-            }
         }
     } else {
         // The path the failing call was given, for the EMFILE report.
@@ -374,14 +395,18 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     if wants_stack {
         // SAFETY: the reservation is `stack_record_size()` bytes, header initialised.
-        unsafe { capture::stack(ctx, record, tgid, &regs) };
+        unsafe { capture::stack(ctx, record, &regs) };
     }
     if failed_for_lack_of_fds {
-        // Stopped before the failure returns to user space: userspace reads
-        // the limit and who holds the table as they are now, and continues
-        // the process (or leaves it stopped, with --on-emfile stop).
         // SAFETY: the header was initialised above.
-        unsafe { capture::stop(header) };
+        unsafe {
+            (*header).nofile_limit = files::nofile_limit();
+            // Stopped before the failure returns to user space, only
+            // because the user asked (--on-emfile stop).
+            if read_volatile(&EMFILE_STOP) != 0 {
+                capture::stop(header);
+            }
+        }
     }
     if new_code {
         // Stopped only now that the record is sure to be submitted: a
@@ -396,8 +421,33 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     // SAFETY: the header was initialised above.
     let stopped = unsafe { (*header).flags } & FLAG_STOPPED != 0;
+    // What a descriptor that arrived whole refers to, recorded now: by the
+    // time userspace could look in /proc it may be closed or replaced.
+    let received = ok
+        && matches!(
+            syscall,
+            Syscall::Recvmsg | Syscall::Recvmmsg | Syscall::PidfdGetfd | Syscall::OpenByHandleAt
+        );
+    // SAFETY: the header was initialised above; read before submit.
+    let (fds, nfds) = unsafe { ((*header).fds, (*header).nfds) };
     entry.submit(wakeup(stopped));
+    if received {
+        if nfds == 0 {
+            describe_received(tgid, tid, ret);
+        }
+        for (i, &fd) in fds.iter().enumerate() {
+            if i as u32 >= nfds {
+                break;
+            }
+            describe_received(tgid, tid, i64::from(fd));
+        }
+    }
     Ok(())
+}
+
+fn describe_received(tgid: u32, tid: u32, fd: i64) {
+    let usage = ((FileUse::Received as u64) << 56) | (fd as u64 & 0xffff_ffff);
+    files::fdtrace_file_record(files::fd_file(fd), ids_word(tgid, tid), usage, 0, 0);
 }
 
 /// `sched:sched_process_fork(struct task_struct *parent, struct task_struct *child)`
@@ -466,7 +516,6 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !is_traced(tgid) {
         return Ok(());
     }
-    let _ = MAPS_SEEN.remove(tgid);
     python::forget(tgid);
     let bprm: *const u8 = ctx.arg(2);
     // SAFETY: kernel memory read through bpf_probe_read_kernel at an offset
@@ -488,6 +537,20 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
     }
     entry.submit(wakeup(false));
+    // The new program and where it and its ELF interpreter were loaded:
+    // with the executable mmaps that follow, the whole code layout.
+    let (at_entry, at_base) = files::entry_and_base();
+    // SAFETY: kernel memory read through bpf_probe_read_kernel at an offset
+    // from the kernel's BTF.
+    let file: u64 = unsafe {
+        bpf_probe_read_kernel(
+            bprm.add(files::offset(KernelOffset::BprmFile) as usize)
+                .cast::<u64>(),
+        )
+    }
+    .unwrap_or(0);
+    let usage = (FileUse::Exec as u64) << 56;
+    files::fdtrace_file_record(file, ids_word(tgid, tid), usage, at_entry, at_base);
     Ok(())
 }
 
@@ -512,7 +575,6 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let _ = TRACED.remove(tgid);
-    let _ = MAPS_SEEN.remove(tgid);
     python::forget(tgid);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);

@@ -207,6 +207,13 @@ pub fn fork(parent: u32, child: u32) {
     }
 }
 
+/// An executable file was mapped into process `tgid`: at exec (`at_exec`,
+/// `start` is AT_ENTRY) or by mmap (`start` is the address, `pgoff` the
+/// file offset in bytes). Nothing to do until interpreters can be
+/// recognised by file identity in the kernel.
+#[inline(always)]
+pub fn file_mapped(_tgid: u32, _ino: u64, _dev: u32, _start: u64, _pgoff: u64, _at_exec: bool) {}
+
 /// After exec or exit the process's entry no longer applies.
 #[inline(always)]
 pub fn forget(tgid: u32) {

@@ -36,6 +36,9 @@ struct Type {
 pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
+    /// Named structs with members, by name: lookups stay cheap however
+    /// many fields the loader asks for.
+    structs: std::collections::HashMap<String, usize>,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32> {
@@ -107,7 +110,20 @@ impl Btf {
                 members,
             });
         }
-        Ok(Self { types, strings })
+        let mut btf = Self {
+            types,
+            strings,
+            structs: std::collections::HashMap::new(),
+        };
+        for (index, t) in btf.types.iter().enumerate() {
+            if t.kind == KIND_STRUCT && !t.members.is_empty() {
+                let name = btf.name(t.name);
+                if !name.is_empty() && !btf.structs.contains_key(name) {
+                    btf.structs.insert(name.to_owned(), index);
+                }
+            }
+        }
+        Ok(btf)
     }
 
     /// Reads and parses the running kernel's BTF.
@@ -130,9 +146,9 @@ impl Btf {
     /// nested structs and unions.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
         let strukt = self
-            .types
-            .iter()
-            .find(|t| t.kind == KIND_STRUCT && self.name(t.name) == name && !t.members.is_empty())
+            .structs
+            .get(name)
+            .and_then(|&index| self.types.get(index))
             .with_context(|| format!("the kernel's BTF has no struct {name}"))?;
         let bits = self
             .find_member(strukt, member, 0)

@@ -4,9 +4,12 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FLAG_STOPPED, FLAG_STOPPED_FOR_CODE, MAX_EVENT_FDS, MAX_PY_SLOTS,
+    EventHeader, EventKind, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED,
+    FLAG_STOPPED, FLAG_STOPPED_FOR_CODE, FileRecord, FileUse, MAX_EVENT_FDS, MAX_PY_SLOTS,
     PAGE_SIZE, PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
+
+use crate::procfs::classify_link;
 
 /// A descriptor number.
 pub type Fd = i32;
@@ -17,7 +20,8 @@ pub struct Event {
     pub ts_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    /// The kernel stopped the process for us to read its memory maps.
+    /// The kernel stopped the process at an EMFILE failure, as asked
+    /// (`--on-emfile stop`).
     pub stopped: bool,
     /// ... or only for a CPython code object (the maps are unchanged).
     pub stopped_for_code: bool,
@@ -136,6 +140,8 @@ pub enum Action {
         syscall: Syscall,
         errno: i32,
         argument: Option<String>,
+        /// RLIMIT_NOFILE (soft, hard) at the failure, as the kernel had it.
+        limit: Option<(u64, u64)>,
         stack: Option<StackSample>,
     },
     ExitGroup {
@@ -157,6 +163,27 @@ pub enum Action {
     },
     Exec {
         filename: String,
+    },
+    /// The program an exec started, where it and its ELF interpreter were
+    /// loaded (AT_ENTRY, and AT_BASE or 0).
+    Image {
+        path: Option<String>,
+        entry: u64,
+        interpreter_base: u64,
+    },
+    /// Executable memory was mapped: a file's code (`path`) or anonymous.
+    Mmap {
+        start: u64,
+        len: u64,
+        offset: u64,
+        path: Option<String>,
+    },
+    /// What a descriptor that arrived whole (SCM_RIGHTS, pidfd_getfd,
+    /// open_by_handle_at) refers to, as the kernel saw it.
+    Received {
+        fd: Fd,
+        kind: FdKind,
+        target: String,
     },
     Exit,
     /// CPython frames of the thread's next syscall event (same `ts_ns`).
@@ -197,6 +224,9 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     if u32::from_ne_bytes(kind) == EventKind::PyStack as u32 {
         return decode_py_stack(bytes);
     }
+    if u32::from_ne_bytes(kind) == EventKind::File as u32 {
+        return decode_file(bytes);
+    }
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
         bail!(
@@ -222,6 +252,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         },
         EventKind::Exit => Action::Exit,
         EventKind::PyStack => bail!("a Python stack record with an event header"),
+        EventKind::File => bail!("a file record with an event header"),
         EventKind::Syscall => {
             let syscall =
                 Syscall::try_from(header.syscall).map_err(|s| anyhow!("unknown syscall id {s}"))?;
@@ -256,6 +287,82 @@ fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
             slots: record.slots[..len].to_vec(),
             truncated: record.flags & PY_TRUNCATED != 0,
         }),
+    })
+}
+
+/// `super_block.s_magic` values (include/uapi/linux/magic.h).
+const SOCKFS_MAGIC: u64 = 0x534f_434b;
+const PIPEFS_MAGIC: u64 = 0x5049_5045;
+const ANON_INODE_FS_MAGIC: u64 = 0x0904_1934;
+const PID_FS_MAGIC: u64 = 0x5049_4446;
+
+fn decode_file(bytes: &[u8]) -> Result<Event> {
+    if bytes.len() < size_of::<FileRecord>() {
+        bail!("short file record: {} bytes", bytes.len());
+    }
+    // SAFETY: the length was checked; the record is plain integers and
+    // arrays of integers, so any bit pattern is a valid value.
+    let record: FileRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let usage = FileUse::try_from(record.usage).map_err(|u| anyhow!("unknown file use {u}"))?;
+    let path = file_path(&record);
+    let [a0, a1, a2] = record.args;
+    let action = match usage {
+        FileUse::Exec => Action::Image {
+            path,
+            entry: a0,
+            interpreter_base: a1,
+        },
+        FileUse::Mmap => Action::Mmap {
+            start: a0,
+            offset: a1,
+            len: a2,
+            path,
+        },
+        FileUse::Received => {
+            let fd = fd_arg(a2);
+            let link = describe_file(&record, path.as_deref());
+            let (kind, target) = match &link {
+                Some(link) => classify_link(link),
+                None => (FdKind::Other, String::new()),
+            };
+            Action::Received { fd, kind, target }
+        }
+    };
+    Ok(Event {
+        ts_ns: record.ts_ns,
+        tgid: record.tgid,
+        tid: record.tid,
+        stopped: false,
+        stopped_for_code: false,
+        action,
+    })
+}
+
+/// The path a file record carries; `None` for no file, or for a path cut
+/// short (a tail would name the wrong file).
+fn file_path(record: &FileRecord) -> Option<String> {
+    if record.flags & (FILE_NONE | FILE_PATH_TRUNCATED) != 0 {
+        return None;
+    }
+    let start = usize::try_from(record.path_start).ok()?;
+    let end = usize::try_from(FILE_PATH_END).ok()?.min(FILE_PATH_BYTES);
+    let bytes = record.path.get(start..end)?;
+    if bytes.is_empty() {
+        return Some("/".to_owned());
+    }
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// What `/proc/PID/fd/N` would say of the file: `socket:[ino]`,
+/// `pipe:[ino]`, `anon_inode:[name]` or its path.
+fn describe_file(record: &FileRecord, path: Option<&str>) -> Option<String> {
+    let name = || path.map(|p| p.trim_start_matches('/').to_owned());
+    Some(match record.magic {
+        SOCKFS_MAGIC => format!("socket:[{}]", record.ino),
+        PIPEFS_MAGIC => format!("pipe:[{}]", record.ino),
+        ANON_INODE_FS_MAGIC => format!("anon_inode:{}", name()?),
+        PID_FS_MAGIC => "anon_inode:[pidfd]".to_owned(),
+        _ => path?.to_owned(),
     })
 }
 
@@ -316,10 +423,12 @@ fn syscall_action(
     }
     if h.ret < 0 {
         let errno = i32::try_from(-h.ret)?;
+        let [soft, hard] = h.nofile_limit;
         return Ok(Action::Exhausted {
             syscall,
             errno,
             argument: text_str(),
+            limit: (hard != 0).then_some((soft, hard)),
             stack: stack_sample(h, stack, mode),
         });
     }
@@ -525,5 +634,118 @@ pub fn socket_family(family: u16, kind: u32) -> String {
         family.to_owned()
     } else {
         format!("{family} {kind}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file record as the kernel writes it, path built from the end.
+    fn file_record(usage: FileUse, args: [u64; 3], magic: u64, path: &str) -> Vec<u8> {
+        let mut record = FileRecord {
+            kind: EventKind::File as u32,
+            tgid: 7,
+            tid: 8,
+            usage: usage as u32,
+            ts_ns: 99,
+            args,
+            ino: 4242,
+            magic,
+            dev: 0,
+            mode: 0,
+            flags: 0,
+            path_start: FILE_PATH_END - u32::try_from(path.len()).unwrap(),
+            path: [0; FILE_PATH_BYTES],
+        };
+        let start = usize::try_from(record.path_start).unwrap();
+        record.path[start..start + path.len()].copy_from_slice(path.as_bytes());
+        // SAFETY: FileRecord is plain integers, read as its bytes.
+        unsafe {
+            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<FileRecord>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_the_layout_an_exec_and_an_mmap_left() {
+        let exec = decode(
+            &file_record(
+                FileUse::Exec,
+                [0x5555_0000_1040, 0x7f00_0000_0000, 0],
+                0xef53,
+                "/usr/bin/app",
+            ),
+            StackMode::Dwarf,
+        )
+        .unwrap();
+        assert_eq!((exec.tgid, exec.tid), (7, 8));
+        assert_eq!(
+            exec.action,
+            Action::Image {
+                path: Some("/usr/bin/app".into()),
+                entry: 0x5555_0000_1040,
+                interpreter_base: 0x7f00_0000_0000,
+            }
+        );
+        let mmap = decode(
+            &file_record(
+                FileUse::Mmap,
+                [0x7f00_1000_0000, 0x2000, 0x5000],
+                0xef53,
+                "/opt/p.so",
+            ),
+            StackMode::Dwarf,
+        )
+        .unwrap();
+        assert_eq!(
+            mmap.action,
+            Action::Mmap {
+                start: 0x7f00_1000_0000,
+                len: 0x5000,
+                offset: 0x2000,
+                path: Some("/opt/p.so".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn names_received_descriptors_as_proc_would() {
+        let received = |magic: u64, path: &str| match decode(
+            &file_record(FileUse::Received, [0, 0, 9], magic, path),
+            StackMode::None,
+        )
+        .unwrap()
+        .action
+        {
+            Action::Received { fd, kind, target } => (fd, kind, target),
+            other => panic!("not a received fd: {other:?}"),
+        };
+        assert_eq!(
+            received(SOCKFS_MAGIC, "/"),
+            (9, FdKind::Socket, "socket:[4242]".into())
+        );
+        assert_eq!(received(PIPEFS_MAGIC, "/").1, FdKind::Pipe);
+        assert_eq!(
+            received(ANON_INODE_FS_MAGIC, "/[eventfd]"),
+            (9, FdKind::Eventfd, "anon_inode:[eventfd]".into())
+        );
+        assert_eq!(received(PID_FS_MAGIC, "/").1, FdKind::Pidfd);
+        assert_eq!(
+            received(0xef53, "/etc/hosts"),
+            (9, FdKind::File, "/etc/hosts".into())
+        );
+        assert_eq!(received(0x0102_1994, "/memfd:cache").1, FdKind::Memfd);
+    }
+
+    #[test]
+    fn a_cut_path_is_no_path() {
+        let mut bytes = file_record(FileUse::Mmap, [1, 0, 1], 0xef53, "/deep/tail");
+        let flags = std::mem::offset_of!(FileRecord, flags);
+        bytes[flags..flags + 4].copy_from_slice(&FILE_PATH_TRUNCATED.to_ne_bytes());
+        match decode(&bytes, StackMode::Dwarf).unwrap().action {
+            Action::Mmap { path, .. } => assert_eq!(path, None),
+            other => panic!("not an mmap: {other:?}"),
+        }
     }
 }

@@ -174,6 +174,9 @@ pub struct Exhaustion {
     pub holders: Vec<Holder>,
     /// Fds open since before tracing, by kind.
     pub preexisting: Vec<(FdKind, usize)>,
+    /// The kernel left the process stopped at the failure, as asked
+    /// (`--on-emfile stop`).
+    pub stopped: bool,
 }
 
 /// select()/pselect6() asked about more than FD_SETSIZE descriptors.
@@ -273,7 +276,18 @@ impl FdTable {
                     p.exit_status = Some(*status);
                 }
             }
-            Action::Nothing | Action::PyStack(_) => {}
+            Action::Nothing | Action::PyStack(_) | Action::Image { .. } | Action::Mmap { .. } => {}
+            // Written right after the creation it describes.
+            Action::Received { fd, kind, target } => {
+                if let Some(f) = self
+                    .processes
+                    .get_mut(&tgid)
+                    .and_then(|p| p.fds.get_mut(fd))
+                {
+                    f.kind = *kind;
+                    f.target.clone_from(target);
+                }
+            }
             Action::FdSetOverflow { syscall, nfds, .. } => {
                 let highest_fd = self
                     .processes
@@ -342,8 +356,12 @@ impl FdTable {
                 syscall,
                 errno,
                 argument,
+                limit,
                 ..
             } => {
+                if let (Some(p), Some(limit)) = (self.processes.get_mut(&tgid), limit) {
+                    p.rlimit = Some(*limit);
+                }
                 if *errno == EMFILE || *errno == ENFILE {
                     let open_fds = self.processes.get(&tgid).map_or(0, |p| p.fds.len());
                     let preexisting = self
@@ -355,6 +373,7 @@ impl FdTable {
                         rlimit: self.processes.get(&tgid).and_then(|p| p.rlimit),
                         holders: Vec::new(),
                         preexisting,
+                        stopped: event.stopped,
                         tgid,
                         tid: event.tid,
                         syscall: syscall.name(),
@@ -889,6 +908,7 @@ mod tests {
                 syscall: Syscall::Openat,
                 errno: 24,
                 argument: Some("/b".into()),
+                limit: Some((64, 4096)),
                 stack: None,
             },
         );
@@ -899,6 +919,27 @@ mod tests {
             (t.exhaustions[0].open_fds, t.exhaustions[0].syscall),
             (2, "openat")
         );
+        // The limit the kernel read at the failure, not a later /proc read.
+        assert_eq!(t.exhaustions[0].rlimit, Some((64, 4096)));
+    }
+
+    #[test]
+    fn a_received_descriptor_takes_what_the_kernel_saw() {
+        let mut t = table();
+        let recv = create(100, Syscall::Recvmsg, vec![5], FdKind::Unknown, false, None);
+        t.apply(&recv, None, &mut NoProc);
+        let seen = ev(
+            100,
+            11,
+            Action::Received {
+                fd: 5,
+                kind: FdKind::File,
+                target: "/etc/hosts".into(),
+            },
+        );
+        t.apply(&seen, None, &mut NoProc);
+        let f = &t.processes[&100].fds[&5];
+        assert_eq!((f.kind, f.target.as_str()), (FdKind::File, "/etc/hosts"));
     }
 
     #[test]

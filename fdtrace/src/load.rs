@@ -11,8 +11,9 @@ use aya::{
     programs::Program,
 };
 use fdtrace_common::{
-    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, PYTHON_MAP,
-    PyWalk, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EMFILE_STOP_GLOBAL,
+    EVENTS_MAP, KERNEL_OFFSET_COUNT, KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_MAP, PyWalk,
+    STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
     TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
 
@@ -35,6 +36,9 @@ const CAP_BPF: u32 = 39;
 pub struct ProbeOptions {
     pub stack_mode: StackMode,
     pub stack_bytes: u32,
+    /// Stop a process at its EMFILE failure (`--on-emfile stop`): the only
+    /// signal the kernel side ever sends.
+    pub stop_at_emfile: bool,
 }
 
 /// Counters the kernel keeps of what it could not deliver.
@@ -81,6 +85,7 @@ impl Probes {
         let bprm_filename = btf.member_offset("linux_binprm", "filename")?;
         let fsbase = btf.member_offset("task_struct", "thread")?
             + btf.member_offset("thread_struct", "fsbase")?;
+        let kernel_offsets = kernel_offsets(&btf)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(STACK_MODE_GLOBAL, &(options.stack_mode as u32), true)
             .override_global(STACK_BYTES_GLOBAL, &options.stack_bytes, true)
@@ -88,6 +93,8 @@ impl Probes {
             .override_global(TASK_TGID_OFFSET_GLOBAL, &task_tgid, true)
             .override_global(BPRM_FILENAME_OFFSET_GLOBAL, &bprm_filename, true)
             .override_global(TASK_FSBASE_OFFSET_GLOBAL, &fsbase, true)
+            .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
+            .override_global(EMFILE_STOP_GLOBAL, &u32::from(options.stop_at_emfile), true)
             .map_max_entries(EVENTS_MAP, RING_BYTES)
             .load(EBPF_OBJECT)
             .context("load the eBPF object (is the kernel 5.17 or newer with BPF enabled?)")?;
@@ -147,6 +154,41 @@ impl Probes {
 }
 
 const _: () = assert!(COUNTER_SLOTS == 4);
+
+/// The struct member offsets the kernel side walks files, mounts, auxv and
+/// limits with, from this kernel's BTF: no layout is assumed.
+fn kernel_offsets(btf: &Btf) -> Result<[u32; KERNEL_OFFSET_COUNT]> {
+    use KernelOffset as K;
+    let fields: [(K, &str, &str); KERNEL_OFFSET_COUNT] = [
+        (K::TaskMm, "task_struct", "mm"),
+        (K::TaskFiles, "task_struct", "files"),
+        (K::TaskSignal, "task_struct", "signal"),
+        (K::MmSavedAuxv, "mm_struct", "saved_auxv"),
+        (K::FilesFdt, "files_struct", "fdt"),
+        (K::FdtableMaxFds, "fdtable", "max_fds"),
+        (K::FdtableFd, "fdtable", "fd"),
+        (K::FilePath, "file", "f_path"),
+        (K::FileInode, "file", "f_inode"),
+        (K::InodeMode, "inode", "i_mode"),
+        (K::InodeIno, "inode", "i_ino"),
+        (K::InodeSb, "inode", "i_sb"),
+        (K::SbMagic, "super_block", "s_magic"),
+        (K::SbDev, "super_block", "s_dev"),
+        (K::DentryParent, "dentry", "d_parent"),
+        (K::DentryName, "dentry", "d_name"),
+        (K::VfsmountRoot, "vfsmount", "mnt_root"),
+        (K::MountMnt, "mount", "mnt"),
+        (K::MountParent, "mount", "mnt_parent"),
+        (K::MountMountpoint, "mount", "mnt_mountpoint"),
+        (K::SignalRlim, "signal_struct", "rlim"),
+        (K::BprmFile, "linux_binprm", "file"),
+    ];
+    let mut offsets = [0; KERNEL_OFFSET_COUNT];
+    for (which, strukt, member) in fields {
+        offsets[which as usize] = btf.member_offset(strukt, member)?;
+    }
+    Ok(offsets)
+}
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)

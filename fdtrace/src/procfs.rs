@@ -139,6 +139,37 @@ pub fn cmdline(tgid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Where a process's paths can be opened from here.
+///
+/// Paths the kernel records are walked up to the root of the process's
+/// mount namespace: the same files as ours unless the process lives in
+/// another namespace (a container), where they are under
+/// `/proc/PID/root` for as long as it runs.
+pub struct Root {
+    prefix: Option<String>,
+}
+
+impl Root {
+    /// The root of `tgid`'s mount namespace, as seen from ours.
+    pub fn of(tgid: u32) -> Self {
+        let ours = fs::read_link("/proc/self/ns/mnt").ok();
+        let theirs = fs::read_link(format!("/proc/{tgid}/ns/mnt")).ok();
+        let prefix = match (ours, theirs) {
+            (Some(ours), Some(theirs)) if ours != theirs => Some(format!("/proc/{tgid}/root")),
+            _ => None,
+        };
+        Self { prefix }
+    }
+
+    /// `path` (as the process sees it) as we can open it.
+    pub fn host_path(&self, path: &str) -> std::path::PathBuf {
+        match &self.prefix {
+            Some(prefix) => format!("{prefix}{path}").into(),
+            None => path.into(),
+        }
+    }
+}
+
 /// Describes fds by reading their /proc link while the process is alive.
 pub struct ProcDescribe;
 

@@ -23,13 +23,13 @@ use crate::{
     report::{Context, IntervalEntry, Report, live, text},
     spawn::{self, Identity},
     suppress,
-    tracer::{Notice, Tracer, continue_process},
+    tracer::{Notice, Tracer},
 };
 
 /// How long a stack sample stays raw before it is unwound and interned.
 const UNWIND_AFTER: Duration = Duration::from_millis(200);
 /// How often the ring buffer is drained without a wakeup from the kernel
-/// (which only wakes us for stopped processes and a filling ring).
+/// (which only wakes us for an EMFILE stop and a filling ring).
 const TICK: Duration = Duration::from_millis(10);
 
 /// The outcome of a session.
@@ -55,6 +55,7 @@ fn load(trace: &TraceConfig) -> Result<Probes> {
     Probes::load(ProbeOptions {
         stack_mode: trace.stack_mode,
         stack_bytes: trace.stack_bytes,
+        stop_at_emfile: trace.on_emfile == OnEmfile::Stop,
     })
 }
 
@@ -106,6 +107,11 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
 /// Attaches to `config.pids` and traces them.
 pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     for &pid in &config.pids {
+        if pid == std::process::id() {
+            bail!(
+                "cannot attach: PID {pid} is fdtrace itself; give the PID of the process to trace"
+            );
+        }
         if let Some(problem) = procfs::attach_problem(pid) {
             bail!("cannot attach: {problem}");
         }
@@ -359,12 +365,16 @@ impl LoopState<'_> {
             intervals: Vec::new(),
         };
         match notice {
-            Notice::Emfile { index, tgid } => {
+            Notice::Emfile {
+                index,
+                tgid,
+                stopped,
+            } => {
                 if self.live_enabled {
                     let report = tracer.report(context);
                     let mut err = io::stderr().lock();
                     let _ = live::emfile(&report, index, self.live, &mut err);
-                    if self.config.on_emfile == OnEmfile::Stop {
+                    if stopped {
                         let _ = writeln!(
                             err,
                             "fdtrace: process {tgid} is stopped at the failure (--on-emfile stop).\n  \
@@ -373,17 +383,7 @@ impl LoopState<'_> {
                         );
                     }
                 }
-                match self.config.on_emfile {
-                    OnEmfile::Stop => false,
-                    OnEmfile::Report => {
-                        continue_process(tgid);
-                        false
-                    }
-                    OnEmfile::Exit => {
-                        continue_process(tgid);
-                        true
-                    }
-                }
+                self.config.on_emfile == OnEmfile::Exit
             }
             Notice::FdSetOverflow { index } => {
                 if self.live_enabled {

@@ -3,7 +3,7 @@
 //! EMFILE) are built from what that left. The async loop in `session.rs`
 //! only waits and calls in.
 
-use std::fs;
+use std::{fs, sync::Arc};
 
 use fdtrace_common::{PyWalk, StackMode};
 use hashbrown::HashMap;
@@ -14,7 +14,12 @@ use crate::{
     procfs::{self, ProcDescribe},
     python::Python,
     report::{Context, IntervalEntry, IntervalGroup, Report, StackLookup},
-    stacks::{StackId, Stacks, maps::ProcessMaps, symbolize::SymFrame, symbolize::Symbols},
+    stacks::{
+        StackId, Stacks,
+        maps::{Mapping, ProcessMaps},
+        symbolize::SymFrame,
+        symbolize::Symbols,
+    },
 };
 
 /// Writes (or with `None` removes) a process's entry in the kernel's
@@ -24,9 +29,13 @@ pub type PythonWalker = Box<dyn FnMut(u32, Option<&PyWalk>) -> Result<(), String
 /// Something the session must act on now rather than at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
-    /// `table.exhaustions[index]` just happened; the process is stopped
-    /// (the kernel side stops it at the failure) until the session decides.
-    Emfile { index: usize, tgid: u32 },
+    /// `table.exhaustions[index]` just happened; with `stopped`, the kernel
+    /// stopped the process at the failure, as the user asked.
+    Emfile {
+        index: usize,
+        tgid: u32,
+        stopped: bool,
+    },
     /// `table.fd_set_overflows[index]` just happened.
     FdSetOverflow { index: usize },
 }
@@ -95,8 +104,9 @@ impl Tracer {
         self.python_walker = walker;
     }
 
-    /// Handles one ring-buffer record. Processes the kernel stopped for us
-    /// are continued here, except at EMFILE (see [`Notice::Emfile`]).
+    /// Handles one ring-buffer record. Nothing here waits on, signals or
+    /// needs the traced process: what /proc is read is read if it is
+    /// still there, and is never required.
     pub fn handle(&mut self, bytes: &[u8]) -> Option<Notice> {
         let Ok(mut event) = decode(bytes, self.stack_mode) else {
             self.undecodable += 1;
@@ -107,23 +117,15 @@ impl Tracer {
             self.python.stash(event.tid, event.ts_ns, stack);
             return None;
         }
-        if event.stopped && !event.stopped_for_code {
-            // The kernel stopped the process: its maps and limits are as of now.
-            self.read_maps(tgid);
-            if let Some(p) = self.table.processes.get_mut(&tgid) {
-                p.rlimit = procfs::nofile_limit(tgid).or(p.rlimit);
-                // Stopped at its first creation since exec: argv is final.
-                if p.cmdline.is_empty() {
-                    p.cmdline = procfs::cmdline(tgid);
-                }
-            }
-        }
         match &mut event.action {
             Action::Fork { child } => {
                 self.stacks.fork(tgid, *child);
                 self.python.fork(tgid, *child);
             }
-            Action::Exit => self.python.forget(tgid),
+            Action::Exit => {
+                self.stacks.exec(tgid);
+                self.python.forget(tgid);
+            }
             Action::Exec { filename } => {
                 self.stacks.exec(tgid);
                 self.python.forget(tgid);
@@ -132,6 +134,48 @@ impl Tracer {
                     && let Ok(exe) = fs::read_link(format!("/proc/{tgid}/exe"))
                 {
                     *filename = exe.to_string_lossy().into_owned();
+                }
+            }
+            Action::Image {
+                path,
+                entry,
+                interpreter_base,
+            } => {
+                if let Some(path) = path.take() {
+                    let root = procfs::Root::of(tgid);
+                    let host = Arc::new(root.host_path(&path));
+                    self.stacks.exec_image(
+                        tgid,
+                        (Arc::from(path.as_str()), host),
+                        *entry,
+                        *interpreter_base,
+                        |p| root.host_path(p),
+                    );
+                    self.maps_changed(tgid);
+                }
+            }
+            Action::Mmap {
+                start,
+                len,
+                offset,
+                path,
+            } => {
+                let path: Arc<str> = Arc::from(path.take().unwrap_or_default().as_str());
+                let host = Arc::new(procfs::Root::of(tgid).host_path(&path));
+                let python_like = is_python_like(&path);
+                self.stacks.map_code(
+                    tgid,
+                    Mapping {
+                        start: *start,
+                        end: start.saturating_add(*len),
+                        offset: *offset,
+                        executable: true,
+                        path,
+                        host_path: host,
+                    },
+                );
+                if python_like {
+                    self.maps_changed(tgid);
                 }
             }
             _ => {}
@@ -160,33 +204,54 @@ impl Tracer {
         if let Some(r) = stack {
             self.stacks.drop_if_unused(r);
         }
+        if matches!(event.action, Action::Exec { .. }) {
+            self.exec_details(tgid);
+        }
         if self.table.exhaustions.len() > exhaustions {
             self.fill_holders(exhaustions);
             return Some(Notice::Emfile {
                 index: exhaustions,
                 tgid,
+                stopped: event.stopped,
             });
-        }
-        if event.stopped {
-            continue_process(tgid);
         }
         (self.table.fd_set_overflows.len() > overflows)
             .then_some(Notice::FdSetOverflow { index: overflows })
     }
 
-    /// Reads a process's memory maps (it is stopped, or just attached to)
-    /// and looks for a CPython interpreter in them.
+    /// Reads the memory maps of a process being attached to (without
+    /// stopping it) and looks for a CPython interpreter in them. From then
+    /// on the kernel's records keep its layout current.
     pub fn read_maps(&mut self, tgid: u32) {
         let Ok(maps) = ProcessMaps::read(tgid) else {
             return;
         };
-        if let Some(found) = self.python.detect(tgid, &maps) {
+        self.stacks.set_maps(tgid, maps);
+        self.maps_changed(tgid);
+    }
+
+    /// Looks for a CPython interpreter in the code `tgid` has mapped.
+    fn maps_changed(&mut self, tgid: u32) {
+        let Some(maps) = self.stacks.maps(tgid) else {
+            return;
+        };
+        if let Some(found) = self.python.detect(tgid, maps) {
             self.stacks.set_eval_loop(found.module, found.eval);
             if let Err(why) = (self.python_walker)(tgid, Some(&found.walk)) {
                 self.python.walker_failed(tgid, &why);
             }
         }
-        self.stacks.set_maps(tgid, maps);
+    }
+
+    /// What only /proc says of a program just exec'd, read if it is still
+    /// running (it is not waited for): its arguments and open-file limit.
+    fn exec_details(&mut self, tgid: u32) {
+        if let Some(p) = self.table.processes.get_mut(&tgid) {
+            p.cmdline = procfs::cmdline(tgid);
+            if p.rlimit.is_none() {
+                p.rlimit = procfs::nofile_limit(tgid);
+            }
+        }
     }
 
     /// Canonical stack of a handle, symbolizing it if needed.
@@ -358,8 +423,8 @@ impl Tracer {
     }
 }
 
-/// Lets a process the kernel stopped for us run again.
-pub fn continue_process(tgid: u32) {
-    // SAFETY: plain kill(2); ESRCH (already gone) is fine.
-    unsafe { libc::kill(libc::pid_t::try_from(tgid).unwrap_or(0), libc::SIGCONT) };
+/// A file that may be CPython (its executable or libpython).
+fn is_python_like(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    name.starts_with("python") || name.starts_with("libpython")
 }

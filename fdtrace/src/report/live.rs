@@ -53,6 +53,13 @@ pub fn emfile(report: &Report, index: usize, style: Style, out: &mut impl Write)
         None => "limit unknown".to_owned(),
     };
     writeln!(out, "  {} descriptors open; {limits}", e.open_fds)?;
+    if e.stopped {
+        let line = format!(
+            "  Left stopped here (--on-emfile stop): resume with kill -CONT {}",
+            e.pid
+        );
+        writeln!(out, "{}", style.bold(&fit(&line, WIDTH)))?;
+    }
     match e.stack_id.and_then(|id| report.group(id)) {
         Some(g) => frames(g, out)?,
         None => writeln!(out, "  (no stack captured)")?,
@@ -204,6 +211,7 @@ mod tests {
                 kind: "file",
                 count: 3,
             }],
+            stopped: false,
         });
         let mut out = Vec::new();
         emfile(&r, 0, Style::default(), &mut out).unwrap();
@@ -220,6 +228,36 @@ EMFILE: openat(\"/etc/hosts\") failed in leaky[42] thread 43
   #0  open_config                      leaky.c:12
   #1  main                             leaky.c:30
   3 open before tracing (origin unknown): 3 file
+"
+        );
+    }
+
+    #[test]
+    fn a_process_left_stopped_says_how_to_resume_it() {
+        let mut r = report();
+        r.emfile.push(EmfileEntry {
+            pid: 42,
+            tid: 42,
+            syscall: "socket",
+            errno: 24,
+            error: "EMFILE",
+            argument: None,
+            open_fds: 64,
+            rlimit: Some([64, 4096]),
+            stack_id: None,
+            holders: vec![],
+            preexisting: vec![],
+            stopped: true,
+        });
+        let mut out = Vec::new();
+        emfile(&r, 0, Style::default(), &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\
+EMFILE: socket failed in leaky[42] thread 42
+  64 descriptors open; soft limit 64, hard limit 4096
+  Left stopped here (--on-emfile stop): resume with kill -CONT 42
+  (no stack captured)
 "
         );
     }

@@ -134,6 +134,9 @@ pub struct EmfileEntry {
     pub holders: Vec<HolderEntry>,
     /// Descriptors open since before tracing, by kind.
     pub preexisting: Vec<KindCount>,
+    /// The process was left stopped at the failure (`--on-emfile stop`);
+    /// `kill -CONT <pid>` resumes it.
+    pub stopped: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -293,6 +296,7 @@ impl Report {
                 open_fds: e.open_fds,
                 rlimit: e.rlimit.map(|(soft, hard)| [soft, hard]),
                 stack_id: id_of(e.stack),
+                stopped: e.stopped,
                 holders: e
                     .holders
                     .iter()

@@ -1,6 +1,6 @@
-//! A process's executable mappings, read from `/proc/PID/maps` while the
-//! process is alive (the kernel stops it for us at its first creation
-//! event after each exec or executable mmap) and kept after it exits.
+//! A process's code mappings: built from what the kernel recorded at exec
+//! and at each executable mmap, or read once from `/proc/PID/maps` when
+//! attaching to a running process; kept after the process exits.
 
 use std::{fs, io, path::PathBuf, sync::Arc};
 
@@ -56,6 +56,34 @@ impl ProcessMaps {
             .collect();
         mappings.sort_by_key(|m| m.start);
         Self { mappings }
+    }
+
+    /// Adds a mapping, cutting away what it overlaps, as a new mmap
+    /// replaces whatever was mapped in its range.
+    pub fn insert(&mut self, new: Mapping) {
+        let mut kept = Vec::with_capacity(self.mappings.len() + 2);
+        for m in self.mappings.drain(..) {
+            if m.end <= new.start || m.start >= new.end {
+                kept.push(m);
+                continue;
+            }
+            if m.start < new.start {
+                kept.push(Mapping {
+                    end: new.start,
+                    ..m.clone()
+                });
+            }
+            if m.end > new.end {
+                kept.push(Mapping {
+                    offset: m.offset + (new.end - m.start),
+                    start: new.end,
+                    ..m
+                });
+            }
+        }
+        kept.push(new);
+        kept.sort_by_key(|m| m.start);
+        self.mappings = kept;
     }
 
     /// The mapping containing `addr`.
@@ -125,5 +153,34 @@ mod tests {
         assert!(maps.find(0x7f0000000010).is_none());
         assert!(maps.find(0x55d0a0002000).is_none());
         assert!(!maps.find(0x55d0a0000000).unwrap().executable);
+    }
+
+    #[test]
+    fn a_new_mapping_replaces_what_it_overlaps() {
+        let code = |start: u64, end: u64, offset: u64, path: &str| Mapping {
+            start,
+            end,
+            offset,
+            executable: true,
+            path: Arc::from(path),
+            host_path: Arc::new(PathBuf::from(path)),
+        };
+        let mut maps = ProcessMaps::default();
+        maps.insert(code(0x1000, 0x5000, 0, "/a.so"));
+        // A plugin unloaded, another mapped over the middle of its range.
+        maps.insert(code(0x2000, 0x3000, 0x7000, "/b.so"));
+        let layout: Vec<(u64, u64, u64, &str)> = maps
+            .mappings
+            .iter()
+            .map(|m| (m.start, m.end, m.offset, &*m.path))
+            .collect();
+        assert_eq!(
+            layout,
+            vec![
+                (0x1000, 0x2000, 0, "/a.so"),
+                (0x2000, 0x3000, 0x7000, "/b.so"),
+                (0x3000, 0x5000, 0x2000, "/a.so"),
+            ]
+        );
     }
 }

@@ -1,7 +1,12 @@
 //! Stack stage: keeps each stack sample while some fd needs it, unwinds
 //! the ones that live long enough (or survive to the report) against the
-//! memory maps of the process that took them, and interns the results so
-//! identical stacks share one [`StackId`] and are symbolized once.
+//! code layout of the process as it was when the sample was taken, and
+//! interns the results so identical stacks share one [`StackId`] and are
+//! symbolized once.
+//!
+//! Layouts come from what the kernel recorded (the program and its loader
+//! at exec, each executable mmap after), so a process that has exited, or
+//! unloaded a plugin, still unwinds: nothing needs it alive or stopped.
 
 pub mod maps;
 pub mod symbolize;
@@ -12,7 +17,7 @@ use std::{collections::VecDeque, path::PathBuf, sync::Arc, time::Duration};
 use hashbrown::HashMap;
 
 use crate::{events::StackSample, fd_table::StackRef};
-use maps::ProcessMaps;
+use maps::{Mapping, ProcessMaps};
 use unwind::{ModuleCache, ProcessUnwinder};
 
 /// Dense id of an interned stack; what reports group by.
@@ -54,14 +59,16 @@ pub struct Stack {
 }
 
 /// An address space's maps plus the unwinder built from them (lazily).
+/// Held by the processes whose current layout it is and by the raw
+/// samples taken in it; freed when neither remains.
 struct AddressSpace {
     maps: Arc<ProcessMaps>,
     unwinder: Option<ProcessUnwinder>,
+    refs: u32,
 }
 
 enum State {
     Raw {
-        tgid: u32,
         space: Option<usize>,
         sample: StackSample,
         python: PythonFrames,
@@ -90,8 +97,9 @@ pub struct Stacks {
     raw_queue: VecDeque<(StackRef, u32)>,
     raw_live: usize,
     next_generation: u32,
-    /// Every address space seen; a process points at its latest one.
-    spaces: Vec<AddressSpace>,
+    /// Address spaces still held; a process points at its latest one.
+    spaces: Vec<Option<AddressSpace>>,
+    free_spaces: Vec<usize>,
     current_space: HashMap<u32, usize>,
     modules: ModuleCache,
     interned: HashMap<Stack, StackId>,
@@ -103,25 +111,114 @@ pub struct Stacks {
 }
 
 impl Stacks {
-    /// Records `tgid`'s memory maps as read now.
+    /// Records `tgid`'s memory maps as they are from now on.
     pub fn set_maps(&mut self, tgid: u32, maps: ProcessMaps) {
-        self.spaces.push(AddressSpace {
+        let space = AddressSpace {
             maps: Arc::new(maps),
             unwinder: None,
-        });
-        self.current_space.insert(tgid, self.spaces.len() - 1);
+            refs: 1,
+        };
+        let index = match self.free_spaces.pop() {
+            Some(i) => {
+                self.spaces[i] = Some(space);
+                i
+            }
+            None => {
+                self.spaces.push(Some(space));
+                self.spaces.len() - 1
+            }
+        };
+        if let Some(old) = self.current_space.insert(tgid, index) {
+            self.release_space(old);
+        }
+    }
+
+    /// `tgid`'s current maps.
+    pub fn maps(&self, tgid: u32) -> Option<&ProcessMaps> {
+        let index = *self.current_space.get(&tgid)?;
+        Some(&self.spaces.get(index)?.as_ref()?.maps)
+    }
+
+    /// An exec loaded `path` (`host` is where we can read it) with its
+    /// entry point at `entry`, and its ELF interpreter (if it has one) at
+    /// `interpreter_base`: the process's code is theirs alone now.
+    pub fn exec_image(
+        &mut self,
+        tgid: u32,
+        (path, host): (Arc<str>, Arc<PathBuf>),
+        entry: u64,
+        interpreter_base: u64,
+        interpreter_host: impl Fn(&str) -> PathBuf,
+    ) {
+        let mut maps = ProcessMaps::default();
+        if let Some(program) = self.modules.get(&host) {
+            let bias = entry.wrapping_sub(program.entry);
+            maps.mappings
+                .extend(program.code_mappings(bias, &path, &host));
+            if let Some(interp) = program.interpreter.as_deref()
+                && interpreter_base != 0
+            {
+                let interp_host = Arc::new(interpreter_host(interp));
+                // The loader maps its first segment at AT_BASE.
+                if let Some(loader) = self.modules.get(&interp_host) {
+                    let path = Arc::from(interp);
+                    maps.mappings.extend(loader.code_mappings(
+                        interpreter_base,
+                        &path,
+                        &interp_host,
+                    ));
+                }
+            }
+        }
+        maps.mappings.sort_by_key(|m| m.start);
+        self.set_maps(tgid, maps);
+    }
+
+    /// Executable memory was mapped at `mapping`'s range, replacing
+    /// whatever was mapped there (as mmap does).
+    pub fn map_code(&mut self, tgid: u32, mapping: Mapping) {
+        let mut maps = self.maps(tgid).cloned().unwrap_or_default();
+        maps.insert(mapping);
+        self.set_maps(tgid, maps);
     }
 
     /// A forked child starts with its parent's address space.
     pub fn fork(&mut self, parent: u32, child: u32) {
         if let Some(&space) = self.current_space.get(&parent) {
-            self.current_space.insert(child, space);
+            self.retain_space(space);
+            if let Some(old) = self.current_space.insert(child, space) {
+                self.release_space(old);
+            }
         }
     }
 
-    /// After exec the old maps no longer apply.
+    /// After exec (or exit) the old maps no longer apply; samples taken in
+    /// them keep what they need.
     pub fn exec(&mut self, tgid: u32) {
-        self.current_space.remove(&tgid);
+        if let Some(old) = self.current_space.remove(&tgid) {
+            self.release_space(old);
+        }
+    }
+
+    fn retain_space(&mut self, index: usize) {
+        if let Some(Some(space)) = self.spaces.get_mut(index) {
+            space.refs += 1;
+        }
+    }
+
+    fn release_space(&mut self, index: usize) {
+        if let Some(Some(space)) = self.spaces.get_mut(index) {
+            space.refs = space.refs.saturating_sub(1);
+            if space.refs == 0 {
+                self.spaces[index] = None;
+                self.free_spaces.push(index);
+            }
+        }
+    }
+
+    /// Address spaces held (by live processes and raw samples).
+    pub fn space_count(&self) -> usize {
+        self.spaces.len() - self.free_spaces.len()
     }
 
     /// Marks the address ranges (as symbol tables see them) of CPython's
@@ -143,11 +240,13 @@ impl Stacks {
         taken_ns: u64,
     ) -> StackRef {
         let space = self.current_space.get(&tgid).copied();
+        if let Some(index) = space {
+            self.retain_space(index);
+        }
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let slot = Slot {
             state: State::Raw {
-                tgid,
                 space,
                 sample,
                 python,
@@ -194,8 +293,11 @@ impl Stacks {
         if slot.refs > 0 {
             return;
         }
-        if matches!(slot.state, State::Raw { .. }) {
+        if let State::Raw { space, .. } = slot.state {
             self.raw_live -= 1;
+            if let Some(index) = space {
+                self.release_space(index);
+            }
         }
         self.slots[r.0 as usize] = None;
         self.free.push(r.0);
@@ -255,17 +357,19 @@ impl Stacks {
         let (space, sample, python) = match &mut slot.state {
             State::Done(id) => return Some(*id),
             State::Raw {
-                tgid,
                 space,
                 sample,
                 python,
             } => (
-                space.or_else(|| self.current_space.get(tgid).copied()),
+                *space,
                 std::mem::replace(sample, StackSample::FramePointer(Vec::new())),
                 std::mem::take(python),
             ),
         };
         let mut stack = self.build(space, &sample);
+        if let Some(index) = space {
+            self.release_space(index);
+        }
         if !python.groups.is_empty() {
             stack.frames = self.splice(stack.frames, python.groups);
             stack.truncated |= python.truncated;
@@ -279,7 +383,8 @@ impl Stacks {
     }
 
     fn build(&mut self, space: Option<usize>, sample: &StackSample) -> Stack {
-        let Some(space_index) = space else {
+        let Some(space_index) = space.filter(|&i| matches!(self.spaces.get(i), Some(Some(_))))
+        else {
             self.unresolved += 1;
             let frames = match sample {
                 StackSample::Raw { ip, .. } => vec![Frame::Unknown { address: *ip }],
@@ -297,7 +402,12 @@ impl Stacks {
             StackSample::Raw {
                 ip, sp, bp, bytes, ..
             } => {
-                let space = &mut self.spaces[space_index];
+                let Some(Some(space)) = self.spaces.get_mut(space_index) else {
+                    return Stack {
+                        frames: Vec::new(),
+                        truncated: true,
+                    };
+                };
                 let unwinder = space
                     .unwinder
                     .get_or_insert_with(|| ProcessUnwinder::new(&space.maps, &mut self.modules));
@@ -315,7 +425,13 @@ impl Stacks {
                 )
             }
         };
-        let maps = self.spaces[space_index].maps.clone();
+        let Some(Some(space)) = self.spaces.get(space_index) else {
+            return Stack {
+                frames: Vec::new(),
+                truncated: true,
+            };
+        };
+        let maps = space.maps.clone();
         let frames = addresses
             .into_iter()
             .enumerate()
@@ -514,6 +630,38 @@ mod tests {
             vec![Frame::Unknown { address: 0x10 }]
         );
         assert!(stacks.stack(id).truncated);
+    }
+
+    #[test]
+    fn address_spaces_live_while_a_process_or_a_sample_needs_them() {
+        let mut stacks = Stacks::default();
+        stacks.set_maps(1, ProcessMaps::default());
+        stacks.fork(1, 2);
+        let r = stacks.add_native(1, sample(0x10), 0);
+        stacks.hold(r);
+        // Each new mapping is a new layout; the sample keeps its own.
+        for i in 0..100u64 {
+            stacks.map_code(
+                1,
+                Mapping {
+                    start: 0x1000 * i,
+                    end: 0x1000 * (i + 1),
+                    offset: 0,
+                    executable: true,
+                    path: Arc::from(""),
+                    host_path: Arc::new(PathBuf::new()),
+                },
+            );
+        }
+        // Process 1's latest, and the first one, which process 2 and the
+        // sample share; the 99 in between are gone.
+        assert_eq!(stacks.space_count(), 2);
+        stacks.exec(2);
+        assert_eq!(stacks.space_count(), 2, "the sample still needs it");
+        stacks.resolve(r);
+        assert_eq!(stacks.space_count(), 1);
+        stacks.exec(1);
+        assert_eq!(stacks.space_count(), 0);
     }
 
     #[test]

@@ -35,6 +35,7 @@ impl Deref for Section {
 struct Segment {
     file_offset: u64,
     svma: u64,
+    mem_size: u64,
     executable: bool,
 }
 
@@ -45,11 +46,34 @@ fn page_floor(x: u64) -> u64 {
     x & !(PAGE - 1)
 }
 
+fn page_ceil(x: u64) -> u64 {
+    page_floor(x.saturating_add(PAGE - 1))
+}
+
+/// `PT_INTERP` of a 64-bit ELF file: the program's dynamic loader.
+fn interpreter_of(file: &[u8]) -> Option<String> {
+    use object::read::elf::{FileHeader as _, ProgramHeader as _};
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(file).ok()?;
+    let endian = header.endian().ok()?;
+    let interp = header
+        .program_headers(endian, file)
+        .ok()?
+        .iter()
+        .find(|ph| ph.p_type(endian) == object::elf::PT_INTERP)?;
+    let bytes = interp.data(endian, file).ok()?;
+    let bytes = bytes.split(|&b| b == 0).next()?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
 /// What we keep of an ELF file: its segments and unwind sections.
 pub struct ElfModule {
     file: Arc<Vec<u8>>,
     segments: Vec<Segment>,
     sections: HashMap<&'static str, (Range<u64>, Range<usize>)>,
+    /// `e_entry`, as the file has it.
+    pub entry: u64,
+    /// `PT_INTERP`: the dynamic loader the kernel maps beside a program.
+    pub interpreter: Option<String>,
 }
 
 impl ElfModule {
@@ -62,11 +86,13 @@ impl ElfModule {
                 SegmentFlags::Elf { p_flags } => Some(Segment {
                     file_offset: s.file_range().0,
                     svma: s.address(),
+                    mem_size: s.size(),
                     executable: p_flags & PF_X != 0,
                 }),
                 _ => None,
             })
             .collect();
+        let interpreter = interpreter_of(&file);
         let mut sections = HashMap::new();
         for name in [
             ".text",
@@ -90,10 +116,29 @@ impl ElfModule {
             }
         }
         Some(Self {
+            entry: elf.entry(),
             file,
             segments,
             sections,
+            interpreter,
         })
+    }
+
+    /// Where the kernel put this file's code when it loaded it `bias` bytes
+    /// from its own addresses: one mapping per executable load segment.
+    pub fn code_mappings(&self, bias: u64, path: &Arc<str>, host: &Arc<PathBuf>) -> Vec<Mapping> {
+        self.segments
+            .iter()
+            .filter(|s| s.executable && s.mem_size > 0)
+            .map(|s| Mapping {
+                start: bias.wrapping_add(page_floor(s.svma)),
+                end: bias.wrapping_add(page_ceil(s.svma + s.mem_size)),
+                offset: page_floor(s.file_offset),
+                executable: true,
+                path: path.clone(),
+                host_path: host.clone(),
+            })
+            .collect()
     }
 
     /// How far the mapping of `mapping` moved this file from its own

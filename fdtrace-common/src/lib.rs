@@ -31,6 +31,10 @@ pub const TASK_FSBASE_OFFSET_GLOBAL: &str = "TASK_FSBASE_OFFSET";
 /// Name of the map from thread-group id to [`PyWalk`]: processes running
 /// CPython, and how to walk their frames.
 pub const PYTHON_MAP: &str = "PYTHON";
+/// Name of the map from file identity ([`PyFile`]) to [`PyBinary`]: CPython
+/// interpreters userspace recognised, so the kernel can walk a process that
+/// maps one from its first syscall.
+pub const PYTHON_BINARIES_MAP: &str = "PY_BINARIES";
 
 /// Largest user stack copy (`--stack-bytes`).
 pub const MAX_STACK_BYTES: usize = 32 * 1024;
@@ -60,6 +64,11 @@ pub enum EventKind {
     /// A [`PyStackRecord`]: the CPython frames of the thread's next
     /// `Syscall` record (same `tid` and `ts_ns`), written just before it.
     PyStack = 5,
+    /// A [`PyCodeRecord`]: a CPython code object the walker met for the
+    /// first time in this process, copied with the objects it points to.
+    /// Written while its [`PyStackRecord`] is reserved, so it arrives after
+    /// that record and before the `Syscall` record they belong to.
+    PyCode = 7,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -97,9 +106,6 @@ pub const FLAG_STACK_END: u32 = 2;
 pub const FLAG_FDS_TRUNCATED: u32 = 4;
 /// Flag: no stack sample because the ring buffer was filling up.
 pub const FLAG_STACK_SKIPPED: u32 = 8;
-/// Flag: stopped only so userspace can read a CPython code object it has
-/// not seen (its memory maps have not changed).
-pub const FLAG_STOPPED_FOR_CODE: u32 = 16;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]
@@ -321,6 +327,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(EventKind::Exec),
             4 => Ok(EventKind::Exit),
             5 => Ok(EventKind::PyStack),
+            7 => Ok(EventKind::PyCode),
             other => Err(other),
         }
     }
@@ -424,9 +431,13 @@ pub struct PyWalk {
     /// first line.
     pub code_line_table: u32,
     pub code_first_line: u32,
+    /// Code object fields pointing at the objects a [`PyCodeRecord`]
+    /// copies: its file name and its qualified name (its name before 3.11).
+    pub code_filename: u32,
+    pub code_name: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<PyWalk>() == 16 + 16 * 4);
+const _: () = assert!(size_of::<PyWalk>() == 16 + 18 * 4);
 
 impl PyWalk {
     /// Size of the map value.
@@ -450,6 +461,8 @@ impl PyWalk {
             self.frame_object,
             self.code_line_table,
             self.code_first_line,
+            self.code_filename,
+            self.code_name,
             self._pad,
         ];
         let mut out = [0u8; Self::SIZE];
@@ -510,3 +523,132 @@ pub struct PyStackRecord {
     pub slots: [PyFrameSlot; MAX_PY_SLOTS],
 }
 const _: () = assert!(size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_SLOTS);
+
+/// Bytes of a code object a [`PyCodeRecord`] copies: past every field
+/// userspace reads in 3.8 to 3.14 (the last, 3.14's `_co_firsttraceable`,
+/// ends at 196).
+pub const PY_CODE_BYTES: usize = 256;
+/// The shorter copy tried when [`PY_CODE_BYTES`] cannot be read whole.
+pub const PY_CODE_MIN_BYTES: usize = 200;
+/// Bytes of a `str` object (header and characters) a [`PyCodeRecord`]
+/// copies; a longer string arrives cut.
+pub const PY_STR_BYTES: usize = 512;
+/// Bytes of the line table `bytes` object (header and data) copied; a
+/// longer table arrives cut (lines past the cut are unknown).
+pub const PY_TABLE_BYTES: usize = 4096;
+
+/// One copied range of user memory: `len` bytes read at `addr`; `len == 0`
+/// when nothing could be read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyWindow {
+    pub addr: u64,
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// Which [`PyCodeRecord::windows`] entry holds which object.
+pub const PY_WINDOW_CODE: usize = 0;
+pub const PY_WINDOW_FILENAME: usize = 1;
+pub const PY_WINDOW_NAME: usize = 2;
+pub const PY_WINDOW_TABLE: usize = 3;
+
+/// A CPython code object and the objects userspace parses from it, copied
+/// by the kernel the first time the walker meets it in a process, so the
+/// process never waits for userspace to read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyCodeRecord {
+    /// [`EventKind::PyCode`]; first, as in [`EventHeader`].
+    pub kind: u32,
+    pub tgid: u32,
+    /// The code object's address and tag, as in [`PyFrameSlot`].
+    pub code: u64,
+    pub tag: u64,
+    /// Where each byte array below was read from, and how much of it.
+    pub windows: [PyWindow; 4],
+    pub code_bytes: [u8; PY_CODE_BYTES],
+    pub filename: [u8; PY_STR_BYTES],
+    pub name: [u8; PY_STR_BYTES],
+    pub line_table: [u8; PY_TABLE_BYTES],
+}
+const _: () = assert!(
+    size_of::<PyCodeRecord>() == 24 + 4 * 16 + PY_CODE_BYTES + 2 * PY_STR_BYTES + PY_TABLE_BYTES
+);
+
+/// Identity of a file as the kernel sees it: inode number and device, the
+/// device in the kernel's internal encoding (`(major << 20) | minor`, as in
+/// `inode->i_sb->s_dev`). The key of [`PYTHON_BINARIES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFile {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PyFile>() == 16);
+
+impl PyFile {
+    pub const SIZE: usize = size_of::<PyFile>();
+
+    /// The map key's bytes (native endian, `repr(C)` order).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..8].copy_from_slice(&self.ino.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.dev.to_ne_bytes());
+        out[12..].copy_from_slice(&self._pad.to_ne_bytes());
+        out
+    }
+}
+
+/// How to walk a process that maps a registered CPython file: the
+/// [`PyWalk`] of its interpreter with `walk.runtime` the link-time address
+/// of `_PyRuntime`, and what turns it into the process's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyBinary {
+    pub walk: PyWalk,
+    /// The ELF header's `e_entry`.
+    pub entry: u64,
+    /// Page-aligned `p_vaddr` and `p_offset` of the file's first
+    /// executable PT_LOAD segment.
+    pub exec_vaddr: u64,
+    pub exec_offset: u64,
+}
+const _: () = assert!(size_of::<PyBinary>() == PyWalk::SIZE + 24);
+
+impl PyBinary {
+    pub const SIZE: usize = size_of::<PyBinary>();
+
+    /// `_PyRuntime` in a process that exec'd this file, from its `AT_ENTRY`.
+    pub fn runtime_at_exec(&self, at_entry: u64) -> u64 {
+        at_entry
+            .wrapping_sub(self.entry)
+            .wrapping_add(self.walk.runtime)
+    }
+
+    /// `_PyRuntime` in a process that mapped `pgoff` (bytes) of this file at
+    /// `start`: known only from the mapping of the executable segment.
+    pub fn runtime_at_mapping(&self, start: u64, pgoff: u64) -> Option<u64> {
+        if pgoff != self.exec_offset {
+            return None;
+        }
+        Some(
+            start
+                .wrapping_sub(self.exec_vaddr)
+                .wrapping_add(self.walk.runtime),
+        )
+    }
+
+    /// The map value's bytes (native endian, `repr(C)` order, no padding).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..PyWalk::SIZE].copy_from_slice(&self.walk.to_bytes());
+        let rest = [self.entry, self.exec_vaddr, self.exec_offset];
+        for (i, w) in rest.iter().enumerate() {
+            let at = PyWalk::SIZE + 8 * i;
+            out[at..at + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}

@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FLAG_STOPPED_FOR_CODE, StackMode, Syscall, SyscallArgs, nr,
+    StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -289,8 +289,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of a global set before load.
     let stack_mode = unsafe { read_volatile(&STACK_MODE) };
     // A CPython process's frames go in their own record, just before this
-    // one; a code object not seen before stops the process so userspace
-    // can read it while it exists.
+    // one, after a copy of each code object in them not sent before.
     // SAFETY: the helper takes no arguments and touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     // recvmsg without a control buffer carries no descriptors: its record
@@ -299,10 +298,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         Syscall::Recvmsg => capture::has_control(pending.args.args[1]),
         _ => true,
     };
-    let new_code = wants_stack
-        && may_create
-        && stack_mode != StackMode::None as u32
-        && python::record(tgid, tid, ts_ns);
+    if wants_stack && may_create && stack_mode != StackMode::None as u32 {
+        python::record(tgid, tid, ts_ns);
+    }
     let entry = if wants_stack {
         EVENTS.reserve_bytes(capture::stack_record_size(), 0)
     } else {
@@ -382,17 +380,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // the process (or leaves it stopped, with --on-emfile stop).
         // SAFETY: the header was initialised above.
         unsafe { capture::stop(header) };
-    }
-    if new_code {
-        // Stopped only now that the record is sure to be submitted: a
-        // stop userspace never hears of would never be continued.
-        // SAFETY: the header was initialised above.
-        unsafe {
-            if (*header).flags & FLAG_STOPPED == 0 {
-                capture::stop(header);
-                (*header).flags |= FLAG_STOPPED_FOR_CODE;
-            }
-        }
     }
     // SAFETY: the header was initialised above.
     let stopped = unsafe { (*header).flags } & FLAG_STOPPED != 0;

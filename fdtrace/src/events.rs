@@ -4,8 +4,9 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FLAG_STOPPED, FLAG_STOPPED_FOR_CODE, MAX_EVENT_FDS, MAX_PY_SLOTS,
-    PAGE_SIZE, PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
+    EventHeader, EventKind, FLAG_STOPPED, MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED,
+    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot,
+    PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
 
 /// A descriptor number.
@@ -19,8 +20,6 @@ pub struct Event {
     pub tid: u32,
     /// The kernel stopped the process for us to read its memory maps.
     pub stopped: bool,
-    /// ... or only for a CPython code object (the maps are unchanged).
-    pub stopped_for_code: bool,
     pub action: Action,
 }
 
@@ -161,6 +160,20 @@ pub enum Action {
     Exit,
     /// CPython frames of the thread's next syscall event (same `ts_ns`).
     PyStack(PyStack),
+    /// A CPython code object met for the first time in the process, as
+    /// the kernel copied it.
+    PyCode(PyCode),
+}
+
+/// A CPython code object and the objects it points to, as copied ranges
+/// of the process's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyCode {
+    pub code: u64,
+    pub tag: u64,
+    /// (address, bytes read there): the code object, its file name, its
+    /// name and its line table, each as much as could be read.
+    pub windows: Vec<(u64, Vec<u8>)>,
 }
 
 /// Raw CPython frames, innermost first, as the kernel found them.
@@ -197,6 +210,9 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     if u32::from_ne_bytes(kind) == EventKind::PyStack as u32 {
         return decode_py_stack(bytes);
     }
+    if u32::from_ne_bytes(kind) == EventKind::PyCode as u32 {
+        return decode_py_code(bytes);
+    }
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
         bail!(
@@ -221,7 +237,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
             filename: String::from_utf8_lossy(text).into_owned(),
         },
         EventKind::Exit => Action::Exit,
-        EventKind::PyStack => bail!("a Python stack record with an event header"),
+        EventKind::PyStack | EventKind::PyCode => bail!("a Python record with an event header"),
         EventKind::Syscall => {
             let syscall =
                 Syscall::try_from(header.syscall).map_err(|s| anyhow!("unknown syscall id {s}"))?;
@@ -233,7 +249,6 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         tgid: header.tgid,
         tid: header.tid,
         stopped: header.flags & FLAG_STOPPED != 0,
-        stopped_for_code: header.flags & FLAG_STOPPED_FOR_CODE != 0,
         action,
     })
 }
@@ -251,10 +266,43 @@ fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
         tgid: record.tgid,
         tid: record.tid,
         stopped: false,
-        stopped_for_code: false,
         action: Action::PyStack(PyStack {
             slots: record.slots[..len].to_vec(),
             truncated: record.flags & PY_TRUNCATED != 0,
+        }),
+    })
+}
+
+fn decode_py_code(bytes: &[u8]) -> Result<Event> {
+    if bytes.len() < size_of::<PyCodeRecord>() {
+        bail!("short Python code record: {} bytes", bytes.len());
+    }
+    // SAFETY: the length was checked; the record is plain integers and
+    // byte arrays, so any bit pattern is a valid value.
+    let record: PyCodeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let arrays: [(usize, &[u8]); 4] = [
+        (PY_WINDOW_CODE, &record.code_bytes),
+        (PY_WINDOW_FILENAME, &record.filename),
+        (PY_WINDOW_NAME, &record.name),
+        (PY_WINDOW_TABLE, &record.line_table),
+    ];
+    let windows = arrays
+        .into_iter()
+        .filter_map(|(i, array)| {
+            let window = record.windows[i];
+            let len = usize::try_from(window.len).ok()?.min(array.len());
+            (len > 0).then(|| (window.addr, array[..len].to_vec()))
+        })
+        .collect();
+    Ok(Event {
+        ts_ns: 0,
+        tgid: record.tgid,
+        tid: 0,
+        stopped: false,
+        action: Action::PyCode(PyCode {
+            code: record.code,
+            tag: record.tag,
+            windows,
         }),
     })
 }

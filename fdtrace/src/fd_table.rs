@@ -273,7 +273,7 @@ impl FdTable {
                     p.exit_status = Some(*status);
                 }
             }
-            Action::Nothing | Action::PyStack(_) => {}
+            Action::Nothing | Action::PyStack(_) | Action::PyCode(_) => {}
             Action::FdSetOverflow { syscall, nfds, .. } => {
                 let highest_fd = self
                     .processes
@@ -591,7 +591,6 @@ mod tests {
             tgid,
             tid: tgid,
             stopped: false,
-            stopped_for_code: false,
             action,
         }
     }

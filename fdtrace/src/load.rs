@@ -11,12 +11,16 @@ use aya::{
     programs::Program,
 };
 use fdtrace_common::{
-    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP, PYTHON_MAP,
-    PyWalk, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
-    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EVENTS_MAP,
+    PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk, STACK_BYTES_GLOBAL,
+    STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
+    TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
 
-use crate::{btf::Btf, tracer::PythonWalker};
+use crate::{
+    btf::Btf,
+    tracer::{PythonRegistry, PythonWalker},
+};
 
 /// The kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fdtrace"));
@@ -62,6 +66,7 @@ pub struct Probes {
     traced: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     python: Option<HashMap<MapData, u32, [u8; PyWalk::SIZE]>>,
+    python_binaries: Option<HashMap<MapData, [u8; PyFile::SIZE], [u8; PyBinary::SIZE]>>,
 }
 
 impl Probes {
@@ -96,12 +101,14 @@ impl Probes {
         let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         let python = HashMap::try_from(take_map(&mut ebpf, PYTHON_MAP)?)?;
+        let python_binaries = HashMap::try_from(take_map(&mut ebpf, PYTHON_BINARIES_MAP)?)?;
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             traced,
             counters,
             python: Some(python),
+            python_binaries: Some(python_binaries),
         })
     }
 
@@ -114,6 +121,16 @@ impl Probes {
                 None => map.remove(&tgid),
             }
             .map_err(|e| e.to_string())
+        }))
+    }
+
+    /// Hands out (once) the writer of the kernel's registry of CPython
+    /// interpreter files.
+    pub fn take_python_registry(&mut self) -> Option<PythonRegistry> {
+        let mut map = self.python_binaries.take()?;
+        Some(Box::new(move |file, binary| {
+            map.insert(file.to_bytes(), binary.to_bytes(), 0)
+                .map_err(|e| e.to_string())
         }))
     }
 

@@ -3,9 +3,9 @@
 //! EMFILE) are built from what that left. The async loop in `session.rs`
 //! only waits and calls in.
 
-use std::fs;
+use std::{fs, path::Path};
 
-use fdtrace_common::{PyWalk, StackMode};
+use fdtrace_common::{PyBinary, PyFile, PyWalk, StackMode};
 use hashbrown::HashMap;
 
 use crate::{
@@ -20,6 +20,10 @@ use crate::{
 /// Writes (or with `None` removes) a process's entry in the kernel's
 /// CPython walker map; the error says why it could not.
 pub type PythonWalker = Box<dyn FnMut(u32, Option<&PyWalk>) -> Result<(), String>>;
+
+/// Registers a CPython interpreter file with the kernel (its
+/// `PY_BINARIES` map); the error says why it could not.
+pub type PythonRegistry = Box<dyn FnMut(&PyFile, &PyBinary) -> Result<(), String>>;
 
 /// Something the session must act on now rather than at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +49,8 @@ pub struct Tracer {
     /// Tells the kernel how to walk a process's CPython frames (`Some`) or
     /// to stop trying (`None`).
     python_walker: PythonWalker,
+    /// Tells the kernel which files are CPython interpreters.
+    python_registry: PythonRegistry,
 }
 
 /// Live descriptors of one stack, for an interval snapshot.
@@ -87,12 +93,34 @@ impl Tracer {
             last_interval: HashMap::new(),
             python: Python::default(),
             python_walker: Box::new(|_, _| Ok(())),
+            python_registry: Box::new(|_, _| Ok(())),
         }
     }
 
     /// Where CPython walker entries go (the kernel's `PYTHON` map).
     pub fn set_python_walker(&mut self, walker: PythonWalker) {
         self.python_walker = walker;
+    }
+
+    /// Where CPython interpreter files are registered (the kernel's
+    /// `PY_BINARIES` map).
+    pub fn set_python_registry(&mut self, registry: PythonRegistry) {
+        self.python_registry = registry;
+    }
+
+    /// Tells the kernel which CPython files `program` will run, before it
+    /// starts: its Python frames are then walked from its first syscall,
+    /// however soon it leaks and exits.
+    pub fn register_python_program(&mut self, program: &Path) {
+        for (file, binary) in self.python.command_binaries(program) {
+            self.register_python(program, &file, &binary);
+        }
+    }
+
+    fn register_python(&mut self, path: &Path, file: &PyFile, binary: &PyBinary) {
+        if let Err(why) = (self.python_registry)(file, binary) {
+            self.python.registry_failed(path, &why);
+        }
     }
 
     /// Handles one ring-buffer record. Processes the kernel stopped for us
@@ -103,11 +131,18 @@ impl Tracer {
             return None;
         };
         let tgid = event.tgid;
-        if let Action::PyStack(stack) = event.action {
-            self.python.stash(event.tid, event.ts_ns, stack);
-            return None;
+        match event.action {
+            Action::PyStack(stack) => {
+                self.python.stash(event.tid, event.ts_ns, stack);
+                return None;
+            }
+            Action::PyCode(code) => {
+                self.python.store_code(tgid, code);
+                return None;
+            }
+            _ => {}
         }
-        if event.stopped && !event.stopped_for_code {
+        if event.stopped {
             // The kernel stopped the process: its maps and limits are as of now.
             self.read_maps(tgid);
             if let Some(p) = self.table.processes.get_mut(&tgid) {
@@ -181,9 +216,17 @@ impl Tracer {
             return;
         };
         if let Some(found) = self.python.detect(tgid, &maps) {
+            if let Some((file, binary)) = found.binary {
+                self.register_python(&found.module, &file, &binary);
+            }
             self.stacks.set_eval_loop(found.module, found.eval);
             if let Err(why) = (self.python_walker)(tgid, Some(&found.walk)) {
                 self.python.walker_failed(tgid, &why);
+            }
+            // Readable now: its thread states can vouch for the offsets.
+            self.python.check_live(tgid);
+            for retired in self.python.take_retired() {
+                let _ = (self.python_walker)(retired, None);
             }
         }
         self.stacks.set_maps(tgid, maps);

@@ -40,6 +40,10 @@ pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 /// Name of the map from thread-group id to [`PyWalk`]: processes running
 /// CPython, and how to walk their frames.
 pub const PYTHON_MAP: &str = "PYTHON";
+/// Name of the map from file identity ([`PyFile`]) to [`PyBinary`]: CPython
+/// interpreters userspace recognised, so the kernel can walk a process that
+/// maps one from its first syscall.
+pub const PYTHON_BINARIES_MAP: &str = "PY_BINARIES";
 
 /// Largest user stack copy (`--stack-bytes`).
 pub const MAX_STACK_BYTES: usize = 32 * 1024;
@@ -72,6 +76,11 @@ pub enum EventKind {
     /// A [`FileRecord`]: which file a process mapped as code or received
     /// as a descriptor, as the kernel saw it at that moment.
     File = 6,
+    /// A [`PyCodeRecord`]: a CPython code object the walker met for the
+    /// first time in this process, copied with the objects it points to.
+    /// Written while its [`PyStackRecord`] is reserved, so it arrives after
+    /// that record and before the `Syscall` record they belong to.
+    PyCode = 7,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -109,9 +118,6 @@ pub const FLAG_STACK_END: u32 = 2;
 pub const FLAG_FDS_TRUNCATED: u32 = 4;
 /// Flag: no stack sample because the ring buffer was filling up.
 pub const FLAG_STACK_SKIPPED: u32 = 8;
-/// Flag: stopped only so userspace can read a CPython code object it has
-/// not seen (its memory maps have not changed).
-pub const FLAG_STOPPED_FOR_CODE: u32 = 16;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]
@@ -334,6 +340,7 @@ impl TryFrom<u32> for EventKind {
             4 => Ok(EventKind::Exit),
             5 => Ok(EventKind::PyStack),
             6 => Ok(EventKind::File),
+            7 => Ok(EventKind::PyCode),
             other => Err(other),
         }
     }
@@ -387,7 +394,8 @@ pub struct EventHeader {
     pub nfds: u32,
     /// Valid bytes in `text`.
     pub text_len: u32,
-    /// Path, memfd name, exec file name or raw sockaddr.
+    /// Path, memfd name, exec file name, raw sockaddr, or for pipe/pipe2
+    /// the pipe's inode number (8 bytes, native endian).
     pub text: [u8; TEXT_LEN],
     /// RLIMIT_NOFILE (soft, hard) of the process at an EMFILE/ENFILE
     /// failure, read from `task->signal->rlim`; zero otherwise.
@@ -444,17 +452,24 @@ pub enum KernelOffset {
     SignalRlim,
     /// `linux_binprm.file`
     BprmFile,
+    /// `mm_struct.arg_start` and `arg_end`: where argv lies in user memory.
+    MmArgStart,
+    MmArgEnd,
+    /// `signal_struct.live`: threads not yet exited; 0 once the whole
+    /// group is dead (decremented in do_exit before `sched_process_exit`).
+    SignalLive,
 }
 /// Number of [`KernelOffset`]s.
-pub const KERNEL_OFFSET_COUNT: usize = 22;
+pub const KERNEL_OFFSET_COUNT: usize = 25;
 
 /// What a [`FileRecord`] is about; the top byte of its `usage` word.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileUse {
-    /// The program an exec started: `args` = [AT_ENTRY, AT_BASE, 0] from
-    /// the new auxv (AT_BASE is the ELF interpreter's load address, 0 for
-    /// a static program).
+    /// The program an exec started: `args` = [AT_ENTRY, AT_BASE, argv
+    /// bytes] from the new auxv (AT_BASE is the ELF interpreter's load
+    /// address, 0 for a static program); `path[FILE_ARGV_AT..]` holds the
+    /// start of argv (NUL-separated) and `nofile_limit` the process's limit.
     Exec = 1,
     /// An executable mmap of a file, or anonymous code (no file):
     /// `args` = [address, file offset, length].
@@ -483,6 +498,10 @@ pub const FILE_PATH_BYTES: usize = 1024;
 /// Where a [`FileRecord`]'s path ends: it is built from the last
 /// component backwards, so it is `path[path_start..FILE_PATH_END]`.
 pub const FILE_PATH_END: u32 = 512;
+/// Where an exec record's argv starts in its `path` buffer (the path ends
+/// before it), and how many bytes of argv fit.
+pub const FILE_ARGV_AT: usize = FILE_PATH_END as usize;
+pub const FILE_ARGV_BYTES: usize = FILE_PATH_BYTES - FILE_ARGV_AT;
 /// [`FileRecord`] flag: the path was longer than the buffer or deeper
 /// than the walk; what is there is its tail.
 pub const FILE_PATH_TRUNCATED: u32 = 1;
@@ -515,9 +534,11 @@ pub struct FileRecord {
     /// `FILE_*` flags.
     pub flags: u32,
     pub path_start: u32,
+    /// Exec: RLIMIT_NOFILE (soft, hard) the new program starts with.
+    pub nofile_limit: [u64; 2],
     pub path: [u8; FILE_PATH_BYTES],
 }
-const _: () = assert!(size_of::<FileRecord>() == 16 + 8 + 24 + 16 + 16 + FILE_PATH_BYTES);
+const _: () = assert!(size_of::<FileRecord>() == 16 + 8 + 24 + 16 + 16 + 16 + FILE_PATH_BYTES);
 
 /// How to find a thread's CPython frames in one process: the address of
 /// `_PyRuntime` and the offsets of the interpreter version it runs. Written
@@ -564,9 +585,13 @@ pub struct PyWalk {
     /// first line.
     pub code_line_table: u32,
     pub code_first_line: u32,
+    /// Code object fields pointing at the objects a [`PyCodeRecord`]
+    /// copies: its file name and its qualified name (its name before 3.11).
+    pub code_filename: u32,
+    pub code_name: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<PyWalk>() == 16 + 16 * 4);
+const _: () = assert!(size_of::<PyWalk>() == 16 + 18 * 4);
 
 impl PyWalk {
     /// Size of the map value.
@@ -590,6 +615,8 @@ impl PyWalk {
             self.frame_object,
             self.code_line_table,
             self.code_first_line,
+            self.code_filename,
+            self.code_name,
             self._pad,
         ];
         let mut out = [0u8; Self::SIZE];
@@ -650,3 +677,132 @@ pub struct PyStackRecord {
     pub slots: [PyFrameSlot; MAX_PY_SLOTS],
 }
 const _: () = assert!(size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_SLOTS);
+
+/// Bytes of a code object a [`PyCodeRecord`] copies: past every field
+/// userspace reads in 3.8 to 3.14 (the last, 3.14's `_co_firsttraceable`,
+/// ends at 196).
+pub const PY_CODE_BYTES: usize = 256;
+/// The shorter copy tried when [`PY_CODE_BYTES`] cannot be read whole.
+pub const PY_CODE_MIN_BYTES: usize = 200;
+/// Bytes of a `str` object (header and characters) a [`PyCodeRecord`]
+/// copies; a longer string arrives cut.
+pub const PY_STR_BYTES: usize = 512;
+/// Bytes of the line table `bytes` object (header and data) copied; a
+/// longer table arrives cut (lines past the cut are unknown).
+pub const PY_TABLE_BYTES: usize = 4096;
+
+/// One copied range of user memory: `len` bytes read at `addr`; `len == 0`
+/// when nothing could be read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyWindow {
+    pub addr: u64,
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// Which [`PyCodeRecord::windows`] entry holds which object.
+pub const PY_WINDOW_CODE: usize = 0;
+pub const PY_WINDOW_FILENAME: usize = 1;
+pub const PY_WINDOW_NAME: usize = 2;
+pub const PY_WINDOW_TABLE: usize = 3;
+
+/// A CPython code object and the objects userspace parses from it, copied
+/// by the kernel the first time the walker meets it in a process, so the
+/// process never waits for userspace to read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyCodeRecord {
+    /// [`EventKind::PyCode`]; first, as in [`EventHeader`].
+    pub kind: u32,
+    pub tgid: u32,
+    /// The code object's address and tag, as in [`PyFrameSlot`].
+    pub code: u64,
+    pub tag: u64,
+    /// Where each byte array below was read from, and how much of it.
+    pub windows: [PyWindow; 4],
+    pub code_bytes: [u8; PY_CODE_BYTES],
+    pub filename: [u8; PY_STR_BYTES],
+    pub name: [u8; PY_STR_BYTES],
+    pub line_table: [u8; PY_TABLE_BYTES],
+}
+const _: () = assert!(
+    size_of::<PyCodeRecord>() == 24 + 4 * 16 + PY_CODE_BYTES + 2 * PY_STR_BYTES + PY_TABLE_BYTES
+);
+
+/// Identity of a file as the kernel sees it: inode number and device, the
+/// device in the kernel's internal encoding (`(major << 20) | minor`, as in
+/// `inode->i_sb->s_dev`). The key of [`PYTHON_BINARIES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFile {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PyFile>() == 16);
+
+impl PyFile {
+    pub const SIZE: usize = size_of::<PyFile>();
+
+    /// The map key's bytes (native endian, `repr(C)` order).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..8].copy_from_slice(&self.ino.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.dev.to_ne_bytes());
+        out[12..].copy_from_slice(&self._pad.to_ne_bytes());
+        out
+    }
+}
+
+/// How to walk a process that maps a registered CPython file: the
+/// [`PyWalk`] of its interpreter with `walk.runtime` the link-time address
+/// of `_PyRuntime`, and what turns it into the process's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyBinary {
+    pub walk: PyWalk,
+    /// The ELF header's `e_entry`.
+    pub entry: u64,
+    /// Page-aligned `p_vaddr` and `p_offset` of the file's first
+    /// executable PT_LOAD segment.
+    pub exec_vaddr: u64,
+    pub exec_offset: u64,
+}
+const _: () = assert!(size_of::<PyBinary>() == PyWalk::SIZE + 24);
+
+impl PyBinary {
+    pub const SIZE: usize = size_of::<PyBinary>();
+
+    /// `_PyRuntime` in a process that exec'd this file, from its `AT_ENTRY`.
+    pub fn runtime_at_exec(&self, at_entry: u64) -> u64 {
+        at_entry
+            .wrapping_sub(self.entry)
+            .wrapping_add(self.walk.runtime)
+    }
+
+    /// `_PyRuntime` in a process that mapped `pgoff` (bytes) of this file at
+    /// `start`: known only from the mapping of the executable segment.
+    pub fn runtime_at_mapping(&self, start: u64, pgoff: u64) -> Option<u64> {
+        if pgoff != self.exec_offset {
+            return None;
+        }
+        Some(
+            start
+                .wrapping_sub(self.exec_vaddr)
+                .wrapping_add(self.walk.runtime),
+        )
+    }
+
+    /// The map value's bytes (native endian, `repr(C)` order, no padding).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..PyWalk::SIZE].copy_from_slice(&self.walk.to_bytes());
+        let rest = [self.entry, self.exec_vaddr, self.exec_offset];
+        for (i, w) in rest.iter().enumerate() {
+            let at = PyWalk::SIZE + 8 * i;
+            out[at..at + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}

@@ -10,11 +10,12 @@
 //! (`KERNEL_OFFSETS`, set by userspace before load), never from a header.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_probe_read_kernel as read_kernel_raw,
+    bpf_get_current_task, bpf_ktime_get_ns,
+    generated::{bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw},
 };
 use fdtrace_common::{
-    Counter, EventKind, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FileRecord,
-    FileUse, KERNEL_OFFSET_COUNT, KernelOffset,
+    Counter, EventKind, FILE_ARGV_AT, FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END,
+    FILE_PATH_TRUNCATED, FileRecord, FileUse, KERNEL_OFFSET_COUNT, KernelOffset,
 };
 
 use crate::{EVENTS, count, python};
@@ -83,6 +84,26 @@ pub fn fd_file(fd: i64) -> u64 {
     read(array + 8 * fd as u64)
 }
 
+/// Whether the current thread's whole thread group has exited: do_exit
+/// decrements `signal->live` before `sched_process_exit` fires, on every
+/// kernel (the tracepoint's own `group_dead` argument only exists since
+/// 6.16).
+#[inline(always)]
+pub fn group_dead() -> bool {
+    let signal: u64 = read(current_task() + offset(KernelOffset::TaskSignal));
+    signal != 0 && read::<i32>(signal + offset(KernelOffset::SignalLive)) == 0
+}
+
+/// `file->f_inode->i_ino`, 0 for no file.
+#[inline(always)]
+pub fn inode_number(file: u64) -> u64 {
+    if file == 0 {
+        return 0;
+    }
+    let inode: u64 = read(file + offset(KernelOffset::FileInode));
+    read(inode + offset(KernelOffset::InodeIno))
+}
+
 /// RLIMIT_NOFILE (soft, hard) of the current process.
 #[inline(always)]
 pub fn nofile_limit() -> [u64; 2] {
@@ -145,6 +166,20 @@ pub extern "C" fn fdtrace_file_record(file: u64, ids: u64, usage: u64, a0: u64, 
         (*rec).mode = 0;
         (*rec).flags = 0;
         (*rec).path_start = FILE_PATH_END;
+        (*rec).nofile_limit = [0; 2];
+        if kind == FileUse::Exec as u32 {
+            // What only this moment knows for sure: a short-lived program
+            // may be gone before userspace could read /proc.
+            (*rec).nofile_limit = nofile_limit();
+            let mm: u64 = read(current_task() + offset(KernelOffset::TaskMm));
+            let start: u64 = read(mm + offset(KernelOffset::MmArgStart));
+            let end: u64 = read(mm + offset(KernelOffset::MmArgEnd));
+            let len = end.saturating_sub(start).min(FILE_ARGV_BYTES as u64 - 1);
+            let argv = (&raw mut (*rec).path).cast::<u8>().add(FILE_ARGV_AT);
+            if read_user_raw(argv.cast(), (len & 0x1ff) as u32, start as *const _) == 0 {
+                (*rec).args[2] = len;
+            }
+        }
         if file == 0 {
             (*rec).flags = FILE_NONE;
             entry.submit(0);

@@ -34,7 +34,7 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FLAG_STOPPED_FOR_CODE, FileUse, KernelOffset, StackMode, Syscall, SyscallArgs, nr,
+    FileUse, KernelOffset, StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -321,8 +321,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of a global set before load.
     let stack_mode = unsafe { read_volatile(&STACK_MODE) };
     // A CPython process's frames go in their own record, just before this
-    // one; a code object not seen before stops the process so userspace
-    // can read it while it exists.
+    // one, after a copy of each code object in them not sent before.
     // SAFETY: the helper takes no arguments and touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     // recvmsg without a control buffer carries no descriptors: its record
@@ -331,10 +330,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         Syscall::Recvmsg => capture::has_control(pending.args.args[1]),
         _ => true,
     };
-    let new_code = wants_stack
-        && may_create
-        && stack_mode != StackMode::None as u32
-        && python::record(tgid, tid, ts_ns);
+    if wants_stack && may_create && stack_mode != StackMode::None as u32 {
+        python::record(tgid, tid, ts_ns);
+    }
     let entry = if wants_stack {
         EVENTS.reserve_bytes(capture::stack_record_size(), 0)
     } else {
@@ -363,7 +361,13 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         // only read through bpf_probe_read_user.
         unsafe {
             match syscall {
-                Syscall::Pipe | Syscall::Pipe2 => capture::fd_pair(header, args[0]),
+                Syscall::Pipe | Syscall::Pipe2 => {
+                    capture::fd_pair(header, args[0]);
+                    // Both ends share one inode: `pipe:[ino]` in /proc.
+                    let ino = files::inode_number(files::fd_file(i64::from((*header).fds[0])));
+                    core::ptr::write_unaligned((&raw mut (*header).text).cast::<u64>(), ino);
+                    (*header).text_len = 8;
+                }
                 Syscall::Socketpair => capture::fd_pair(header, args[3]),
                 Syscall::Recvmsg => capture::scm_rights(header, args[1]),
                 Syscall::Recvmmsg => capture::scm_rights_mmsg(header, args[1], ret),
@@ -405,17 +409,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             // because the user asked (--on-emfile stop).
             if read_volatile(&EMFILE_STOP) != 0 {
                 capture::stop(header);
-            }
-        }
-    }
-    if new_code {
-        // Stopped only now that the record is sure to be submitted: a
-        // stop userspace never hears of would never be continued.
-        // SAFETY: the header was initialised above.
-        unsafe {
-            if (*header).flags & FLAG_STOPPED == 0 {
-                capture::stop(header);
-                (*header).flags |= FLAG_STOPPED_FOR_CODE;
             }
         }
     }
@@ -554,8 +547,9 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// `sched:sched_process_exit(struct task_struct *p, bool group_dead)`; runs
-/// in the exiting thread, before its descriptor table is released.
+/// `sched:sched_process_exit(struct task_struct *p)` (6.16 added `bool
+/// group_dead`, which older kernels refuse to let a program read); runs in
+/// the exiting thread, before its descriptor table is released.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     match try_sched_process_exit(&ctx) {
@@ -564,14 +558,13 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+fn try_sched_process_exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
     let _ = PENDING.remove(tid);
     if !is_traced(tgid) {
         return Ok(());
     }
-    let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff == 0 {
+    if !files::group_dead() {
         return Ok(());
     }
     let _ = TRACED.remove(tgid);

@@ -7,9 +7,18 @@
 //! runtime's "current thread state" may be another thread's or null. Then
 //! follow the frame chain and write (code object, instruction) pairs into a
 //! [`PyStackRecord`], innermost first, marking where each native evaluation
-//! call's frames end. Userspace reads the code objects.
+//! call's frames end. A code object the walker has not met before in the
+//! process is copied, with its file name, name and line table, into a
+//! [`PyCodeRecord`] reserved right after the stack record: userspace never
+//! needs the process stopped, or even alive, to name a frame.
+//!
+//! Which processes run CPython is told by userspace (`PYTHON`), or, for a
+//! process that maps an interpreter userspace registered in `PY_BINARIES`,
+//! found here as the file is mapped ([`file_mapped`]), so a short-lived
+//! script's first syscalls are walked before userspace has seen it.
 
 use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_task, bpf_probe_read_kernel,
         generated::bpf_probe_read_user as read_user_raw,
@@ -18,8 +27,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use fdtrace_common::{
-    Counter, EventKind, MAX_PY_SLOTS, PY_ABSENT, PY_ENTRY, PY_TRUNCATED, PyFrameSlot,
-    PyStackRecord, PyWalk,
+    Counter, EventKind, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT, PY_CODE_MIN_BYTES, PY_ENTRY,
+    PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyBinary,
+    PyCodeRecord, PyFile, PyFrameSlot, PyStackRecord, PyWalk, PyWindow,
 };
 
 use crate::{EVENTS, TASK_FSBASE_OFFSET, count};
@@ -28,9 +38,12 @@ use crate::{EVENTS, TASK_FSBASE_OFFSET, count};
 #[map]
 pub static PYTHON: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
 
-/// Code objects userspace has been given the chance to read, per process.
-/// A new one stops the process (like new maps do) so userspace can read it
-/// before it exits.
+/// CPython files userspace recognised, by identity
+/// (`fdtrace_common::PYTHON_BINARIES_MAP`).
+#[map]
+static PY_BINARIES: HashMap<PyFile, PyBinary> = HashMap::with_max_entries(256, 0);
+
+/// Code objects sent to userspace in a [`PyCodeRecord`], per process.
 #[map]
 static PY_CODES: LruHashMap<CodeKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
@@ -45,6 +58,14 @@ struct CodeKey {
 
 /// Threads searched for the caller's thread state.
 const MAX_THREADS: usize = 256;
+
+/// Object layouts every supported CPython shares (Include/cpython/
+/// unicodeobject.h, bytesobject.h): a `str`'s `length` and a `bytes`'
+/// `ob_size` are at 16; the longest ASCII `str` header is 48 bytes (3.8 to
+/// 3.11), a `bytes`' data starts at 32 and ends with a NUL.
+const OBJECT_LENGTH: u64 = 16;
+const STR_ASCII_HEADER: u64 = 48;
+const BYTES_HEADER: u64 = 33;
 
 /// Reads a `T` from user memory, zero when unreadable (the helper zeroes
 /// its destination on failure). Its result is not branched on: a branch per
@@ -77,10 +98,10 @@ fn fs_base() -> u64 {
 }
 
 /// Writes the calling thread's Python stack as a record stamped `ts_ns`,
-/// if the process runs CPython. Returns whether a code object in it was new
-/// (the caller then stops the process so userspace can read it).
-pub fn record(tgid: u32, tid: u32, ts_ns: u64) -> bool {
-    fdtrace_python_stack(tgid, tid, ts_ns) != 0
+/// if the process runs CPython, each code object in it not sent before
+/// following in its own record.
+pub fn record(tgid: u32, tid: u32, ts_ns: u64) {
+    fdtrace_python_stack(tgid, tid, ts_ns);
 }
 
 /// [`record`] as a global BPF function: the verifier checks it once, on its
@@ -89,21 +110,21 @@ pub fn record(tgid: u32, tid: u32, ts_ns: u64) -> bool {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn fdtrace_python_stack(tgid: u32, tid: u32, ts_ns: u64) -> u32 {
-    u32::from(walk_python(tgid, tid, ts_ns))
+    walk_python(tgid, tid, ts_ns);
+    0
 }
 
 #[inline(always)]
-fn walk_python(tgid: u32, tid: u32, ts_ns: u64) -> bool {
+fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
     // SAFETY: plain-old-data map value, copied out.
     let Some(walk) = (unsafe { PYTHON.get(tgid) }).copied() else {
-        return false;
+        return;
     };
     let Some(mut entry) = EVENTS.reserve::<PyStackRecord>(0) else {
         count(Counter::DroppedEvents);
-        return false;
+        return;
     };
     let rec = entry.as_mut_ptr();
-    let mut new_code = false;
     // SAFETY: `rec` is a live reservation of a whole PyStackRecord; every
     // slot index is checked against MAX_PY_SLOTS.
     unsafe {
@@ -130,7 +151,7 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) -> bool {
         if thread == 0 || me == 0 {
             // Not a thread Python knows: an empty record.
             entry.submit(0);
-            return false;
+            return;
         }
         let mut frame: u64 = read(thread + u64::from(walk.thread_frame));
         if walk.cframe_frame != PY_ABSENT && frame != 0 {
@@ -180,9 +201,10 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) -> bool {
                     code: slot.code,
                     tag: slot.tag,
                 };
+                // Copied into its own record, reserved while this one is:
+                // it reaches userspace first.
                 if PY_CODES.get(key).is_none() {
-                    let _ = PY_CODES.insert(key, 1, 0);
-                    new_code = true;
+                    fdtrace_python_code(tgid, slot.code, slot.tag);
                 }
             }
             (*rec).slots[i] = slot;
@@ -195,7 +217,106 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) -> bool {
         (*rec).len = len;
     }
     entry.submit(0);
-    new_code
+}
+
+/// Copies the code object at `code` (tagged `tag`) and the objects
+/// userspace parses from it into a [`PyCodeRecord`], and remembers it as
+/// sent. A global function, like [`fdtrace_python_stack`], so the
+/// verifier checks it once; it writes straight into the reservation and
+/// keeps only a few scalars on the stack, which the walker's and
+/// `sys_exit`'s frames share a 512-byte budget with before Linux 6.13.
+/// Returns 1 if the record was written.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fdtrace_python_code(tgid: u32, code: u64, tag: u64) -> u32 {
+    u32::from(copy_code(tgid, code, tag))
+}
+
+#[inline(always)]
+fn copy_code(tgid: u32, code: u64, tag: u64) -> bool {
+    let Some(walk) = PYTHON.get_ptr(tgid) else {
+        return false;
+    };
+    let Some(mut entry) = EVENTS.reserve::<PyCodeRecord>(0) else {
+        count(Counter::DroppedEvents);
+        return false;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is a live reservation of a whole PyCodeRecord and
+    // `walk` a live map value; user memory is only read through the checked
+    // helper, into the reservation's arrays, at most their size.
+    unsafe {
+        (*rec).kind = EventKind::PyCode as u32;
+        (*rec).tgid = tgid;
+        (*rec).code = code;
+        (*rec).tag = tag;
+        let filename: u64 = read(code + u64::from((*walk).code_filename));
+        let name: u64 = read(code + u64::from((*walk).code_name));
+        let table: u64 = read(code + u64::from((*walk).code_line_table));
+        let str_len = |at: u64| STR_ASCII_HEADER + read::<u64>(at + OBJECT_LENGTH).min(1 << 20);
+        let bytes_len = |at: u64| BYTES_HEADER + read::<u64>(at + OBJECT_LENGTH).min(1 << 20);
+        (*rec).windows[PY_WINDOW_CODE] =
+            copy_window(&raw mut (*rec).code_bytes, code, PY_CODE_MIN_BYTES as u64);
+        (*rec).windows[PY_WINDOW_FILENAME] =
+            copy_window(&raw mut (*rec).filename, filename, str_len(filename));
+        (*rec).windows[PY_WINDOW_NAME] = copy_window(&raw mut (*rec).name, name, str_len(name));
+        (*rec).windows[PY_WINDOW_TABLE] =
+            copy_window(&raw mut (*rec).line_table, table, bytes_len(table));
+    }
+    // Its syscall record, which follows, decides whether to wake userspace.
+    entry.submit(BPF_RB_NO_WAKEUP.into());
+    let key = CodeKey {
+        tgid,
+        _pad: 0,
+        code,
+        tag,
+    };
+    let _ = PY_CODES.insert(key, 1, 0);
+    true
+}
+
+/// Copies the object at `addr` into `dst`: `N` bytes if they can all be
+/// read, else its own `size` (the object may end where its mapping does),
+/// else up to the end of its page; cut to `N` in every case. A failed read
+/// zeroes `dst` and is only retried shorter, never branched on further.
+///
+/// # Safety
+/// `dst` must point to `N` writable bytes.
+#[inline(always)]
+unsafe fn copy_window<const N: usize>(dst: *mut [u8; N], addr: u64, size: u64) -> PyWindow {
+    let whole = N as u64;
+    let own = if size < whole { size } else { whole };
+    let in_page = PAGE_SIZE - (addr & (PAGE_SIZE - 1));
+    let in_page = if in_page < whole { in_page } else { whole };
+    let dst = dst.cast::<u8>();
+    // SAFETY: every length is at most N, the destination's size.
+    let len = unsafe {
+        if read_into(dst, whole, addr) {
+            whole
+        } else if read_into(dst, own, addr) {
+            own
+        } else if read_into(dst, in_page, addr) {
+            in_page
+        } else {
+            0
+        }
+    };
+    PyWindow {
+        addr,
+        len: len as u32,
+        _pad: 0,
+    }
+}
+
+/// Reads `len` bytes of user memory at `addr` into `dst`.
+///
+/// # Safety
+/// `dst` must point to `len` writable bytes.
+#[inline(always)]
+unsafe fn read_into(dst: *mut u8, len: u64, addr: u64) -> bool {
+    // SAFETY: guaranteed by the caller; the source is only read through
+    // the checked helper.
+    unsafe { read_user_raw(dst.cast(), len as u32, addr as *const core::ffi::c_void) == 0 }
 }
 
 /// A forked child runs the same interpreter at the same addresses.
@@ -207,12 +328,37 @@ pub fn fork(parent: u32, child: u32) {
     }
 }
 
-/// An executable file was mapped into process `tgid`: at exec (`at_exec`,
-/// `start` is AT_ENTRY) or by mmap (`start` is the address, `pgoff` the
-/// file offset in bytes). Nothing to do until interpreters can be
-/// recognised by file identity in the kernel.
+/// A process mapped a file: if userspace registered it as a CPython
+/// interpreter and the process has no walker entry yet, give it one, so
+/// its first Python syscalls are walked before userspace has looked at it.
+/// `ino` and `dev` name the file (`dev` in the kernel's encoding, as in
+/// `inode->i_sb->s_dev`). At exec (`at_exec`), for the program itself,
+/// `start` is the new image's `AT_ENTRY`; for an executable mmap, `start`
+/// is the mapping's address and `pgoff` its file offset in bytes, and only
+/// the mapping of the file's executable segment says where it was loaded.
+/// At exec, call it after [`forget`].
 #[inline(always)]
-pub fn file_mapped(_tgid: u32, _ino: u64, _dev: u32, _start: u64, _pgoff: u64, _at_exec: bool) {}
+pub fn file_mapped(tgid: u32, ino: u64, dev: u32, start: u64, pgoff: u64, at_exec: bool) {
+    let file = PyFile { ino, dev, _pad: 0 };
+    let Some(binary) = PY_BINARIES.get_ptr(file) else {
+        return;
+    };
+    // SAFETY: a live map value of plain old data; only its walker is copied.
+    let (mut walk, runtime) = unsafe {
+        let runtime = if at_exec {
+            Some((*binary).runtime_at_exec(start))
+        } else {
+            (*binary).runtime_at_mapping(start, pgoff)
+        };
+        ((*binary).walk, runtime)
+    };
+    let Some(runtime) = runtime else {
+        return;
+    };
+    walk.runtime = runtime;
+    // An entry userspace (or an earlier mapping) already wrote stays.
+    let _ = PYTHON.insert(tgid, walk, BPF_NOEXIST.into());
+}
 
 /// After exec or exit the process's entry no longer applies.
 #[inline(always)]

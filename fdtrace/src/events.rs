@@ -4,9 +4,10 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED,
-    FLAG_STOPPED, FLAG_STOPPED_FOR_CODE, FileRecord, FileUse, MAX_EVENT_FDS, MAX_PY_SLOTS,
-    PAGE_SIZE, PY_TRUNCATED, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
+    EventHeader, EventKind, FILE_ARGV_AT, FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES,
+    FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_STOPPED, FileRecord, FileUse, MAX_EVENT_FDS,
+    MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME,
+    PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
 
 use crate::procfs::classify_link;
@@ -23,8 +24,6 @@ pub struct Event {
     /// The kernel stopped the process at an EMFILE failure, as asked
     /// (`--on-emfile stop`).
     pub stopped: bool,
-    /// ... or only for a CPython code object (the maps are unchanged).
-    pub stopped_for_code: bool,
     pub action: Action,
 }
 
@@ -170,6 +169,11 @@ pub enum Action {
         path: Option<String>,
         entry: u64,
         interpreter_base: u64,
+        /// Its arguments, as far as the kernel copied them (`None` when
+        /// they did not fit or could not be read).
+        argv: Option<Vec<String>>,
+        /// RLIMIT_NOFILE (soft, hard) it started with.
+        limit: Option<(u64, u64)>,
     },
     /// Executable memory was mapped: a file's code (`path`) or anonymous.
     Mmap {
@@ -188,6 +192,20 @@ pub enum Action {
     Exit,
     /// CPython frames of the thread's next syscall event (same `ts_ns`).
     PyStack(PyStack),
+    /// A CPython code object met for the first time in the process, as
+    /// the kernel copied it.
+    PyCode(PyCode),
+}
+
+/// A CPython code object and the objects it points to, as copied ranges
+/// of the process's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyCode {
+    pub code: u64,
+    pub tag: u64,
+    /// (address, bytes read there): the code object, its file name, its
+    /// name and its line table, each as much as could be read.
+    pub windows: Vec<(u64, Vec<u8>)>,
 }
 
 /// Raw CPython frames, innermost first, as the kernel found them.
@@ -227,6 +245,9 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     if u32::from_ne_bytes(kind) == EventKind::File as u32 {
         return decode_file(bytes);
     }
+    if u32::from_ne_bytes(kind) == EventKind::PyCode as u32 {
+        return decode_py_code(bytes);
+    }
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
         bail!(
@@ -251,7 +272,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
             filename: String::from_utf8_lossy(text).into_owned(),
         },
         EventKind::Exit => Action::Exit,
-        EventKind::PyStack => bail!("a Python stack record with an event header"),
+        EventKind::PyStack | EventKind::PyCode => bail!("a Python record with an event header"),
         EventKind::File => bail!("a file record with an event header"),
         EventKind::Syscall => {
             let syscall =
@@ -264,7 +285,6 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         tgid: header.tgid,
         tid: header.tid,
         stopped: header.flags & FLAG_STOPPED != 0,
-        stopped_for_code: header.flags & FLAG_STOPPED_FOR_CODE != 0,
         action,
     })
 }
@@ -282,7 +302,6 @@ fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
         tgid: record.tgid,
         tid: record.tid,
         stopped: false,
-        stopped_for_code: false,
         action: Action::PyStack(PyStack {
             slots: record.slots[..len].to_vec(),
             truncated: record.flags & PY_TRUNCATED != 0,
@@ -311,6 +330,9 @@ fn decode_file(bytes: &[u8]) -> Result<Event> {
             path,
             entry: a0,
             interpreter_base: a1,
+            argv: argv(&record.path[FILE_ARGV_AT..], a2),
+            limit: (record.nofile_limit[1] != 0)
+                .then_some((record.nofile_limit[0], record.nofile_limit[1])),
         },
         FileUse::Mmap => Action::Mmap {
             start: a0,
@@ -333,9 +355,25 @@ fn decode_file(bytes: &[u8]) -> Result<Event> {
         tgid: record.tgid,
         tid: record.tid,
         stopped: false,
-        stopped_for_code: false,
         action,
     })
+}
+
+/// NUL-separated arguments, `len` bytes of `bytes`; `None` if empty or cut
+/// (the kernel copies one byte less than it has room for).
+fn argv(bytes: &[u8], len: u64) -> Option<Vec<String>> {
+    let len = usize::try_from(len).ok()?;
+    if len == 0 || len >= FILE_ARGV_BYTES - 1 {
+        return None;
+    }
+    let bytes = bytes.get(..len)?;
+    Some(
+        bytes
+            .split(|&b| b == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect(),
+    )
 }
 
 /// The path a file record carries; `None` for no file, or for a path cut
@@ -364,6 +402,49 @@ fn describe_file(record: &FileRecord, path: Option<&str>) -> Option<String> {
         PID_FS_MAGIC => "anon_inode:[pidfd]".to_owned(),
         _ => path?.to_owned(),
     })
+}
+
+fn decode_py_code(bytes: &[u8]) -> Result<Event> {
+    if bytes.len() < size_of::<PyCodeRecord>() {
+        bail!("short Python code record: {} bytes", bytes.len());
+    }
+    // SAFETY: the length was checked; the record is plain integers and
+    // byte arrays, so any bit pattern is a valid value.
+    let record: PyCodeRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let arrays: [(usize, &[u8]); 4] = [
+        (PY_WINDOW_CODE, &record.code_bytes),
+        (PY_WINDOW_FILENAME, &record.filename),
+        (PY_WINDOW_NAME, &record.name),
+        (PY_WINDOW_TABLE, &record.line_table),
+    ];
+    let windows = arrays
+        .into_iter()
+        .filter_map(|(i, array)| {
+            let window = record.windows[i];
+            let len = usize::try_from(window.len).ok()?.min(array.len());
+            (len > 0).then(|| (window.addr, array[..len].to_vec()))
+        })
+        .collect();
+    Ok(Event {
+        ts_ns: 0,
+        tgid: record.tgid,
+        tid: 0,
+        stopped: false,
+        action: Action::PyCode(PyCode {
+            code: record.code,
+            tag: record.tag,
+            windows,
+        }),
+    })
+}
+
+/// The inode number the kernel put in a pipe event's text, if it found one.
+fn pipe_inode(header: &EventHeader) -> Option<u64> {
+    if header.text_len != 8 {
+        return None;
+    }
+    let ino = u64::from_ne_bytes(header.text[..8].try_into().ok()?);
+    (ino != 0).then_some(ino)
 }
 
 fn text_of(header: &EventHeader) -> &[u8] {
@@ -478,6 +559,7 @@ fn syscall_action(
         }),
         Syscall::Pipe | Syscall::Pipe2 => Action::Create(Creation {
             fds: received,
+            target: pipe_inode(h).map(|ino| format!("pipe:[{ino}]")),
             ..create(
                 FdKind::Pipe,
                 syscall == Syscall::Pipe2 && a[1] & O_CLOEXEC != 0,
@@ -656,8 +738,11 @@ mod tests {
             mode: 0,
             flags: 0,
             path_start: FILE_PATH_END - u32::try_from(path.len()).unwrap(),
+            nofile_limit: [1024, 4096],
             path: [0; FILE_PATH_BYTES],
         };
+        let argv = b"app\0--port\0\08080\0";
+        record.path[FILE_ARGV_AT..FILE_ARGV_AT + argv.len()].copy_from_slice(argv);
         let start = usize::try_from(record.path_start).unwrap();
         record.path[start..start + path.len()].copy_from_slice(path.as_bytes());
         // SAFETY: FileRecord is plain integers, read as its bytes.
@@ -672,7 +757,7 @@ mod tests {
         let exec = decode(
             &file_record(
                 FileUse::Exec,
-                [0x5555_0000_1040, 0x7f00_0000_0000, 0],
+                [0x5555_0000_1040, 0x7f00_0000_0000, 18],
                 0xef53,
                 "/usr/bin/app",
             ),
@@ -686,6 +771,8 @@ mod tests {
                 path: Some("/usr/bin/app".into()),
                 entry: 0x5555_0000_1040,
                 interpreter_base: 0x7f00_0000_0000,
+                argv: Some(vec!["app".into(), "--port".into(), "8080".into()]),
+                limit: Some((1024, 4096)),
             }
         );
         let mmap = decode(

@@ -276,7 +276,11 @@ impl FdTable {
                     p.exit_status = Some(*status);
                 }
             }
-            Action::Nothing | Action::PyStack(_) | Action::Image { .. } | Action::Mmap { .. } => {}
+            Action::Nothing
+            | Action::PyStack(_)
+            | Action::PyCode(_)
+            | Action::Image { .. }
+            | Action::Mmap { .. } => {}
             // Written right after the creation it describes.
             Action::Received { fd, kind, target } => {
                 if let Some(f) = self
@@ -610,7 +614,6 @@ mod tests {
             tgid,
             tid: tgid,
             stopped: false,
-            stopped_for_code: false,
             action,
         }
     }

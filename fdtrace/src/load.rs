@@ -12,12 +12,15 @@ use aya::{
 };
 use fdtrace_common::{
     BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EMFILE_STOP_GLOBAL,
-    EVENTS_MAP, KERNEL_OFFSET_COUNT, KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_MAP, PyWalk,
-    STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
-    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    EVENTS_MAP, KERNEL_OFFSET_COUNT, KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP,
+    PYTHON_MAP, PyBinary, PyFile, PyWalk, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode,
+    TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
 
-use crate::{btf::Btf, tracer::PythonWalker};
+use crate::{
+    btf::Btf,
+    tracer::{PythonRegistry, PythonWalker},
+};
 
 /// The kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fdtrace"));
@@ -66,6 +69,7 @@ pub struct Probes {
     traced: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     python: Option<HashMap<MapData, u32, [u8; PyWalk::SIZE]>>,
+    python_binaries: Option<HashMap<MapData, [u8; PyFile::SIZE], [u8; PyBinary::SIZE]>>,
 }
 
 impl Probes {
@@ -103,12 +107,14 @@ impl Probes {
         let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         let python = HashMap::try_from(take_map(&mut ebpf, PYTHON_MAP)?)?;
+        let python_binaries = HashMap::try_from(take_map(&mut ebpf, PYTHON_BINARIES_MAP)?)?;
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             traced,
             counters,
             python: Some(python),
+            python_binaries: Some(python_binaries),
         })
     }
 
@@ -121,6 +127,16 @@ impl Probes {
                 None => map.remove(&tgid),
             }
             .map_err(|e| e.to_string())
+        }))
+    }
+
+    /// Hands out (once) the writer of the kernel's registry of CPython
+    /// interpreter files.
+    pub fn take_python_registry(&mut self) -> Option<PythonRegistry> {
+        let mut map = self.python_binaries.take()?;
+        Some(Box::new(move |file, binary| {
+            map.insert(file.to_bytes(), binary.to_bytes(), 0)
+                .map_err(|e| e.to_string())
         }))
     }
 
@@ -182,6 +198,9 @@ fn kernel_offsets(btf: &Btf) -> Result<[u32; KERNEL_OFFSET_COUNT]> {
         (K::MountMountpoint, "mount", "mnt_mountpoint"),
         (K::SignalRlim, "signal_struct", "rlim"),
         (K::BprmFile, "linux_binprm", "file"),
+        (K::MmArgStart, "mm_struct", "arg_start"),
+        (K::MmArgEnd, "mm_struct", "arg_end"),
+        (K::SignalLive, "signal_struct", "live"),
     ];
     let mut offsets = [0; KERNEL_OFFSET_COUNT];
     for (which, strukt, member) in fields {

@@ -68,9 +68,10 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     } else {
         Identity::sudo_user()
     };
+    let mut tracer = new_tracer(&mut probes, &config.trace);
+    tracer.register_python_program(&path);
     let child = spawn::spawn_gated(&path, &config.command, identity.as_ref())?;
     let pid = child.pid;
-    let mut tracer = new_tracer(&mut probes, &config.trace);
     // What the command inherits: our own descriptors are close-on-exec and
     // vanish at its exec, so they are not part of its table.
     let mut inherited =
@@ -170,6 +171,9 @@ fn new_tracer(probes: &mut Probes, trace: &TraceConfig) -> Tracer {
     let mut tracer = Tracer::new(trace.stack_mode);
     if let Some(walker) = probes.take_python_walker() {
         tracer.set_python_walker(walker);
+    }
+    if let Some(registry) = probes.take_python_registry() {
+        tracer.set_python_registry(registry);
     }
     tracer
 }

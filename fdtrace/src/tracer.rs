@@ -3,9 +3,9 @@
 //! EMFILE) are built from what that left. The async loop in `session.rs`
 //! only waits and calls in.
 
-use std::{fs, sync::Arc};
+use std::{fs, path::Path, sync::Arc};
 
-use fdtrace_common::{PyWalk, StackMode};
+use fdtrace_common::{PyBinary, PyFile, PyWalk, StackMode};
 use hashbrown::HashMap;
 
 use crate::{
@@ -25,6 +25,10 @@ use crate::{
 /// Writes (or with `None` removes) a process's entry in the kernel's
 /// CPython walker map; the error says why it could not.
 pub type PythonWalker = Box<dyn FnMut(u32, Option<&PyWalk>) -> Result<(), String>>;
+
+/// Registers a CPython interpreter file with the kernel (its
+/// `PY_BINARIES` map); the error says why it could not.
+pub type PythonRegistry = Box<dyn FnMut(&PyFile, &PyBinary) -> Result<(), String>>;
 
 /// Something the session must act on now rather than at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +58,8 @@ pub struct Tracer {
     /// Tells the kernel how to walk a process's CPython frames (`Some`) or
     /// to stop trying (`None`).
     python_walker: PythonWalker,
+    /// Tells the kernel which files are CPython interpreters.
+    python_registry: PythonRegistry,
 }
 
 /// Live descriptors of one stack, for an interval snapshot.
@@ -96,12 +102,34 @@ impl Tracer {
             last_interval: HashMap::new(),
             python: Python::default(),
             python_walker: Box::new(|_, _| Ok(())),
+            python_registry: Box::new(|_, _| Ok(())),
         }
     }
 
     /// Where CPython walker entries go (the kernel's `PYTHON` map).
     pub fn set_python_walker(&mut self, walker: PythonWalker) {
         self.python_walker = walker;
+    }
+
+    /// Where CPython interpreter files are registered (the kernel's
+    /// `PY_BINARIES` map).
+    pub fn set_python_registry(&mut self, registry: PythonRegistry) {
+        self.python_registry = registry;
+    }
+
+    /// Tells the kernel which CPython files `program` will run, before it
+    /// starts: its Python frames are then walked from its first syscall,
+    /// however soon it leaks and exits.
+    pub fn register_python_program(&mut self, program: &Path) {
+        for (file, binary) in self.python.command_binaries(program) {
+            self.register_python(program, &file, &binary);
+        }
+    }
+
+    fn register_python(&mut self, path: &Path, file: &PyFile, binary: &PyBinary) {
+        if let Err(why) = (self.python_registry)(file, binary) {
+            self.python.registry_failed(path, &why);
+        }
     }
 
     /// Handles one ring-buffer record. Nothing here waits on, signals or
@@ -113,9 +141,16 @@ impl Tracer {
             return None;
         };
         let tgid = event.tgid;
-        if let Action::PyStack(stack) = event.action {
-            self.python.stash(event.tid, event.ts_ns, stack);
-            return None;
+        match event.action {
+            Action::PyStack(stack) => {
+                self.python.stash(event.tid, event.ts_ns, stack);
+                return None;
+            }
+            Action::PyCode(code) => {
+                self.python.store_code(tgid, code);
+                return None;
+            }
+            _ => {}
         }
         match &mut event.action {
             Action::Fork { child } => {
@@ -140,7 +175,15 @@ impl Tracer {
                 path,
                 entry,
                 interpreter_base,
+                argv,
+                limit,
             } => {
+                // What the kernel copied at the exec; /proc only for what
+                // did not fit, and only if the program is still there.
+                if let Some(p) = self.table.processes.get_mut(&tgid) {
+                    p.cmdline = argv.take().unwrap_or_else(|| procfs::cmdline(tgid));
+                    p.rlimit = limit.or_else(|| procfs::nofile_limit(tgid));
+                }
                 if let Some(path) = path.take() {
                     let root = procfs::Root::of(tgid);
                     let host = Arc::new(root.host_path(&path));
@@ -151,7 +194,7 @@ impl Tracer {
                         *interpreter_base,
                         |p| root.host_path(p),
                     );
-                    self.maps_changed(tgid);
+                    self.maps_changed(tgid, false);
                 }
             }
             Action::Mmap {
@@ -175,7 +218,7 @@ impl Tracer {
                     },
                 );
                 if python_like {
-                    self.maps_changed(tgid);
+                    self.maps_changed(tgid, false);
                 }
             }
             _ => {}
@@ -204,9 +247,6 @@ impl Tracer {
         if let Some(r) = stack {
             self.stacks.drop_if_unused(r);
         }
-        if matches!(event.action, Action::Exec { .. }) {
-            self.exec_details(tgid);
-        }
         if self.table.exhaustions.len() > exhaustions {
             self.fill_holders(exhaustions);
             return Some(Notice::Emfile {
@@ -227,29 +267,29 @@ impl Tracer {
             return;
         };
         self.stacks.set_maps(tgid, maps);
-        self.maps_changed(tgid);
+        self.maps_changed(tgid, true);
     }
 
-    /// Looks for a CPython interpreter in the code `tgid` has mapped.
-    fn maps_changed(&mut self, tgid: u32) {
+    /// Looks for a CPython interpreter in the code `tgid` has mapped;
+    /// `readable`: the process is known to be there to read.
+    fn maps_changed(&mut self, tgid: u32, readable: bool) {
         let Some(maps) = self.stacks.maps(tgid) else {
             return;
         };
         if let Some(found) = self.python.detect(tgid, maps) {
+            if let Some((file, binary)) = found.binary {
+                self.register_python(&found.module, &file, &binary);
+            }
             self.stacks.set_eval_loop(found.module, found.eval);
             if let Err(why) = (self.python_walker)(tgid, Some(&found.walk)) {
                 self.python.walker_failed(tgid, &why);
             }
-        }
-    }
-
-    /// What only /proc says of a program just exec'd, read if it is still
-    /// running (it is not waited for): its arguments and open-file limit.
-    fn exec_details(&mut self, tgid: u32) {
-        if let Some(p) = self.table.processes.get_mut(&tgid) {
-            p.cmdline = procfs::cmdline(tgid);
-            if p.rlimit.is_none() {
-                p.rlimit = procfs::nofile_limit(tgid);
+            // Readable now: its thread states can vouch for the offsets.
+            if readable {
+                self.python.check_live(tgid);
+            }
+            for retired in self.python.take_retired() {
+                let _ = (self.python_walker)(retired, None);
             }
         }
     }

@@ -81,6 +81,8 @@ const fn walk(fields: [u32; 13]) -> PyWalk {
         frame_object: fields[12],
         code_line_table: 0,
         code_first_line: 0,
+        code_filename: 0,
+        code_name: 0,
         _pad: 0,
     }
 }

@@ -1,39 +1,36 @@
-//! Python stage: recognises CPython processes from their memory maps, tells
-//! the kernel walker where their frames are ([`PyWalk`]), and turns the
-//! (code object, instruction) pairs it sends into `file.py:LINE in func`
-//! frames, reading each code object once from process memory while the
-//! process is alive (the kernel stops it at a code object it has not sent
-//! before).
+//! Python stage: recognises CPython processes from their memory maps and
+//! the interpreter files themselves, tells the kernel walker where their
+//! frames are ([`PyWalk`]) and which files are interpreters ([`PyBinary`]),
+//! and turns the (code object, instruction) pairs it sends into
+//! `file.py:LINE in func` frames, reading each code object from the copy
+//! the kernel sent the first time it met it. Nothing here needs a traced
+//! process stopped, nor alive.
 
+pub mod binaries;
+pub mod code;
 pub mod layout;
 pub mod lines;
+pub mod module;
 
 use std::{
-    fs::{self, File},
+    fs::File,
     ops::Range,
-    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use fdtrace_common::{PY_ENTRY, PyFrameSlot, PyWalk};
-use hashbrown::HashMap;
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use fdtrace_common::{PY_ENTRY, PyBinary, PyFile, PyFrameSlot, PyWalk};
+use hashbrown::{HashMap, HashSet};
 
 use crate::{
-    events::PyStack,
+    events::{PyCode, PyStack},
     stacks::{Frame, PythonFrames, maps::ProcessMaps},
 };
-use layout::{
-    BYTES_DATA, BYTES_SIZE, DEBUG_COOKIE, Instr, Layout, OB_TYPE, STR_LENGTH, STR_STATE,
-    from_debug_offsets, table,
-};
+use code::{Code, Memory as _, ProcMemory, Unread, Windows, read_code};
+use layout::{Instr, Layout};
 use lines::line_at;
+use module::{Module, read_module};
 
-/// Longest string or line table read from a process.
-const MAX_READ: u64 = 1 << 20;
-/// Size of `_Py_DebugOffsets` read (3.14's is 760 bytes).
-const DEBUG_OFFSETS_BYTES: usize = 768;
 /// `PyThreadState.interp`, the same in every supported version.
 const THREAD_INTERP: u64 = 16;
 
@@ -45,43 +42,29 @@ pub struct Detected {
     /// evaluation loop, whose native frames Python frames replace.
     pub module: Arc<PathBuf>,
     pub eval: Vec<Range<u64>>,
+    /// The interpreter file, the first time it is recognised: for the
+    /// kernel's registry, so later processes of it are walked from their
+    /// first syscall.
+    pub binary: Option<(PyFile, PyBinary)>,
 }
 
 /// A CPython process.
 #[derive(Clone, Debug)]
 struct Runtime {
     layout: Layout,
+    /// `_PyRuntime` and `PyCode_Type` in the process.
+    runtime: u64,
     code_type: u64,
     /// Its offsets were seen to hold: a thread state pointed back at its
     /// interpreter, or a frame's code object had the code type.
     validated: bool,
 }
 
-/// Symbols of a python executable or libpython.
+/// A code object of a process, as the kernel copied it, then as read.
 #[derive(Debug)]
-struct Module {
-    /// `_PyRuntime` and `PyCode_Type`: absent before 3.7 (or in the
-    /// python executable that only links libpython).
-    runtime: Option<u64>,
-    code_type: Option<u64>,
-    /// Defines `Py_Initialize`: this file is the interpreter.
-    interpreter: bool,
-    version: Option<u64>,
-    eval: Vec<Range<u64>>,
-    /// PT_LOAD segments: (file offset, address).
-    segments: Vec<(u64, u64)>,
-    /// `major.minor` from the file name (`python3.10`, `libpython3.10.so`).
-    named: Option<(u8, u8)>,
-}
-
-/// What was read of one code object.
-#[derive(Debug)]
-struct Code {
-    file: Arc<str>,
-    function: Arc<str>,
-    first_line: i32,
-    line_table: Vec<u8>,
-    first_traceable: Option<i32>,
+enum CodeEntry {
+    Copied(Vec<(u64, Vec<u8>)>),
+    Read(Result<Arc<Code>, Unread>),
 }
 
 /// Python state of a tracing session.
@@ -92,10 +75,12 @@ pub struct Python {
     modules: HashMap<Arc<PathBuf>, Option<Arc<Module>>>,
     /// By (tgid, address, tag): a code object freed and another allocated
     /// at its address has another tag.
-    codes: HashMap<(u32, u64, u64), Option<Arc<Code>>>,
+    codes: HashMap<(u32, u64, u64), CodeEntry>,
     memory: HashMap<u32, File>,
     /// Frames waiting for their event, by thread id: (ts_ns, frames).
     pending: HashMap<u32, (u64, PyStack)>,
+    /// Interpreter files given to the kernel's registry.
+    registered: HashSet<PyFile>,
     /// One line per process whose Python could not be walked.
     pub notes: Vec<String>,
     /// Processes given to the kernel walker and then found unsupported.
@@ -103,8 +88,10 @@ pub struct Python {
 }
 
 impl Python {
-    /// Looks for CPython in a process's maps (read at a stop). Returns what
-    /// to give the kernel the first time it is found.
+    /// Looks for CPython in a process's maps (from /proc or from the
+    /// kernel's records; the process need not be stopped, nor alive): the
+    /// interpreter's layout comes from its file. Returns what to give the
+    /// kernel the first time it is found.
     pub fn detect(&mut self, tgid: u32, maps: &ProcessMaps) -> Option<Detected> {
         if self.runtimes.contains_key(&tgid) {
             return None;
@@ -123,12 +110,12 @@ impl Python {
             let Some(module) = self.module(path) else {
                 continue;
             };
-            let (Some(runtime), Some(code_type)) = (module.runtime, module.code_type) else {
+            if module.runtime.is_none() || module.code_type.is_none() {
                 if module.interpreter {
                     unsupported = Some((path.clone(), module.named));
                 }
                 continue;
-            };
+            }
             let bias = maps
                 .mappings
                 .iter()
@@ -137,10 +124,10 @@ impl Python {
                     module
                         .segments
                         .iter()
-                        .find(|&&(offset, _)| offset & !0xfff == m.offset)
-                        .map(|&(_, vaddr)| m.start.wrapping_sub(vaddr & !0xfff))
+                        .find(|s| s.offset & !0xfff == m.offset)
+                        .map(|s| m.start.wrapping_sub(s.vaddr & !0xfff))
                 })?;
-            return self.recognise(tgid, path, &module, bias, (runtime, code_type));
+            return self.recognise(tgid, path, &module, bias);
         }
         if let Some((path, named)) = unsupported {
             self.unsupported(tgid, &path, named);
@@ -166,62 +153,100 @@ impl Python {
         path: &Arc<PathBuf>,
         module: &Module,
         bias: u64,
-        (runtime, code_type): (u64, u64),
     ) -> Option<Detected> {
-        let runtime = bias.wrapping_add(runtime);
-        let head = self.read(tgid, runtime, DEBUG_OFFSETS_BYTES);
-        let layout = match head {
-            Some(bytes) if bytes.starts_with(DEBUG_COOKIE) => {
-                let words: Vec<u64> = bytes
-                    .chunks_exact(8)
-                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect();
-                Ok(from_debug_offsets(&words))
-            }
-            _ => match module.version {
-                Some(addr) => self
-                    .read_u64(tgid, bias.wrapping_add(addr))
-                    .map(|v| table(((v >> 24) & 0xff) as u8, ((v >> 16) & 0xff) as u8))
-                    .ok_or(()),
-                None => Ok(module.named.and_then(|(major, minor)| table(major, minor))),
-            },
-        };
-        let Ok(Some(layout)) = layout else {
+        let (Some(layout), Some(mut walk), Some(code_type)) =
+            (module.layout, module.walk(), module.code_type)
+        else {
             self.unsupported(tgid, path, module.named);
             return None;
         };
-        let mut rt = Runtime {
-            layout,
-            code_type: bias.wrapping_add(code_type),
-            validated: false,
-        };
-        // Once the interpreter is up, a thread state must point back at it.
-        let interp = self
-            .read_u64(tgid, runtime + u64::from(layout.walk.interp_head))
-            .unwrap_or(0);
-        let thread = match interp {
-            0 => 0,
-            _ => self
-                .read_u64(tgid, interp + u64::from(layout.walk.threads_head))
-                .unwrap_or(0),
-        };
-        if thread != 0 {
-            if self.read_u64(tgid, thread + THREAD_INTERP) != Some(interp) {
-                self.reject(tgid, &layout);
-                return None;
-            }
-            rt.validated = true;
-        }
-        let mut walk = layout.walk;
-        walk.runtime = runtime;
-        walk.code_line_table = u32::try_from(layout.code.line_table).unwrap_or(0);
-        walk.code_first_line = u32::try_from(layout.code.first_line).unwrap_or(0);
-        self.runtimes.insert(tgid, Some(rt));
+        walk.runtime = bias.wrapping_add(walk.runtime);
+        self.runtimes.insert(
+            tgid,
+            Some(Runtime {
+                layout,
+                runtime: walk.runtime,
+                code_type: bias.wrapping_add(code_type),
+                validated: false,
+            }),
+        );
         Some(Detected {
             walk,
             module: path.clone(),
             eval: module.eval.clone(),
+            binary: self.registration(path, module),
         })
+    }
+
+    /// `path`'s identity and what the kernel needs to walk a process that
+    /// maps it, unless it was given already.
+    fn registration(&mut self, path: &Path, module: &Module) -> Option<(PyFile, PyBinary)> {
+        let file = binaries::file_identity(path)?;
+        let binary = module.binary()?;
+        self.registered.insert(file).then_some((file, binary))
+    }
+
+    /// The CPython files `program` will load (see
+    /// [`binaries::command_files`]) that are not registered yet, with what
+    /// the kernel needs to walk a process that maps them.
+    pub fn command_binaries(&mut self, program: &Path) -> Vec<(PyFile, PyBinary)> {
+        binaries::command_files(program)
+            .into_iter()
+            .filter_map(|path| {
+                let path = Arc::new(path);
+                let module = self.module(&path)?;
+                self.registration(&path, &module)
+            })
+            .collect()
+    }
+
+    /// Records that the kernel's registry refused `path`.
+    pub fn registry_failed(&mut self, path: &Path, why: &str) {
+        let text = format!(
+            "cannot tell the kernel that {} is a Python interpreter ({why}): \
+             its processes' first Python frames may be missing",
+            path.display()
+        );
+        if !self.notes.contains(&text) {
+            self.notes.push(text);
+        }
+    }
+
+    /// For a process that can be read now (attached to, or stopped): once
+    /// its interpreter is up, a thread state must point back at it. A
+    /// process that cannot be read is validated by its first code object
+    /// instead. Rejected processes are retired ([`Self::take_retired`]).
+    pub fn check_live(&mut self, tgid: u32) {
+        let Some(Some(rt)) = self.runtimes.get(&tgid).cloned() else {
+            return;
+        };
+        if rt.validated {
+            return;
+        }
+        let Some(file) = self.proc_file(tgid) else {
+            return;
+        };
+        let mut mem = ProcMemory(file);
+        let walk = rt.layout.walk;
+        let interp = mem
+            .read_u64(rt.runtime + u64::from(walk.interp_head))
+            .unwrap_or(0);
+        let thread = match interp {
+            0 => 0,
+            _ => mem
+                .read_u64(interp + u64::from(walk.threads_head))
+                .unwrap_or(0),
+        };
+        if thread == 0 {
+            return;
+        }
+        if mem.read_u64(thread + THREAD_INTERP) == Some(interp) {
+            if let Some(Some(r)) = self.runtimes.get_mut(&tgid) {
+                r.validated = true;
+            }
+        } else {
+            self.reject(tgid, &rt.layout);
+        }
     }
 
     fn reject(&mut self, tgid: u32, layout: &Layout) {
@@ -269,6 +294,14 @@ impl Python {
         module
     }
 
+    /// Keeps a code object the kernel copied, until a frame needs it.
+    pub fn store_code(&mut self, tgid: u32, code: PyCode) {
+        let key = (tgid, code.code, code.tag);
+        if !matches!(self.codes.get(&key), Some(CodeEntry::Read(Ok(_)))) {
+            self.codes.insert(key, CodeEntry::Copied(code.windows));
+        }
+    }
+
     /// Keeps the frames the kernel sent ahead of thread `tid`'s event.
     pub fn stash(&mut self, tid: u32, ts_ns: u64, stack: PyStack) {
         self.pending.insert(tid, (ts_ns, stack));
@@ -297,13 +330,14 @@ impl Python {
                 instr: raw.instr & !PY_ENTRY,
                 ..*raw
             };
-            let Some(code) = self.code(tgid, &rt, slot.code, slot.tag) else {
-                if !rt.validated {
+            let code = match self.code(tgid, &rt, slot.code, slot.tag) {
+                Ok(code) => code,
+                Err(Unread::NotCode) if !rt.validated => {
                     // Not a code object where the table said one would be.
                     self.reject(tgid, &rt.layout);
                     return PythonFrames::default();
                 }
-                continue;
+                Err(_) => continue,
             };
             if !rt.validated {
                 rt.validated = true;
@@ -350,90 +384,32 @@ impl Python {
         }
     }
 
-    fn code(&mut self, tgid: u32, rt: &Runtime, addr: u64, tag: u64) -> Option<Arc<Code>> {
-        if let Some(c) = self.codes.get(&(tgid, addr, tag)) {
-            return c.clone();
-        }
-        let code = self.read_code(tgid, rt, addr).map(Arc::new);
-        self.codes.insert((tgid, addr, tag), code.clone());
-        code
-    }
-
-    fn read_code(&mut self, tgid: u32, rt: &Runtime, addr: u64) -> Option<Code> {
-        if self.read_u64(tgid, addr + OB_TYPE)? != rt.code_type {
-            return None;
-        }
-        let c = rt.layout.code;
-        let file = self.read_u64(tgid, addr + c.filename)?;
-        let function = self.read_u64(tgid, addr + c.qualname.unwrap_or(c.name))?;
-        let table = self.read_u64(tgid, addr + c.line_table)?;
-        let table_len = self.read_u64(tgid, table + BYTES_SIZE)?.min(MAX_READ);
-        let i32_at = |this: &mut Self, at: u64| {
-            this.read(tgid, at, 4)
-                .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or([0; 4])))
-        };
-        Some(Code {
-            file: Arc::from(self.read_str(tgid, rt, file)?),
-            function: Arc::from(self.read_str(tgid, rt, function)?),
-            first_line: i32_at(self, addr + c.first_line)?,
-            line_table: self.read(tgid, table + BYTES_DATA, usize::try_from(table_len).ok()?)?,
-            first_traceable: match c.first_traceable {
-                Some(at) => Some(i32_at(self, addr + at)?),
-                None => None,
+    fn code(&mut self, tgid: u32, rt: &Runtime, addr: u64, tag: u64) -> Result<Arc<Code>, Unread> {
+        let key = (tgid, addr, tag);
+        let read = match self.codes.remove(&key) {
+            Some(CodeEntry::Read(read)) => read,
+            Some(CodeEntry::Copied(windows)) => {
+                read_code(&mut Windows(&windows), &rt.layout, rt.code_type, addr).map(Arc::new)
+            }
+            // Its record was lost: the process may still be there to read.
+            None => match self.proc_file(tgid) {
+                Some(file) => {
+                    read_code(&mut ProcMemory(file), &rt.layout, rt.code_type, addr).map(Arc::new)
+                }
+                None => Err(Unread::Missing),
             },
-        })
-    }
-
-    /// A `str` object's text (compact ASCII, compact UCS1/2/4, or legacy).
-    fn read_str(&mut self, tgid: u32, rt: &Runtime, addr: u64) -> Option<String> {
-        let state = self.read(tgid, addr + STR_STATE, 4)?;
-        let state = u32::from_ne_bytes(state.try_into().ok()?);
-        let kind = (state >> 2) & 7;
-        let compact = (state >> 5) & 1 == 1;
-        let ascii = (state >> 6) & 1 == 1;
-        let length = self.read_u64(tgid, addr + STR_LENGTH)?.min(MAX_READ);
-        let data = match (compact, ascii) {
-            (true, true) => addr + rt.layout.ascii_data,
-            (true, false) => addr + rt.layout.compact_data,
-            // Legacy strings point at their characters.
-            (false, _) => self.read_u64(tgid, addr + rt.layout.compact_data)?,
         };
-        let unit = if ascii { 1 } else { kind.clamp(1, 4) };
-        let bytes = self.read(tgid, data, usize::try_from(length * u64::from(unit)).ok()?)?;
-        Some(match unit {
-            1 => bytes.iter().map(|&b| char::from(b)).collect(),
-            2 => char::decode_utf16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_ne_bytes([c[0], c[1]])),
-            )
-            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
-            .collect(),
-            _ => bytes
-                .chunks_exact(4)
-                .map(|c| {
-                    char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                        .unwrap_or(char::REPLACEMENT_CHARACTER)
-                })
-                .collect(),
-        })
+        self.codes.insert(key, CodeEntry::Read(read.clone()));
+        read
     }
 
-    fn read_u64(&mut self, tgid: u32, addr: u64) -> Option<u64> {
-        let b = self.read(tgid, addr, 8)?;
-        Some(u64::from_ne_bytes(b.try_into().ok()?))
-    }
-
-    /// Reads process memory through /proc/PID/mem.
-    fn read(&mut self, tgid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
+    /// The process's memory, through /proc/PID/mem (never stopped for it).
+    fn proc_file(&mut self, tgid: u32) -> Option<&File> {
         if !self.memory.contains_key(&tgid) {
             let file = File::open(format!("/proc/{tgid}/mem")).ok()?;
             self.memory.insert(tgid, file);
         }
-        let file = self.memory.get(&tgid)?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, addr).ok()?;
-        Some(buf)
+        self.memory.get(&tgid)
     }
 
     /// A forked child runs its parent's interpreter.
@@ -451,70 +427,77 @@ impl Python {
     }
 }
 
-fn read_module(path: &Path) -> Option<Module> {
-    let data = fs::read(path).ok()?;
-    let elf = object::File::parse(&*data).ok()?;
-    let mut runtime = None;
-    let mut code_type = None;
-    let mut version = None;
-    let mut interpreter = false;
-    let mut eval = Vec::new();
-    for sym in elf.dynamic_symbols().chain(elf.symbols()) {
-        if !sym.is_definition() {
-            continue;
-        }
-        match sym.name() {
-            Ok("Py_Initialize") => interpreter = true,
-            Ok("_PyRuntime") => runtime = Some(sym.address()),
-            Ok("PyCode_Type") => code_type = Some(sym.address()),
-            Ok("Py_Version") => version = Some(sym.address()),
-            Ok(name)
-                if name == "_PyEval_EvalFrameDefault"
-                    || name.starts_with("_PyEval_EvalFrameDefault.") =>
-            {
-                let range = sym.address()..sym.address() + sym.size().max(1);
-                if !eval.contains(&range) {
-                    eval.push(range);
-                }
-            }
-            _ => {}
-        }
-    }
-    let segments = elf
-        .segments()
-        .map(|s| (s.file_range().0, s.address()))
-        .collect();
-    let name = path.file_name()?.to_str()?;
-    Some(Module {
-        runtime,
-        code_type,
-        interpreter,
-        version,
-        eval,
-        segments,
-        named: version_in_name(name),
-    })
-}
-
-/// `python3.11` or `libpython3.11.so.1.0` -> (3, 11).
-fn version_in_name(name: &str) -> Option<(u8, u8)> {
-    let rest = name
-        .strip_prefix("libpython")
-        .or_else(|| name.strip_prefix("python"))?;
-    let (major, rest) = rest.split_once('.')?;
-    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::{
+        fs,
+        process::{Command, Stdio},
+    };
+
     use super::*;
 
+    const AT_ENTRY: u64 = 9;
+
+    fn at_entry(tgid: u32) -> Option<u64> {
+        let auxv = fs::read(format!("/proc/{tgid}/auxv")).ok()?;
+        auxv.chunks_exact(16).find_map(|pair| {
+            let key = u64::from_ne_bytes(pair[..8].try_into().ok()?);
+            let value = u64::from_ne_bytes(pair[8..].try_into().ok()?);
+            (key == AT_ENTRY).then_some(value)
+        })
+    }
+
+    /// For each CPython 3.8+ on this machine: what the kernel computes from
+    /// the registered file (at exec for a static build, at the mmap of
+    /// libpython's executable segment for a shared one) is the
+    /// `_PyRuntime` detection finds in a live process.
     #[test]
-    fn versions_from_file_names() {
-        assert_eq!(version_in_name("python3.10"), Some((3, 10)));
-        assert_eq!(version_in_name("libpython3.9.so.1.0"), Some((3, 9)));
-        assert_eq!(version_in_name("libpython3.7m.so.1.0"), Some((3, 7)));
-        assert_eq!(version_in_name("python3"), None);
+    fn registered_binaries_place_the_runtime_where_detection_does() {
+        let mut checked = 0;
+        for minor in 8..=14 {
+            let name = format!("python3.{minor}");
+            let candidates = fs::read_dir(
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv/versions"),
+            )
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|v| v.path().join("bin").join(&name))
+            .chain([PathBuf::from("/usr/bin").join(&name)]);
+            for exe in candidates.filter(|p| p.is_file()) {
+                let mut python = Python::default();
+                let binaries = python.command_binaries(&exe);
+                assert_eq!(binaries.len(), 1, "{}", exe.display());
+                let (file, binary) = binaries[0];
+                let mut child = Command::new(&exe)
+                    .args(["-c", "import sys; sys.stdin.read()"])
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let tgid = child.id();
+                let maps = ProcessMaps::read(tgid).unwrap();
+                let detected = Python::default().detect(tgid, &maps).unwrap();
+                assert_eq!(detected.binary, Some((file, binary)));
+                let placed = maps
+                    .mappings
+                    .iter()
+                    .filter(|m| binaries::file_identity(&m.host_path) == Some(file))
+                    .find_map(|m| binary.runtime_at_mapping(m.start, m.offset));
+                let placed = if detected.module.as_path() == exe.canonicalize().unwrap() {
+                    // A static build: the kernel places it at exec.
+                    Some(binary.runtime_at_exec(at_entry(tgid).unwrap()))
+                } else {
+                    placed
+                };
+                drop(child.stdin.take());
+                let _ = child.wait();
+                assert_eq!(placed, Some(detected.walk.runtime), "{}", exe.display());
+                checked += 1;
+            }
+        }
+        if checked == 0 {
+            eprintln!("skipping: no CPython 3.8+ on this machine");
+        }
     }
 }

@@ -1,0 +1,274 @@
+//! Python stage, files: what a python executable or libpython says about
+//! itself without running: its symbols, its segments, and the interpreter
+//! layout read from statically initialised data in the file (the 3.13+
+//! `_Py_DebugOffsets` at the start of `_PyRuntime`, or `Py_Version`), so
+//! recognising an interpreter never needs a process stopped to read it.
+
+use std::{fs, ops::Range, path::Path};
+
+use fdtrace_common::{PyBinary, PyWalk};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SegmentFlags, elf::PF_X};
+
+use super::layout::{DEBUG_COOKIE, Layout, from_debug_offsets, table};
+
+/// Size of `_Py_DebugOffsets` read (3.14's is 760 bytes).
+const DEBUG_OFFSETS_BYTES: usize = 768;
+
+/// Symbols, segments and layout of a python executable or libpython.
+#[derive(Debug)]
+pub struct Module {
+    /// `_PyRuntime` and `PyCode_Type`: absent before 3.7 (or in the
+    /// python executable that only links libpython).
+    pub runtime: Option<u64>,
+    pub code_type: Option<u64>,
+    /// Defines `Py_Initialize`: this file is the interpreter.
+    pub interpreter: bool,
+    pub eval: Vec<Range<u64>>,
+    /// PT_LOAD segments.
+    pub segments: Vec<Segment>,
+    /// `major.minor` from the file name (`python3.10`, `libpython3.10.so`).
+    pub named: Option<(u8, u8)>,
+    /// The interpreter's layout, `None` for a version fdtrace cannot walk.
+    pub layout: Option<Layout>,
+    /// The ELF header's `e_entry`.
+    pub entry: u64,
+}
+
+/// A PT_LOAD segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub offset: u64,
+    pub file_size: u64,
+    pub vaddr: u64,
+    pub executable: bool,
+}
+
+impl Module {
+    /// The kernel walker's offsets for this interpreter, with `runtime` the
+    /// link-time address of `_PyRuntime` (the caller adds the load bias).
+    pub fn walk(&self) -> Option<PyWalk> {
+        let layout = self.layout?;
+        let mut walk = layout.walk;
+        walk.runtime = self.runtime?;
+        self.code_type?;
+        let small = |at: u64| u32::try_from(at).unwrap_or(0);
+        walk.code_line_table = small(layout.code.line_table);
+        walk.code_first_line = small(layout.code.first_line);
+        walk.code_filename = small(layout.code.filename);
+        walk.code_name = small(layout.code.qualname.unwrap_or(layout.code.name));
+        Some(walk)
+    }
+
+    /// What the kernel needs to walk a process that maps this file, with
+    /// no help from userspace.
+    pub fn binary(&self) -> Option<PyBinary> {
+        let exec = self.segments.iter().find(|s| s.executable)?;
+        Some(PyBinary {
+            walk: self.walk()?,
+            entry: self.entry,
+            exec_vaddr: exec.vaddr & !0xfff,
+            exec_offset: exec.offset & !0xfff,
+        })
+    }
+}
+
+/// Reads a python executable or libpython; `None` if it is not an ELF file.
+pub fn read_module(path: &Path) -> Option<Module> {
+    let data = fs::read(path).ok()?;
+    let elf = object::File::parse(&*data).ok()?;
+    let mut runtime = None;
+    let mut code_type = None;
+    let mut version = None;
+    let mut interpreter = false;
+    let mut eval = Vec::new();
+    for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+        if !sym.is_definition() {
+            continue;
+        }
+        match sym.name() {
+            Ok("Py_Initialize") => interpreter = true,
+            Ok("_PyRuntime") => runtime = Some(sym.address()),
+            Ok("PyCode_Type") => code_type = Some(sym.address()),
+            Ok("Py_Version") => version = Some(sym.address()),
+            Ok(name)
+                if name == "_PyEval_EvalFrameDefault"
+                    || name.starts_with("_PyEval_EvalFrameDefault.") =>
+            {
+                let range = sym.address()..sym.address() + sym.size().max(1);
+                if !eval.contains(&range) {
+                    eval.push(range);
+                }
+            }
+            _ => {}
+        }
+    }
+    let segments: Vec<Segment> = elf
+        .segments()
+        .map(|s| {
+            let (offset, file_size) = s.file_range();
+            Segment {
+                offset,
+                file_size,
+                vaddr: s.address(),
+                executable: matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0),
+            }
+        })
+        .collect();
+    let named = version_in_name(path.file_name()?.to_str()?);
+    let layout = static_layout(&data, &segments, runtime, version, named);
+    Some(Module {
+        runtime,
+        code_type,
+        interpreter,
+        eval,
+        segments,
+        named,
+        layout,
+        entry: elf.entry(),
+    })
+}
+
+/// The interpreter's layout from what the file holds: the debug offsets
+/// `_PyRuntime` starts with (3.13+), else the version in `Py_Version`
+/// (3.11+), else the one in the file name.
+fn static_layout(
+    data: &[u8],
+    segments: &[Segment],
+    runtime: Option<u64>,
+    version: Option<u64>,
+    named: Option<(u8, u8)>,
+) -> Option<Layout> {
+    let head = runtime.and_then(|at| file_bytes(data, segments, at, DEBUG_OFFSETS_BYTES));
+    if let Some(head) = head.filter(|h| h.starts_with(DEBUG_COOKIE)) {
+        let words: Vec<u64> = head
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        return from_debug_offsets(&words);
+    }
+    if let Some(at) = version {
+        // `const unsigned long Py_Version = PY_VERSION_HEX;`
+        let bytes = file_bytes(data, segments, at, 8)?;
+        let v = u64::from_ne_bytes(bytes.try_into().ok()?);
+        let byte = |shift: u32| u8::try_from((v >> shift) & 0xff).ok();
+        return table(byte(24)?, byte(16)?);
+    }
+    named.and_then(|(major, minor)| table(major, minor))
+}
+
+/// Up to `len` bytes of the file's initialised data at address `vaddr`
+/// (from the PT_LOAD segment that holds it); `None` if the file has none
+/// there (a `.bss` variable).
+pub fn file_bytes(data: &[u8], segments: &[Segment], vaddr: u64, len: usize) -> Option<Vec<u8>> {
+    let s = segments
+        .iter()
+        .find(|s| s.vaddr <= vaddr && vaddr < s.vaddr + s.file_size)?;
+    let start = s.offset + (vaddr - s.vaddr);
+    let end = (start + u64::try_from(len).ok()?).min(s.offset + s.file_size);
+    let range = usize::try_from(start).ok()?..usize::try_from(end).ok()?;
+    data.get(range).map(<[u8]>::to_vec)
+}
+
+/// `python3.11` or `libpython3.11.so.1.0` -> (3, 11).
+pub fn version_in_name(name: &str) -> Option<(u8, u8)> {
+    let rest = name
+        .strip_prefix("libpython")
+        .or_else(|| name.strip_prefix("python"))?;
+    let (major, rest) = rest.split_once('.')?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_file_names() {
+        assert_eq!(version_in_name("python3.10"), Some((3, 10)));
+        assert_eq!(version_in_name("libpython3.9.so.1.0"), Some((3, 9)));
+        assert_eq!(version_in_name("libpython3.7m.so.1.0"), Some((3, 7)));
+        assert_eq!(version_in_name("python3"), None);
+    }
+
+    /// A file image whose second segment (file offset 0x2000, address
+    /// 0x403000) holds `bytes` at 0x403010, followed by .bss.
+    fn image(bytes: &[u8]) -> (Vec<u8>, Vec<Segment>) {
+        let mut data = vec![0u8; 0x2000 + 0x100];
+        data[0x2010..0x2010 + bytes.len()].copy_from_slice(bytes);
+        let segments = vec![
+            Segment {
+                offset: 0,
+                file_size: 0x1000,
+                vaddr: 0x400000,
+                executable: true,
+            },
+            Segment {
+                offset: 0x2000,
+                file_size: 0x100,
+                vaddr: 0x403000,
+                executable: false,
+            },
+        ];
+        (data, segments)
+    }
+
+    #[test]
+    fn py_version_is_read_from_the_file() {
+        let (data, segments) = image(&0x030b_07f0u64.to_ne_bytes());
+        assert_eq!(
+            file_bytes(&data, &segments, 0x403010, 8),
+            Some(0x030b_07f0u64.to_ne_bytes().to_vec())
+        );
+        let layout = static_layout(&data, &segments, None, Some(0x403010), None).unwrap();
+        assert_eq!((layout.major, layout.minor), (3, 11));
+        // Past the segment's file bytes (.bss) there is nothing to read.
+        assert_eq!(file_bytes(&data, &segments, 0x403100, 8), None);
+        // Then the file name decides.
+        let named = static_layout(&data, &segments, Some(0x403100), None, Some((3, 9)));
+        assert_eq!(named.map(|l| l.minor), Some(9));
+    }
+
+    #[test]
+    fn debug_offsets_are_read_from_the_file() {
+        // CPython 3.13.0's _Py_DebugOffsets, as in layout.rs's test.
+        let mut words = vec![0u64; 73];
+        words[0] = u64::from_ne_bytes(*DEBUG_COOKIE);
+        words[1] = 0x030d_00f0;
+        for (byte, v) in [
+            (224, 80),
+            (40, 632),
+            (72, 7344),
+            (168, 8),
+            (184, 72),
+            (192, 152),
+            (232, 8),
+            (240, 0),
+            (248, 56),
+            (264, 70),
+            (280, 112),
+            (288, 120),
+            (296, 128),
+            (304, 136),
+            (312, 68),
+            (344, 200),
+        ] {
+            words[byte / 8] = v;
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut data = vec![0u8; 0x3000];
+        data[0x2010..0x2010 + bytes.len()].copy_from_slice(&bytes);
+        let segments = [Segment {
+            offset: 0x2000,
+            file_size: 0x1000,
+            vaddr: 0x403000,
+            executable: false,
+        }];
+        // Py_Version would say 3.11: the debug offsets win.
+        let layout = static_layout(&data, &segments, Some(0x403010), None, Some((3, 11)));
+        let layout = layout.unwrap();
+        assert_eq!((layout.major, layout.minor), (3, 13));
+        assert_eq!(layout.walk.interp_head, 632);
+        assert_eq!(layout.code.filename, 112);
+    }
+}

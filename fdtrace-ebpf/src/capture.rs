@@ -17,6 +17,8 @@ use fdtrace_common::{
     MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, StackMode, TEXT_LEN,
 };
 
+use core::mem::offset_of;
+
 use crate::{STACK_BYTES, STACK_MODE, add, count};
 
 const HEADER: usize = size_of::<EventHeader>();
@@ -276,15 +278,21 @@ pub unsafe fn stop(header: *mut EventHeader) {
 /// `record` must be a reservation of `stack_record_size()` bytes whose
 /// header has been initialised.
 #[inline(always)]
-pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, regs: &pt_regs) -> u32 {
+pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8) -> u32 {
     let header = record.cast::<EventHeader>();
     // SAFETY: plain read of a global set before load.
     let mode = unsafe { core::ptr::read_volatile(&STACK_MODE) };
     if mode == StackMode::None as u32 {
         return 0;
     }
+    let reg = |offset| crate::user_reg(ctx, offset).unwrap_or(0);
+    let (ip, sp, bp) = (
+        reg(offset_of!(pt_regs, rip)),
+        reg(offset_of!(pt_regs, rsp)),
+        reg(offset_of!(pt_regs, rbp)),
+    );
     // SAFETY: `header` is valid per the caller.
-    unsafe { (*header).regs = [regs.rip, regs.rsp, regs.rbp] };
+    unsafe { (*header).regs = [ip, sp, bp] };
     // SAFETY: the reservation continues after the header.
     let sample = unsafe { record.add(size_of::<EventHeader>()) };
     if mode == StackMode::FramePointer as u32 {
@@ -305,7 +313,7 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8, regs: &pt_regs)
     // Whole pages from the one holding sp: constant offsets and sizes the
     // verifier can check, and a copy that ends cleanly where the stack's
     // mapping ends (a page is readable or not).
-    let base = regs.rsp & !(PAGE - 1);
+    let base = sp & !(PAGE - 1);
     let pages = stack_pages();
     let mut copied: u64 = 0;
     for i in 0..(MAX_STACK_BYTES as u64 / PAGE + 1) {

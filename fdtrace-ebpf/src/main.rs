@@ -18,7 +18,7 @@ mod capture;
 mod files;
 mod python;
 
-use core::ptr::read_volatile;
+use core::{mem::offset_of, ptr::read_volatile};
 
 use aya_ebpf::{
     bindings::{
@@ -34,7 +34,7 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FileUse, KernelOffset, StackMode, Syscall, SyscallArgs, nr,
+    FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -148,20 +148,37 @@ fn add(counter: Counter, n: u64) {
     }
 }
 
-/// The user registers saved at syscall entry; `args[0]` of both raw
-/// syscall tracepoints (include/trace/events/syscalls.h).
-fn user_regs(ctx: &RawTracePointContext) -> Result<pt_regs, i64> {
-    let regs: *const pt_regs = ctx.arg(0);
+/// One of the user registers saved at syscall entry (`args[0]` of both raw
+/// syscall tracepoints, include/trace/events/syscalls.h), by its offset in
+/// `struct pt_regs`. Registers are read one by one, never the whole
+/// 168-byte struct: every byte on this stack counts against the 512 that
+/// a call chain shares on kernels before 6.13.
+#[inline(always)]
+pub fn user_reg(ctx: &RawTracePointContext, offset: usize) -> Result<u64, i64> {
+    let regs: *const u8 = ctx.arg(0);
     // SAFETY: the kernel pointer is only read through bpf_probe_read_kernel.
-    unsafe { bpf_probe_read_kernel(regs) }.map_err(i64::from)
+    unsafe { bpf_probe_read_kernel(regs.add(offset).cast::<u64>()) }.map_err(i64::from)
 }
 
-/// x86_64 syscall arguments: rdi, rsi, rdx, r10, r8, r9.
-fn syscall_args(regs: &pt_regs) -> SyscallArgs {
-    SyscallArgs {
-        args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
-    }
+/// x86_64 syscall arguments: rdi, rsi, rdx, r10, r8, r9. `struct pt_regs`
+/// keeps r10 through rdi together (r10, r9, r8, rax, rcx, rdx, rsi, rdi),
+/// so one read brings all six.
+fn syscall_args(ctx: &RawTracePointContext) -> Result<SyscallArgs, i64> {
+    let regs: *const u8 = ctx.arg(0);
+    // SAFETY: the kernel pointer is only read through bpf_probe_read_kernel.
+    let r: [u64; 8] =
+        unsafe { bpf_probe_read_kernel(regs.add(offset_of!(pt_regs, r10)).cast::<[u64; 8]>()) }
+            .map_err(i64::from)?;
+    Ok(SyscallArgs {
+        args: [r[7], r[6], r[5], r[0], r[2], r[1]],
+    })
 }
+
+const _: () = assert!(offset_of!(pt_regs, rdi) == offset_of!(pt_regs, r10) + 7 * 8);
+const _: () = assert!(offset_of!(pt_regs, rsi) == offset_of!(pt_regs, r10) + 6 * 8);
+const _: () = assert!(offset_of!(pt_regs, rdx) == offset_of!(pt_regs, r10) + 5 * 8);
+const _: () = assert!(offset_of!(pt_regs, r8) == offset_of!(pt_regs, r10) + 2 * 8);
+const _: () = assert!(offset_of!(pt_regs, r9) == offset_of!(pt_regs, r10) + 8);
 
 /// `raw_syscalls:sys_enter(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -180,7 +197,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let nr: u64 = ctx.arg(1);
     if nr == nr::MMAP {
         // New code: its mapping is recorded at exit, once its address is known.
-        let args = syscall_args(&user_regs(ctx)?);
+        let args = syscall_args(ctx)?;
         if args.args[2] & PROT_EXEC != 0 {
             stash(tid, PENDING_MMAP, nr, args);
         }
@@ -189,7 +206,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let Some(syscall) = Syscall::from_x86_64(nr) else {
         return Ok(());
     };
-    let args = syscall_args(&user_regs(ctx)?);
+    let args = syscall_args(ctx)?;
     let a = &args.args;
     match syscall {
         // Known from the arguments alone: write the record now.
@@ -274,8 +291,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = PENDING.remove(tid);
-    let regs = user_regs(ctx)?;
-    if regs.orig_rax != pending.nr {
+    if user_reg(ctx, offset_of!(pt_regs, orig_rax))? != pending.nr {
         // A stale stash (its exit was never seen): ignore it.
         return Ok(());
     }
@@ -399,7 +415,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     if wants_stack {
         // SAFETY: the reservation is `stack_record_size()` bytes, header initialised.
-        unsafe { capture::stack(ctx, record, &regs) };
+        unsafe { capture::stack(ctx, record) };
     }
     if failed_for_lack_of_fds {
         // SAFETY: the header was initialised above.
@@ -421,20 +437,23 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             syscall,
             Syscall::Recvmsg | Syscall::Recvmmsg | Syscall::PidfdGetfd | Syscall::OpenByHandleAt
         );
-    // SAFETY: the header was initialised above; read before submit.
-    let (fds, nfds) = unsafe { ((*header).fds, (*header).nfds) };
-    entry.submit(wakeup(stopped));
     if received {
+        // Reserved after this record, so read after it. Read from the
+        // reservation in place: a copy would sit on the shared stack.
+        // SAFETY: the header was initialised above and is not yet submitted.
+        let nfds = unsafe { (*header).nfds };
         if nfds == 0 {
             describe_received(tgid, tid, ret);
         }
-        for (i, &fd) in fds.iter().enumerate() {
+        for i in 0..MAX_EVENT_FDS {
             if i as u32 >= nfds {
                 break;
             }
-            describe_received(tgid, tid, i64::from(fd));
+            // SAFETY: as above; `i` is below the array's length.
+            describe_received(tgid, tid, i64::from(unsafe { (*header).fds[i] }));
         }
     }
+    entry.submit(wakeup(stopped));
     Ok(())
 }
 

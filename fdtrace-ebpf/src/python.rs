@@ -116,10 +116,12 @@ pub extern "C" fn fdtrace_python_stack(tgid: u32, tid: u32, ts_ns: u64) -> u32 {
 
 #[inline(always)]
 fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
-    // SAFETY: plain-old-data map value, copied out.
-    let Some(walk) = (unsafe { PYTHON.get(tgid) }).copied() else {
+    // Read in place, not copied: the stack is shared with `sys_exit`.
+    let Some(walk) = PYTHON.get_ptr(tgid) else {
         return;
     };
+    // SAFETY: a live map value of plain old data.
+    let walk = unsafe { &*walk };
     let Some(mut entry) = EVENTS.reserve::<PyStackRecord>(0) else {
         count(Counter::DroppedEvents);
         return;
@@ -343,21 +345,29 @@ pub fn file_mapped(tgid: u32, ino: u64, dev: u32, start: u64, pgoff: u64, at_exe
     let Some(binary) = PY_BINARIES.get_ptr(file) else {
         return;
     };
-    // SAFETY: a live map value of plain old data; only its walker is copied.
-    let (mut walk, runtime) = unsafe {
-        let runtime = if at_exec {
+    // SAFETY: a live map value of plain old data, read in place: a copy
+    // on the stack would count against the 512 bytes every call chain
+    // shares on kernels before 6.13.
+    let runtime = unsafe {
+        if at_exec {
             Some((*binary).runtime_at_exec(start))
         } else {
             (*binary).runtime_at_mapping(start, pgoff)
-        };
-        ((*binary).walk, runtime)
+        }
     };
     let Some(runtime) = runtime else {
         return;
     };
-    walk.runtime = runtime;
     // An entry userspace (or an earlier mapping) already wrote stays.
-    let _ = PYTHON.insert(tgid, walk, BPF_NOEXIST.into());
+    // SAFETY: the value is copied by the helper from the live map value.
+    if PYTHON
+        .insert(tgid, unsafe { &(*binary).walk }, BPF_NOEXIST.into())
+        .is_ok()
+        && let Some(walk) = PYTHON.get_ptr_mut(tgid)
+    {
+        // SAFETY: a live map value; one aligned u64 field is written.
+        unsafe { (*walk).runtime = runtime };
+    }
 }
 
 /// After exec or exit the process's entry no longer applies.

@@ -359,12 +359,15 @@ pub fn file_mapped(tgid: u32, ino: u64, dev: u32, start: u64, pgoff: u64, at_exe
         return;
     };
     // An entry userspace (or an earlier mapping) already wrote stays.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the borrow hands the helper the map value's own address; a value would be copied onto the stack"
+    )]
     // SAFETY: the value is copied by the helper from the live map value.
-    if PYTHON
+    let inserted = PYTHON
         .insert(tgid, unsafe { &(*binary).walk }, BPF_NOEXIST.into())
-        .is_ok()
-        && let Some(walk) = PYTHON.get_ptr_mut(tgid)
-    {
+        .is_ok();
+    if inserted && let Some(walk) = PYTHON.get_ptr_mut(tgid) {
         // SAFETY: a live map value; one aligned u64 field is written.
         unsafe { (*walk).runtime = runtime };
     }

@@ -6,9 +6,9 @@ use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::Program,
+    programs::{Program, ProgramError, ProgramInfo},
 };
 use fdtrace_common::{
     BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EMFILE_STOP_GLOBAL,
@@ -75,6 +75,7 @@ pub struct Probes {
 impl Probes {
     /// Checks privileges and kernel features, then loads and attaches.
     pub fn load(options: ProbeOptions) -> Result<Self> {
+        check_kernel_version()?;
         check_privileges()?;
         ensure_tracefs()?;
         if !Path::new(BTF).exists() {
@@ -100,8 +101,12 @@ impl Probes {
             .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
             .override_global(EMFILE_STOP_GLOBAL, &u32::from(options.stop_at_emfile), true)
             .map_max_entries(EVENTS_MAP, RING_BYTES)
+            // Errors and statistics only: a failed load is verified twice
+            // (aya retries once with a log buffer), never more, and the
+            // log stays short enough to quote.
+            .verifier_log_level(VerifierLogLevel::STATS)
             .load(EBPF_OBJECT)
-            .context("load the eBPF object (is the kernel 5.17 or newer with BPF enabled?)")?;
+            .context("load the eBPF object (is BPF enabled in this kernel?)")?;
         attach_all(&mut ebpf)?;
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
@@ -236,16 +241,17 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<()> {
         let program = ebpf
             .program_mut(&name)
             .with_context(|| format!("program {name}"))?;
+        let started = std::time::Instant::now();
         match program {
             Program::RawTracePoint(raw) => {
-                raw.load()
-                    .with_context(|| format!("load program {name} (the verifier rejected it)"))?;
+                raw.load().map_err(|e| rejected(&name, e))?;
+                report_load(&name, started, raw.info().ok());
                 raw.attach(&name)
                     .with_context(|| format!("attach raw tracepoint {category}/{name}"))?;
             }
             Program::TracePoint(tp) => {
-                tp.load()
-                    .with_context(|| format!("load program {name} (the verifier rejected it)"))?;
+                tp.load().map_err(|e| rejected(&name, e))?;
+                report_load(&name, started, tp.info().ok());
                 tp.attach(category, &name)
                     .with_context(|| format!("attach tracepoint {category}/{name}"))?;
             }
@@ -253,6 +259,76 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Lines of the verifier's log quoted when it rejects a program: the
+/// reason is at the end.
+const VERIFIER_TAIL_LINES: usize = 6;
+
+/// One error for a program the kernel refused: its name and the end of the
+/// verifier's log, not the whole log.
+fn rejected(name: &str, error: ProgramError) -> anyhow::Error {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..].join("\n  ");
+            anyhow::anyhow!(
+                "this kernel's BPF verifier rejected program {name} ({io_error}); please report \
+                 it with `uname -r` and these last lines of its log:\n  {tail}"
+            )
+        }
+        other => anyhow::Error::new(other).context(format!("load program {name}")),
+    }
+}
+
+/// With `FDTRACE_LOAD_STATS` set, one line per program on standard error:
+/// instructions the verifier processed (Linux 5.16+) and time to load.
+fn report_load(name: &str, started: std::time::Instant, info: Option<ProgramInfo>) {
+    if std::env::var_os("FDTRACE_LOAD_STATS").is_none() {
+        return;
+    }
+    let verified = info
+        .and_then(|i| i.verified_instruction_count())
+        .map_or_else(|| "?".to_owned(), |n| n.to_string());
+    eprintln!(
+        "fdtrace: loaded {name}: {verified} instructions verified in {} ms",
+        started.elapsed().as_millis()
+    );
+}
+
+/// The oldest kernel fdtrace supports: BTF with the struct layouts it
+/// reads, the BPF ring buffer (5.8) and raw tracepoints.
+const MIN_KERNEL: (u32, u32) = (5, 10);
+
+/// Refuses kernels older than [`MIN_KERNEL`] with one line, before any
+/// program is handed to the verifier.
+fn check_kernel_version() -> Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let Some(version) = parse_release(&release) else {
+        return Ok(());
+    };
+    if version < MIN_KERNEL {
+        bail!(
+            "this kernel is Linux {} and fdtrace needs {}.{} or newer (BTF, the BPF ring buffer): \
+             run it on a newer kernel",
+            release.trim(),
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
+    }
+    Ok(())
+}
+
+/// `5.10.0-32-amd64` -> (5, 10).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Root, or CAP_BPF and CAP_PERFMON; otherwise say which is missing.
@@ -301,4 +377,19 @@ fn raise_memlock_limit() {
     };
     // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse_to_major_and_minor() {
+        assert_eq!(parse_release("5.10.0-32-amd64\n"), Some((5, 10)));
+        assert_eq!(parse_release("6.18.2"), Some((6, 18)));
+        assert_eq!(parse_release("4.19.0-27-cloud-amd64"), Some((4, 19)));
+        assert!(parse_release("4.19.0") < Some(MIN_KERNEL));
+        assert!(parse_release("6.1.0") > Some(MIN_KERNEL));
+        assert_eq!(parse_release("weird"), None);
+    }
 }

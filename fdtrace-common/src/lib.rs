@@ -322,11 +322,54 @@ impl Syscall {
 
 impl TryFrom<u32> for Syscall {
     type Error = u32;
+    /// A `match`, not an index into [`Syscall::ALL`]: the kernel programs
+    /// convert too, and verifiers before 6.x lose the bounds of a table
+    /// index computed as `value - 1` ("unbounded memory access").
     fn try_from(value: u32) -> Result<Self, u32> {
-        match value.checked_sub(1) {
-            Some(i) if (i as usize) < Syscall::ALL.len() => Ok(Syscall::ALL[i as usize]),
-            _ => Err(value),
-        }
+        Ok(match value {
+            1 => Syscall::Open,
+            2 => Syscall::Openat,
+            3 => Syscall::Openat2,
+            4 => Syscall::Creat,
+            5 => Syscall::OpenByHandleAt,
+            6 => Syscall::Socket,
+            7 => Syscall::Socketpair,
+            8 => Syscall::Accept,
+            9 => Syscall::Accept4,
+            10 => Syscall::Pipe,
+            11 => Syscall::Pipe2,
+            12 => Syscall::Dup,
+            13 => Syscall::Dup2,
+            14 => Syscall::Dup3,
+            15 => Syscall::Fcntl,
+            16 => Syscall::Eventfd,
+            17 => Syscall::Eventfd2,
+            18 => Syscall::EpollCreate,
+            19 => Syscall::EpollCreate1,
+            20 => Syscall::TimerfdCreate,
+            21 => Syscall::Signalfd,
+            22 => Syscall::Signalfd4,
+            23 => Syscall::InotifyInit,
+            24 => Syscall::InotifyInit1,
+            25 => Syscall::FanotifyInit,
+            26 => Syscall::MemfdCreate,
+            27 => Syscall::PidfdOpen,
+            28 => Syscall::PidfdGetfd,
+            29 => Syscall::Userfaultfd,
+            30 => Syscall::PerfEventOpen,
+            31 => Syscall::IoUringSetup,
+            32 => Syscall::Recvmsg,
+            33 => Syscall::Recvmmsg,
+            34 => Syscall::Close,
+            35 => Syscall::CloseRange,
+            36 => Syscall::Ioctl,
+            37 => Syscall::Bind,
+            38 => Syscall::Connect,
+            39 => Syscall::ExitGroup,
+            40 => Syscall::Select,
+            41 => Syscall::Pselect6,
+            other => return Err(other),
+        })
     }
 }
 
@@ -804,5 +847,20 @@ impl PyBinary {
             out[at..at + 8].copy_from_slice(&w.to_ne_bytes());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_syscall_round_trips_through_its_wire_value() {
+        for (i, &s) in Syscall::ALL.iter().enumerate() {
+            assert_eq!(s as u32 as usize, i + 1);
+            assert_eq!(Syscall::try_from(s as u32), Ok(s));
+        }
+        assert_eq!(Syscall::try_from(0), Err(0));
+        assert_eq!(Syscall::try_from(42), Err(42));
     }
 }

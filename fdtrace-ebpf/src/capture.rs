@@ -231,13 +231,13 @@ pub unsafe fn scm_rights(header: *mut EventHeader, msghdr: u64) {
                     let dst = (&raw mut (*header).fds)
                         .cast::<i32>()
                         .add((have & (MAX_EVENT_FDS as u64 - 1)) as usize);
-                    // The masks only bound the copy for the verifier: `n`
-                    // fds fit after the `have` already there.
-                    if read_user_raw(
-                        dst.cast(),
-                        ((n * 4) & 0x7f) as u32,
-                        (cmsg + CMSG_HEADER) as *const _,
-                    ) == 0
+                    // `n` fds fit after the `have` already there, but
+                    // verifiers before 6.x do not narrow `n` from the
+                    // comparisons above: the mask bounds the copy for them,
+                    // and the volatile read keeps LLVM from dropping it as
+                    // redundant.
+                    let size = core::ptr::read_volatile(&(n * 4)) & 0x7f;
+                    if read_user_raw(dst.cast(), size as u32, (cmsg + CMSG_HEADER) as *const _) == 0
                     {
                         (*header).nfds = (have + n) as u32;
                     }

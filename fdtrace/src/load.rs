@@ -104,7 +104,11 @@ impl Probes {
             // Errors and statistics only: a failed load is verified twice
             // (aya retries once with a log buffer), never more, and the
             // log stays short enough to quote.
-            .verifier_log_level(VerifierLogLevel::STATS)
+            .verifier_log_level(if std::env::var_os(VERIFIER_LOG_ENV).is_some() {
+                VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
+            } else {
+                VerifierLogLevel::STATS
+            })
             .load(EBPF_OBJECT)
             .context("load the eBPF object (is BPF enabled in this kernel?)")?;
         attach_all(&mut ebpf)?;
@@ -261,6 +265,10 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Names a file to write a rejected program's whole verifier log to, at
+/// the verifier's debug level (for bug reports; slower to fail).
+const VERIFIER_LOG_ENV: &str = "FDTRACE_VERIFIER_LOG";
+
 /// Lines of the verifier's log quoted when it rejects a program: the
 /// reason is at the end.
 const VERIFIER_TAIL_LINES: usize = 6;
@@ -274,6 +282,9 @@ fn rejected(name: &str, error: ProgramError) -> anyhow::Error {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
+            if let Some(path) = std::env::var_os(VERIFIER_LOG_ENV) {
+                let _ = fs::write(&path, &log);
+            }
             let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..].join("\n  ");
             anyhow::anyhow!(

@@ -86,6 +86,8 @@ impl PrivateApt {
             "-o=Dir::State::status=/dev/null".into(),
             format!("-o=Dir::Cache={dir}/cache"),
             "-o=Debug::NoLocking=1".into(),
+            // Downloads land in target/, which the _apt user may not reach.
+            "-o=APT::Sandbox::User=root".into(),
             // Only package lists: no translations, appstream or Contents.
             "-o=Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
             "-o=Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".into(),

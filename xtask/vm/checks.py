@@ -45,7 +45,8 @@ def c_leak(t):
     leaks = t.r["leaks"]
     check(len(leaks) == 1, f"expected 1 leak, got {len(leaks)}")
     leak = leaks[0]
-    check(leak["fd"] == 8 and leak["target"] == "/etc/passwd", f"leak: {leak}")
+    # Not the fd number: a guest's shell may hand the fixture extra descriptors.
+    check(leak["target"] == "/etc/passwd", f"leak: {leak}")
     named = [f for f in t.frames(leak["stack_id"]) if f.get("function") == "close_range_all"]
     check(named, f"close_range_all not in stack: {t.functions(leak['stack_id'])}")
     want = t.line_of("lifetimes.c", "LEAK:close_range")
@@ -84,11 +85,11 @@ def emfile(t):
 
 
 def attach_growth(t):
-    """Attach sees one stack grow, ten a second (attach.rs). Loose bounds:
-    a guest under TCG runs the service's 100 ms loop late."""
+    """Attach sees one stack grow, ten a second (attach.rs). No upper bound
+    on the count: under TCG, attaching takes seconds while the service runs."""
     check(t.r["mode"] == "attach", f"mode {t.r['mode']}")
     leaks = t.leaks_from("leak_one")
-    check(10 <= len(leaks) <= 45, f"{len(leaks)} leaks from leak_one")
+    check(len(leaks) >= 10, f"{len(leaks)} leaks from leak_one")
     others = len(t.r["leaks"]) - len(leaks)
     check(others == 0, f"{others} leaks not from leak_one")
     check(not t.leaks_from("steady"), "steady() reported as leaking")

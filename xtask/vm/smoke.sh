@@ -30,10 +30,13 @@ fail() {
     failed=1
 }
 
-# The last lines of a file, on one line, for a FAIL reason.
+# The first line of a file (fdtrace's error) and its last lines (e.g. the
+# verifier's summary), on one line, for a FAIL reason.
 tail_of() {
-    if [ -s "$1" ]; then
-        tail -n 4 "$1" | tr '\n' ' ' | cut -c1-400
+    if [ "$(wc -l <"$1")" -gt 4 ]; then
+        { head -n 1 "$1"; echo "..."; tail -n 3 "$1"; } | tr '\n' ' ' | cut -c1-500
+    elif [ -s "$1" ]; then
+        tr '\n' ' ' <"$1" | cut -c1-500
     else
         echo "(no output)"
     fi

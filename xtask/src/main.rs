@@ -7,7 +7,9 @@ mod dist;
 mod process;
 mod setup;
 mod tasks;
+mod vm;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -48,6 +50,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Run the end-to-end smoke set on Debian's 5.10, 6.1 and 6.12 kernels
+    /// (booted with virtme-ng under qemu) and on the host kernel.
+    VmTest {
+        /// Which kernels, comma-separated: any of 5.10, 6.1, 6.12, host.
+        #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,host")]
+        kernels: Vec<String>,
+        /// The fdtrace binary to test [default: build target/debug/fdtrace].
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Keep every kernel's logs under target/vm/logs (failed ones are always kept).
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -57,6 +72,17 @@ fn main() -> Result<ExitCode> {
         Command::Demo => return tasks::demo(),
         Command::Test { args } => tasks::test(&args)?,
         Command::Bench { runs } => bench::bench(runs)?,
+        Command::VmTest {
+            kernels,
+            binary,
+            keep,
+        } => {
+            return vm::vm_test(&vm::Options {
+                kernels,
+                binary,
+                keep,
+            });
+        }
         Command::Dist => {
             let binary = dist::dist()?;
             println!("{}", binary.display());

@@ -773,26 +773,45 @@ const _: () = assert!(
     size_of::<PyCodeRecord>() == 24 + 4 * 16 + PY_CODE_BYTES + 2 * PY_STR_BYTES + PY_TABLE_BYTES
 );
 
-/// Identity of a file as the kernel sees it: inode number and device, the
-/// device in the kernel's internal encoding (`(major << 20) | minor`, as in
-/// `inode->i_sb->s_dev`). The key of [`PYTHON_BINARIES_MAP`].
+/// Identity of a file: its path from the root of the mount namespace (as
+/// the kernel's dentry walk spells it, symlinks resolved), as an FNV-1a
+/// hash and a length. The key of [`PYTHON_BINARIES_MAP`]. Not inode and
+/// device: on overlayfs (containers) and 9p, `stat()` reports the lower
+/// file's, while an exec'd file's inode is the overlay's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PyFile {
-    pub ino: u64,
-    pub dev: u32,
+    pub path_hash: u64,
+    pub path_len: u32,
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<PyFile>() == 16);
 
+/// FNV-1a, 64-bit: offset basis and prime.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
 impl PyFile {
     pub const SIZE: usize = size_of::<PyFile>();
+
+    /// The identity of the file at `path` (absolute, symlinks resolved).
+    pub fn of_path(path: &[u8]) -> Self {
+        let mut hash = FNV_OFFSET;
+        for &b in path {
+            hash = (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        }
+        Self {
+            path_hash: hash,
+            path_len: path.len() as u32,
+            _pad: 0,
+        }
+    }
 
     /// The map key's bytes (native endian, `repr(C)` order).
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
-        out[..8].copy_from_slice(&self.ino.to_ne_bytes());
-        out[8..12].copy_from_slice(&self.dev.to_ne_bytes());
+        out[..8].copy_from_slice(&self.path_hash.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.path_len.to_ne_bytes());
         out[12..].copy_from_slice(&self._pad.to_ne_bytes());
         out
     }

@@ -15,7 +15,8 @@ use aya_ebpf::helpers::{
 };
 use fdtrace_common::{
     Counter, EventKind, FILE_ARGV_AT, FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END,
-    FILE_PATH_TRUNCATED, FileRecord, FileUse, KERNEL_OFFSET_COUNT, KernelOffset,
+    FILE_PATH_TRUNCATED, FNV_OFFSET, FNV_PRIME, FileRecord, FileUse, KERNEL_OFFSET_COUNT,
+    KernelOffset, PyFile,
 };
 
 use crate::{EVENTS, count, python};
@@ -191,25 +192,44 @@ pub extern "C" fn fdtrace_file_record(file: u64, ids: u64, usage: u64, a0: u64, 
         (*rec).mode = u32::from(read::<u16>(inode + offset(KernelOffset::InodeMode)));
         (*rec).magic = read(sb + offset(KernelOffset::SbMagic));
         (*rec).dev = read(sb + offset(KernelOffset::SbDev));
-        if kind != FileUse::Received as u32 {
-            python::file_mapped(
-                tgid,
-                (*rec).ino,
-                (*rec).dev,
-                a0,
-                a1,
-                kind == FileUse::Exec as u32,
-            );
-        }
         let path = (&raw mut (*rec).path).cast::<u8>();
         let (start, truncated) = walk_path(file, path);
         (*rec).path_start = start;
         if truncated {
             (*rec).flags |= FILE_PATH_TRUNCATED;
         }
+        if kind != FileUse::Received as u32 && !truncated {
+            let file = path_identity(path, start);
+            python::file_mapped(tgid, file, a0, a1, kind == FileUse::Exec as u32);
+        }
     }
     entry.submit(0);
     0
+}
+
+/// The [`PyFile`] of the path in `buf[start..FILE_PATH_END]`: FNV-1a, as
+/// `PyFile::of_path` computes it in userspace.
+///
+/// # Safety
+/// `buf` must be readable for `FILE_PATH_BYTES` bytes.
+#[inline(always)]
+unsafe fn path_identity(buf: *const u8, start: u32) -> PyFile {
+    let mut hash = FNV_OFFSET;
+    for i in 0..FILE_PATH_END {
+        let at = start + i;
+        if at >= FILE_PATH_END {
+            break;
+        }
+        // SAFETY: `at` < FILE_PATH_END <= FILE_PATH_BYTES; the mask
+        // restates that for the verifier.
+        let byte = unsafe { *buf.add((at & (FILE_PATH_END - 1)) as usize) };
+        hash = (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+    }
+    PyFile {
+        path_hash: hash,
+        path_len: FILE_PATH_END - start,
+        _pad: 0,
+    }
 }
 
 /// Writes `file`'s path so that it ends at `FILE_PATH_END` in `buf`, one

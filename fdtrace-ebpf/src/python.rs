@@ -333,15 +333,13 @@ pub fn fork(parent: u32, child: u32) {
 /// A process mapped a file: if userspace registered it as a CPython
 /// interpreter and the process has no walker entry yet, give it one, so
 /// its first Python syscalls are walked before userspace has looked at it.
-/// `ino` and `dev` name the file (`dev` in the kernel's encoding, as in
-/// `inode->i_sb->s_dev`). At exec (`at_exec`), for the program itself,
+/// `file` names it by its path ([`PyFile`]). At exec (`at_exec`), for the program itself,
 /// `start` is the new image's `AT_ENTRY`; for an executable mmap, `start`
 /// is the mapping's address and `pgoff` its file offset in bytes, and only
 /// the mapping of the file's executable segment says where it was loaded.
 /// At exec, call it after [`forget`].
 #[inline(always)]
-pub fn file_mapped(tgid: u32, ino: u64, dev: u32, start: u64, pgoff: u64, at_exec: bool) {
-    let file = PyFile { ino, dev, _pad: 0 };
+pub fn file_mapped(tgid: u32, file: PyFile, start: u64, pgoff: u64, at_exec: bool) {
     let Some(binary) = PY_BINARIES.get_ptr(file) else {
         return;
     };

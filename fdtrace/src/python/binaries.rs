@@ -9,7 +9,7 @@ use std::{
     ffi::OsStr,
     fs,
     io::Read as _,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -170,19 +170,11 @@ fn dynamic_strings(file: &ElfFile64<object::Endianness>) -> Option<Vec<(u32, Vec
     )
 }
 
-/// A file's identity as the kernel's mappings name it: inode and device,
-/// the device in the kernel's internal encoding (`MKDEV`: major << 20 |
-/// minor, include/linux/kdev_t.h), not stat's.
+/// A file's identity as the kernel's exec and mmap records name it: its
+/// real path (symlinks resolved, as the kernel's dentry walk spells it).
 pub fn file_identity(path: &Path) -> Option<PyFile> {
-    let meta = fs::metadata(path).ok()?;
-    let dev = meta.dev();
-    let major = libc::major(dev);
-    let minor = libc::minor(dev);
-    Some(PyFile {
-        ino: meta.ino(),
-        dev: (major << 20) | (minor & 0xfffff),
-        _pad: 0,
-    })
+    let real = fs::canonicalize(path).ok()?;
+    Some(PyFile::of_path(real.as_os_str().as_bytes()))
 }
 
 #[cfg(test)]
@@ -235,16 +227,22 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_device_encoding_is_mkdev() {
-        let file = file_identity(Path::new("/")).unwrap();
-        // SAFETY: plain stat with a valid path and buffer.
-        let st = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            assert_eq!(libc::stat(c"/".as_ptr(), &mut st), 0);
-            st
-        };
-        let (major, minor) = (libc::major(st.st_dev), libc::minor(st.st_dev));
-        assert_eq!(file.dev, major << 20 | minor);
-        assert_eq!(file.ino, st.st_ino);
+    fn a_file_is_named_by_its_real_path() {
+        let dir = std::env::temp_dir().join(format!("fdtrace-identity-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("python3.99");
+        fs::write(&real, b"").unwrap();
+        let link = dir.join("python3");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let real = fs::canonicalize(&real).unwrap();
+        assert_eq!(
+            file_identity(&link),
+            Some(PyFile::of_path(real.as_os_str().as_bytes()))
+        );
+        // FNV-1a of "/a": the kernel side computes the same.
+        let a = PyFile::of_path(b"/a");
+        assert_eq!((a.path_hash, a.path_len), (0x07d6_6707_b49c_d92d, 2));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,7 +81,8 @@ pub fn run_guest(
     .map(|word| shell_quote(&word.to_string_lossy()))
     .join(" ");
     let out_q = shell_quote(&out.to_string_lossy());
-    let script = format!("{inner} > {out_q}/smoke.log 2>&1; echo $? > {out_q}/status");
+    let script =
+        format!("SMOKE_GUEST=1 {inner} > {out_q}/smoke.log 2>&1; echo $? > {out_q}/status");
 
     let console = File::create(out.join("console.log"))
         .with_context(|| format!("create {}", out.join("console.log").display()))?;

@@ -304,16 +304,15 @@ pub fn from_debug_offsets(words: &[u64]) -> Option<Layout> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn debug_offsets_of_313() {
-        // Values read from CPython 3.13.0's _Py_DebugOffsets.
+    /// CPython 3.13.0's `_Py_DebugOffsets`, as words (the values the
+    /// tests need; the rest zero).
+    pub(crate) fn debug_offsets_313() -> Vec<u64> {
         let mut words = vec![0u64; 73];
         words[0] = u64::from_ne_bytes(*DEBUG_COOKIE);
         words[1] = 0x030d_00f0;
-        let set = |w: &mut Vec<u64>, byte: usize, v: u64| w[byte / 8] = v;
         for (byte, v) in [
             (224, 80),
             (40, 632),
@@ -332,8 +331,14 @@ mod tests {
             (312, 68),
             (344, 200),
         ] {
-            set(&mut words, byte, v);
+            words[byte / 8] = v;
         }
+        words
+    }
+
+    #[test]
+    fn debug_offsets_of_313() {
+        let mut words = debug_offsets_313();
         let l = from_debug_offsets(&words).unwrap();
         assert_eq!((l.major, l.minor), (3, 13));
         assert_eq!(l.walk.interp_head, 632);

@@ -231,30 +231,7 @@ mod tests {
 
     #[test]
     fn debug_offsets_are_read_from_the_file() {
-        // CPython 3.13.0's _Py_DebugOffsets, as in layout.rs's test.
-        let mut words = vec![0u64; 73];
-        words[0] = u64::from_ne_bytes(*DEBUG_COOKIE);
-        words[1] = 0x030d_00f0;
-        for (byte, v) in [
-            (224, 80),
-            (40, 632),
-            (72, 7344),
-            (168, 8),
-            (184, 72),
-            (192, 152),
-            (232, 8),
-            (240, 0),
-            (248, 56),
-            (264, 70),
-            (280, 112),
-            (288, 120),
-            (296, 128),
-            (304, 136),
-            (312, 68),
-            (344, 200),
-        ] {
-            words[byte / 8] = v;
-        }
+        let words = crate::python::layout::tests::debug_offsets_313();
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut data = vec![0u8; 0x3000];
         data[0x2010..0x2010 + bytes.len()].copy_from_slice(&bytes);

@@ -114,11 +114,16 @@ stopped_before=" $(stopped_pids | tr '\n' ' ') "
 
 # load: fdtrace's fixed cost (load, attach, spawn, detach) on /bin/true.
 start=$(date +%s.%N)
-timeout -s KILL "$RUN_TIMEOUT" "$FDTRACE" run -- /bin/true >"$OUT/load.stdout" 2>"$OUT/load.stderr"
+FDTRACE_LOAD_STATS=1 timeout -s KILL "$RUN_TIMEOUT" "$FDTRACE" run -- /bin/true \
+    >"$OUT/load.stdout" 2>"$OUT/load.stderr"
 code=$?
 end=$(date +%s.%N)
 check_stopped load
 echo "INFO load_seconds $("$PY" -c "print(f'{$end - $start:.2f}')")"
+# "fdtrace: loaded sys_exit: 120710 instructions verified in 71 ms" -> sys_exit=120710
+verified=$(sed -n 's/^fdtrace: loaded \([a-z_]*\): \([0-9?]*\) instructions.*/\1=\2/p' \
+    "$OUT/load.stderr" | sort | tr '\n' ' ')
+echo "INFO verified ${verified% }"
 if [ "$code" -eq 0 ]; then
     pass load
 else

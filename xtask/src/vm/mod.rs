@@ -146,13 +146,15 @@ fn prepare_smoke(binary: Option<&std::path::Path>) -> Result<Smoke> {
     let fdtrace = match binary {
         Some(path) => fs::canonicalize(path)
             .with_context(|| format!("find --binary {}: pass an existing file", path.display()))?,
+        // The release build, as users run it: under TCG a debug build's
+        // symbolization alone takes seconds.
         None => {
-            println!("step: cargo build -p fdtrace");
+            println!("step: cargo build --release -p fdtrace");
             process::run(
-                "cargo build -p fdtrace",
-                command("cargo").args(["build", "-p", "fdtrace", "--locked"]),
+                "cargo build --release -p fdtrace",
+                command("cargo").args(["build", "--release", "-p", "fdtrace", "--locked"]),
             )?;
-            target_dir().join("debug/fdtrace")
+            target_dir().join("release/fdtrace")
         }
     };
     let fixtures = target_dir().join("vm/fixtures");
@@ -272,6 +274,8 @@ fn write_results(rows: &[(String, Outcome)]) -> Result<()> {
                 "btf": o.info.get("btf"),
                 "seconds": (o.seconds * 10.0).round() / 10.0,
                 "load_seconds": o.info.get("load_seconds").and_then(|s| s.parse::<f64>().ok()),
+                // Instructions the verifier processed, per program (5.16+).
+                "verified": o.info.get("verified"),
                 "passed": passed(o),
                 "error": o.error,
                 "checks": checks,

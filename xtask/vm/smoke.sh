@@ -96,10 +96,11 @@ verdict() {
 }
 
 # In a guest, /tmp is the host's, over 9p, which has no file handles
-# (name_to_handle_at, which the families fixture needs): a tmpfs of the
-# guest's own replaces it there, never on the host.
+# (name_to_handle_at, which the families fixture needs): fixtures get a
+# tmpfs of the guest's own as TMPDIR, mounted in the guest only (not over
+# /tmp, where the workspace itself may live).
 if [ "${SMOKE_GUEST:-}" = 1 ]; then
-    mount -t tmpfs tmpfs /tmp
+    mkdir -p "$OUT/tmp" && mount -t tmpfs tmpfs "$OUT/tmp" && export TMPDIR="$OUT/tmp"
 fi
 if [ ! -d /sys/kernel/tracing/events ]; then
     mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null

@@ -152,10 +152,12 @@ pub struct Root {
 impl Root {
     /// The root of `tgid`'s mount namespace, as seen from ours.
     pub fn of(tgid: u32) -> Self {
-        let ours = fs::read_link("/proc/self/ns/mnt").ok();
+        // Ours never changes: read once, not per exec and mmap record.
+        static OURS: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+        let ours = OURS.get_or_init(|| fs::read_link("/proc/self/ns/mnt").ok());
         let theirs = fs::read_link(format!("/proc/{tgid}/ns/mnt")).ok();
         let prefix = match (ours, theirs) {
-            (Some(ours), Some(theirs)) if ours != theirs => Some(format!("/proc/{tgid}/root")),
+            (Some(ours), Some(theirs)) if *ours != theirs => Some(format!("/proc/{tgid}/root")),
             _ => None,
         };
         Self { prefix }

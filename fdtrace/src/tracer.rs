@@ -158,11 +158,11 @@ impl Tracer {
                 self.python.fork(tgid, *child);
             }
             Action::Exit => {
-                self.stacks.exec(tgid);
+                self.stacks.forget(tgid);
                 self.python.forget(tgid);
             }
             Action::Exec { filename } => {
-                self.stacks.exec(tgid);
+                self.stacks.forget(tgid);
                 self.python.forget(tgid);
                 // execve got a relative path: name the program by its real path.
                 if !filename.starts_with('/')

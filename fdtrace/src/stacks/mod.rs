@@ -194,7 +194,7 @@ impl Stacks {
 
     /// After exec (or exit) the old maps no longer apply; samples taken in
     /// them keep what they need.
-    pub fn exec(&mut self, tgid: u32) {
+    pub fn forget(&mut self, tgid: u32) {
         if let Some(old) = self.current_space.remove(&tgid) {
             self.release_space(old);
         }
@@ -656,11 +656,11 @@ mod tests {
         // Process 1's latest, and the first one, which process 2 and the
         // sample share; the 99 in between are gone.
         assert_eq!(stacks.space_count(), 2);
-        stacks.exec(2);
+        stacks.forget(2);
         assert_eq!(stacks.space_count(), 2, "the sample still needs it");
         stacks.resolve(r);
         assert_eq!(stacks.space_count(), 1);
-        stacks.exec(1);
+        stacks.forget(1);
         assert_eq!(stacks.space_count(), 0);
     }
 

@@ -81,6 +81,9 @@ pub enum EventKind {
     /// Written while its [`PyStackRecord`] is reserved, so it arrives after
     /// that record and before the `Syscall` record they belong to.
     PyCode = 7,
+    /// The process used descriptor `args[0]`, which it inherited across its
+    /// last exec, for the first time (see [`INHERITED_FDS`]).
+    Use = 8,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -384,6 +387,7 @@ impl TryFrom<u32> for EventKind {
             5 => Ok(EventKind::PyStack),
             6 => Ok(EventKind::File),
             7 => Ok(EventKind::PyCode),
+            8 => Ok(EventKind::Use),
             other => Err(other),
         }
     }
@@ -501,9 +505,17 @@ pub enum KernelOffset {
     /// `signal_struct.live`: threads not yet exited; 0 once the whole
     /// group is dead (decremented in do_exit before `sched_process_exit`).
     SignalLive,
+    /// `fdtable.open_fds`: the bitmap of open descriptors.
+    FdtableOpenFds,
 }
 /// Number of [`KernelOffset`]s.
-pub const KERNEL_OFFSET_COUNT: usize = 25;
+pub const KERNEL_OFFSET_COUNT: usize = 26;
+
+/// Descriptors below this number that a process inherited across exec are
+/// watched for their first use ([`EventKind::Use`]); one bit each.
+pub const INHERITED_FDS: usize = 1024;
+/// `u64` words of an inherited-descriptor bitmap.
+pub const INHERITED_WORDS: usize = INHERITED_FDS / 64;
 
 /// What a [`FileRecord`] is about; the top byte of its `usage` word.
 #[repr(u32)]

@@ -49,7 +49,7 @@ pub fn offset(which: KernelOffset) -> u64 {
 /// its destination on failure). Not branched on, so the verifier's states
 /// stay linear in the walk.
 #[inline(always)]
-fn read<T: Default>(addr: u64) -> T {
+pub fn read<T: Default>(addr: u64) -> T {
     let mut value = T::default();
     // SAFETY: the destination is a local of the size passed; the source is
     // only read through the checked helper.
@@ -66,6 +66,16 @@ fn read<T: Default>(addr: u64) -> T {
 fn current_task() -> u64 {
     // SAFETY: the helper takes no arguments.
     unsafe { bpf_get_current_task() }
+}
+
+/// The current process's `struct fdtable *` (`task->files->fdt`), 0 if none.
+#[inline(always)]
+pub fn fdtable() -> u64 {
+    let files: u64 = read(current_task() + offset(KernelOffset::TaskFiles));
+    if files == 0 {
+        return 0;
+    }
+    read(files + offset(KernelOffset::FilesFdt))
 }
 
 /// The `struct file *` behind descriptor `fd` of the current process, 0 if

@@ -17,6 +17,7 @@
 mod capture;
 mod files;
 mod python;
+mod uses;
 
 use core::{mem::offset_of, ptr::read_volatile};
 
@@ -195,6 +196,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let nr: u64 = ctx.arg(1);
+    uses::syscall(ctx, tgid, tid, nr)?;
     if nr == nr::MMAP {
         // New code: its mapping is recorded at exit, once its address is known.
         let args = syscall_args(ctx)?;
@@ -498,6 +500,7 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         count(Counter::DroppedArgs);
     }
     python::fork(tgid, child);
+    uses::fork(tgid, child);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);
         return Ok(());
@@ -529,6 +532,7 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     python::forget(tgid);
+    uses::exec(tgid);
     let bprm: *const u8 = ctx.arg(2);
     // SAFETY: kernel memory read through bpf_probe_read_kernel at an offset
     // from the kernel's BTF.
@@ -588,6 +592,7 @@ fn try_sched_process_exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let _ = TRACED.remove(tgid);
     python::forget(tgid);
+    uses::exit(tgid);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(Counter::DroppedEvents);
         return Ok(());

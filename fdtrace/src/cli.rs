@@ -50,6 +50,10 @@ pub struct TraceArgs {
     /// Suppression rules (TOML; repeatable), read after ./.fdtrace.toml.
     #[arg(long = "suppressions", value_name = "FILE")]
     pub suppressions: Vec<PathBuf>,
+    /// Turn off the built-in suppressions (descriptors programs such as
+    /// bash, make, tar and the Go runtime keep for life on purpose)
+    #[arg(long)]
+    pub no_default_suppressions: bool,
     /// After the report, print suppression rules for every leak found, to
     /// standard error, ready to paste into .fdtrace.toml.
     #[arg(long)]
@@ -200,7 +204,8 @@ impl TraceArgs {
         fail_on.sort_unstable();
         fail_on.dedup();
         let cwd = std::env::current_dir().context("read the working directory")?;
-        let suppressions = Suppressions::load(&cwd, &self.suppressions)?;
+        let suppressions =
+            Suppressions::load(&cwd, &self.suppressions, !self.no_default_suppressions)?;
         let stack_mode = match self.stack {
             StackKind::Dwarf => StackMode::Dwarf,
             StackKind::Fp => StackMode::FramePointer,

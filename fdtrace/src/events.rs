@@ -31,6 +31,8 @@ pub struct Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FdKind {
     File,
+    /// Opened with O_DIRECTORY (`opendir`, a `*at` base, a working directory).
+    Directory,
     Socket,
     Pipe,
     Eventfd,
@@ -54,6 +56,7 @@ impl FdKind {
     pub fn name(self) -> &'static str {
         match self {
             FdKind::File => "file",
+            FdKind::Directory => "directory",
             FdKind::Socket => "socket",
             FdKind::Pipe => "pipe",
             FdKind::Eventfd => "eventfd",
@@ -190,6 +193,11 @@ pub enum Action {
         target: String,
     },
     Exit,
+    /// First use of a descriptor the process inherited across its last
+    /// exec: it was handed over on purpose.
+    Use {
+        fd: Fd,
+    },
     /// CPython frames of the thread's next syscall event (same `ts_ns`).
     PyStack(PyStack),
     /// A CPython code object met for the first time in the process, as
@@ -220,6 +228,17 @@ pub struct PyStack {
 
 // Flag values from include/uapi (x86_64).
 const O_CLOEXEC: u64 = 0o2_000_000;
+const O_DIRECTORY: u64 = 0o200_000;
+
+/// What an open with `flags` made: the call fails unless a directory
+/// was named with O_DIRECTORY.
+fn open_kind(flags: u64) -> FdKind {
+    if flags & O_DIRECTORY != 0 {
+        FdKind::Directory
+    } else {
+        FdKind::File
+    }
+}
 const SOCK_CLOEXEC: u64 = O_CLOEXEC;
 const FAN_CLOEXEC: u64 = 0x1;
 const MFD_CLOEXEC: u64 = 0x1;
@@ -272,6 +291,9 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
             filename: String::from_utf8_lossy(text).into_owned(),
         },
         EventKind::Exit => Action::Exit,
+        EventKind::Use => Action::Use {
+            fd: Fd::try_from(header.args[0])?,
+        },
         EventKind::PyStack | EventKind::PyCode => bail!("a Python record with an event header"),
         EventKind::File => bail!("a file record with an event header"),
         EventKind::Syscall => {
@@ -530,14 +552,14 @@ fn syscall_action(
         Syscall::Open | Syscall::Creat => Action::Create(Creation {
             target: text_str(),
             ..create(
-                FdKind::File,
+                open_kind(if syscall == Syscall::Open { a[1] } else { 0 }),
                 syscall == Syscall::Open && a[1] & O_CLOEXEC != 0,
             )
         }),
         // openat2: the kernel programs put `how->flags` in args[2].
         Syscall::Openat | Syscall::Openat2 => Action::Create(Creation {
             target: text_str(),
-            ..create(FdKind::File, a[2] & O_CLOEXEC != 0)
+            ..create(open_kind(a[2]), a[2] & O_CLOEXEC != 0)
         }),
         Syscall::OpenByHandleAt => Action::Create(create(FdKind::Unknown, a[2] & O_CLOEXEC != 0)),
         Syscall::Socket => Action::Create(Creation {

@@ -3,7 +3,9 @@
 //! `apply` takes decoded events in order and keeps, per process, what each
 //! open fd is, whether it is close-on-exec and who created it. It records
 //! leaks (fds a process created and still held when it exited), fds that
-//! crossed an exec without CLOEXEC, and EMFILE/ENFILE failures. It knows
+//! crossed an exec without CLOEXEC and that the new program never used,
+//! and EMFILE/ENFILE failures. Descriptors 0, 1 and 2 are the process's
+//! own by convention: never leaks, never exec-leaks. It knows
 //! nothing of BPF or stacks: a stack is an opaque [`StackRef`] the caller
 //! hands in, and every fd that goes away is reported back so the caller can
 //! free what it keeps for that stack.
@@ -47,6 +49,14 @@ pub struct OpenFd {
     pub socket: Option<SocketInfo>,
     pub cloexec: bool,
     pub origin: Origin,
+    /// Unique among all fds the table has seen, so a fork's copy can name
+    /// the very entry it came from.
+    pub id: u64,
+    /// For a fork's copy: the parent's entry (tgid, fd, id) it came from.
+    pub forked_from: Option<(u32, Fd, u64)>,
+    /// The program this fd crossed into through exec without CLOEXEC,
+    /// while neither it nor a child it forked has used the fd since.
+    pub crossed: Option<String>,
 }
 
 impl OpenFd {
@@ -216,6 +226,15 @@ pub struct FdTable {
     pub fd_set_overflows: Vec<FdSetOverflow>,
     /// Order in which processes appeared, for stable reports.
     pub order: Vec<u32>,
+    /// Last [`OpenFd::id`] handed out.
+    last_id: u64,
+}
+
+/// Standard input, output and error: the process's own by convention,
+/// however they were made (a shell's redirection, a pipeline, `open`
+/// after `close(1)`). Never leaks or exec-leaks; they still count as held.
+pub fn is_standard_stream(fd: Fd) -> bool {
+    (0..=2).contains(&fd)
 }
 
 const EMFILE: i32 = 24;
@@ -236,6 +255,9 @@ impl FdTable {
                         socket: None,
                         cloexec,
                         origin: Origin::Inherited,
+                        id: 0,
+                        forked_from: None,
+                        crossed: None,
                     },
                 )
             })
@@ -271,6 +293,7 @@ impl FdTable {
             Action::Fork { child } => self.fork(tgid, *child, &mut used),
             Action::Exec { filename } => self.exec(tgid, filename, &mut used),
             Action::Exit => self.exit(tgid, event.ts_ns, false, &mut used),
+            Action::Use { fd } => self.use_fd(tgid, *fd),
             Action::ExitGroup { status } => {
                 if let Some(p) = self.processes.get_mut(&tgid) {
                     p.exit_status = Some(*status);
@@ -403,6 +426,7 @@ impl FdTable {
         used: &mut StackUse,
     ) {
         let tgid = event.tgid;
+        let mut id = self.last_id;
         let Some(p) = self.processes.get_mut(&tgid) else {
             return;
         };
@@ -426,6 +450,12 @@ impl FdTable {
                 }),
                 cloexec: c.cloexec,
                 origin,
+                id: {
+                    id += 1;
+                    id
+                },
+                forked_from: None,
+                crossed: None,
             };
             match (&like, c.kind) {
                 // accept(): a new socket of the listener's family and local address.
@@ -464,6 +494,33 @@ impl FdTable {
             used.held.extend(stack);
         }
         p.peak_fds = p.peak_fds.max(p.fds.len());
+        self.last_id = id;
+    }
+
+    /// The process used `fd`: if it crossed an exec, it was meant for this
+    /// program. So it was for every process it was forked down from since,
+    /// up to the one it crossed into.
+    fn use_fd(&mut self, tgid: u32, fd: Fd) {
+        let mut at = (tgid, fd, None);
+        // A fork chain is never this deep; the bound only guards a cycle.
+        for _ in 0..64 {
+            let (tgid, fd, id) = at;
+            let Some(f) = self
+                .processes
+                .get_mut(&tgid)
+                .and_then(|p| p.fds.get_mut(&fd))
+            else {
+                return;
+            };
+            if id.is_some_and(|id| id != f.id) {
+                return;
+            }
+            f.crossed = None;
+            match f.forked_from {
+                Some((parent, fd, id)) => at = (parent, fd, Some(id)),
+                None => return,
+            }
+        }
     }
 
     /// A forked process starts with a copy of its parent's table. (A table
@@ -475,13 +532,31 @@ impl FdTable {
         };
         // The copies hold the stacks too: each is released on its own.
         used.held.extend(p.fds.values().filter_map(stack_of));
+        let mut id = self.last_id;
+        let fds = p
+            .fds
+            .iter()
+            .map(|(&fd, f)| {
+                id += 1;
+                let copy = OpenFd {
+                    id,
+                    forked_from: Some((parent, fd, f.id)),
+                    // The same program: only the process it crossed into
+                    // reports it.
+                    crossed: None,
+                    ..f.clone()
+                };
+                (fd, copy)
+            })
+            .collect();
+        self.last_id = id;
         let copy = Process {
             tgid: child,
             ppid: Some(parent),
             comm: p.comm.clone(),
             exe: p.exe.clone(),
             cmdline: p.cmdline.clone(),
-            fds: p.fds.clone(),
+            fds,
             ..Default::default()
         };
         self.insert_process(copy);
@@ -494,20 +569,15 @@ impl FdTable {
         let mut fds: Vec<Fd> = p.fds.keys().copied().collect();
         fds.sort_unstable();
         for fd in fds {
-            let Some(f) = p.fds.get(&fd) else { continue };
+            let Some(f) = p.fds.get_mut(&fd) else {
+                continue;
+            };
             if f.cloexec {
                 release(p.fds.remove(&fd), used);
-            } else if let Origin::Created { syscall, stack, .. } = f.origin {
-                self.exec_leaks.push(ExecLeak {
-                    tgid,
-                    fd,
-                    kind: f.kind,
-                    target: f.describe(),
-                    opened_by: syscall,
-                    exec: filename.to_owned(),
-                    stack,
-                });
-                used.held.extend(stack);
+            } else if matches!(f.origin, Origin::Created { .. }) && !is_standard_stream(fd) {
+                // An exec-leak unless the new program uses it (decided
+                // when the process exits).
+                f.crossed = Some(filename.to_owned());
             }
         }
         p.exe = filename.to_owned();
@@ -529,14 +599,35 @@ impl FdTable {
         let mut fds: Vec<(Fd, OpenFd)> = p.fds.drain().collect();
         fds.sort_unstable_by_key(|(fd, _)| *fd);
         for (fd, f) in fds {
-            if let Origin::Created {
+            let Origin::Created {
                 tgid: creator,
                 syscall,
                 ts_ns: opened_ns,
                 stack,
             } = f.origin
-                && creator == tgid
-            {
+            else {
+                continue;
+            };
+            let leaked = creator == tgid && !is_standard_stream(fd);
+            if let Some(exec) = &f.crossed {
+                self.exec_leaks.push(ExecLeak {
+                    tgid,
+                    fd,
+                    kind: f.kind,
+                    target: f.describe(),
+                    opened_by: syscall,
+                    exec: exec.clone(),
+                    stack,
+                });
+                // The fd's own reference goes to the exec-leak; a leak
+                // report needs one more.
+                if leaked {
+                    used.held.extend(stack);
+                } else {
+                    continue;
+                }
+            }
+            if leaked {
                 self.leaks.push(Leak {
                     tgid,
                     fd,
@@ -807,13 +898,116 @@ mod tests {
             &mut NoProc,
         );
         assert_eq!(used.released.len(), 2);
+        // Decided at exit: the new program might still use it.
+        assert!(t.exec_leaks.is_empty());
+        assert_eq!(t.processes[&100].comm, "child");
+        t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
         assert_eq!(t.exec_leaks.len(), 1);
         let e = &t.exec_leaks[0];
         assert_eq!(
             (e.fd, e.target.as_str(), e.exec.as_str(), e.stack),
             (3, "/kept", "/bin/child", Some(StackRef(1)))
         );
-        assert_eq!(t.processes[&100].comm, "child");
+    }
+
+    /// Forks 100 into 101, which execs /bin/child with fds 3 and 4 open.
+    fn handed_over() -> FdTable {
+        let mut t = table();
+        t.apply(&open(100, 3, "/used", false), None, &mut NoProc);
+        t.apply(&open(100, 4, "/unused", false), None, &mut NoProc);
+        t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+        let exec = Action::Exec {
+            filename: "/bin/child".into(),
+        };
+        t.apply(&ev(101, 12, exec), None, &mut NoProc);
+        t
+    }
+
+    fn exec_leaked(t: &FdTable) -> Vec<(u32, Fd, &str)> {
+        let mut v: Vec<_> = t
+            .exec_leaks
+            .iter()
+            .map(|e| (e.tgid, e.fd, e.exec.as_str()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn an_inherited_fd_the_new_program_uses_was_handed_over() {
+        let mut t = handed_over();
+        t.apply(&ev(101, 13, Action::Use { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+    }
+
+    #[test]
+    fn an_inherited_fd_closed_by_the_new_program_is_not_an_exec_leak() {
+        let mut t = handed_over();
+        t.apply(&ev(101, 13, Action::Close { fd: 4 }), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(exec_leaked(&t), vec![(101, 3, "/bin/child")]);
+    }
+
+    #[test]
+    fn a_use_in_a_forked_child_counts_for_the_program_that_forked_it() {
+        let mut t = handed_over();
+        // /bin/child forks a helper (no exec) that uses fd 3.
+        t.apply(&ev(101, 13, Action::Fork { child: 102 }), None, &mut NoProc);
+        t.apply(&ev(102, 14, Action::Use { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(102, 15, Action::Exit), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        // The helper is the same program: it reports nothing of its own.
+        assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+    }
+
+    #[test]
+    fn the_parents_own_use_does_not_excuse_the_child() {
+        // The classic bug: a server uses its listening socket; the
+        // program each child execs never touches the copy it inherited.
+        let mut t = handed_over();
+        t.apply(&ev(100, 13, Action::Use { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(
+            exec_leaked(&t),
+            vec![(101, 3, "/bin/child"), (101, 4, "/bin/child")]
+        );
+    }
+
+    #[test]
+    fn a_use_after_the_fd_number_was_reused_excuses_nothing() {
+        let mut t = handed_over();
+        t.apply(&ev(101, 13, Action::Fork { child: 102 }), None, &mut NoProc);
+        // The parent closes its fd 3 and opens a new one under the number;
+        // the child's use is of the old one, the parent's new one crossed
+        // nothing.
+        t.apply(&ev(101, 14, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&open(101, 3, "/new", false), None, &mut NoProc);
+        t.apply(&ev(102, 15, Action::Use { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+    }
+
+    #[test]
+    fn standard_streams_are_never_leaks_or_exec_leaks() {
+        let mut t = table();
+        // A shell's `cmd >/dev/null`: open, dup2 onto 1, close, exec.
+        t.apply(&open(100, 3, "/dev/null", false), None, &mut NoProc);
+        let mut dup2 = create(100, Syscall::Dup2, vec![1], FdKind::File, false, None);
+        if let Action::Create(c) = &mut dup2.action {
+            c.like = Some(3);
+        }
+        t.apply(&dup2, None, &mut NoProc);
+        t.apply(&ev(100, 12, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&open(100, 2, "/tmp/err", false), None, &mut NoProc);
+        let exec = Action::Exec {
+            filename: "/bin/true".into(),
+        };
+        t.apply(&ev(100, 13, exec), None, &mut NoProc);
+        t.apply(&ev(100, 20, Action::Exit), None, &mut NoProc);
+        assert!(t.leaks.is_empty() && t.exec_leaks.is_empty());
+        // They were held all the same (with the inherited fd 0).
+        assert_eq!(t.processes[&100].peak_fds, 3);
     }
 
     #[test]

@@ -210,6 +210,7 @@ fn kernel_offsets(btf: &Btf) -> Result<[u32; KERNEL_OFFSET_COUNT]> {
         (K::MmArgStart, "mm_struct", "arg_start"),
         (K::MmArgEnd, "mm_struct", "arg_end"),
         (K::SignalLive, "signal_struct", "live"),
+        (K::FdtableOpenFds, "fdtable", "open_fds"),
     ];
     let mut offsets = [0; KERNEL_OFFSET_COUNT];
     for (which, strukt, member) in fields {

@@ -15,9 +15,16 @@ use crate::report::{FrameEntry, Report, SuppressionEntry, user_frame};
 /// The file looked for in the working directory.
 pub const DEFAULT_FILE: &str = ".fdtrace.toml";
 
+/// Rules for descriptors real programs keep for life on purpose (bash's
+/// script, Go's netpoller...), on unless `--no-default-suppressions`.
+const BUILT_IN: &str = include_str!("default-suppressions.toml");
+/// How built-in rules are named in reports (`built-in:N`).
+pub const BUILT_IN_NAME: &str = "built-in";
+
 /// Kinds a rule may name (the report's `kind` strings).
 const KINDS: &[&str] = &[
     "file",
+    "directory",
     "socket",
     "pipe",
     "eventfd",
@@ -56,6 +63,8 @@ pub struct Rule {
     pub kind: Option<String>,
     /// Glob on the process name, executable path or executable base name.
     pub process: Option<String>,
+    /// One of fdtrace's own rules, not the user's.
+    pub built_in: bool,
 }
 
 #[derive(Deserialize)]
@@ -86,19 +95,35 @@ pub struct Subject<'a> {
 }
 
 impl Suppressions {
-    /// Reads `.fdtrace.toml` from `dir` if it exists, then each of `files`.
-    pub fn load(dir: &Path, files: &[impl AsRef<Path>]) -> Result<Self> {
+    /// The built-in rules (unless `built_in` is false), then
+    /// `.fdtrace.toml` from `dir` if it exists, then each of `files`.
+    pub fn load(dir: &Path, files: &[impl AsRef<Path>], built_in: bool) -> Result<Self> {
         let mut all = Self::default();
+        if built_in {
+            all.add_built_in();
+        }
         let default = dir.join(DEFAULT_FILE);
-        if default.is_file() {
-            let text = fs::read_to_string(&default)
-                .with_context(|| format!("read {}", default.display()))?;
-            all.add_text(DEFAULT_FILE, &text)?;
+        match fs::read_to_string(&default) {
+            Ok(text) => all.add_text(DEFAULT_FILE, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!(
+                "cannot read {}: {e}; make it a readable file of suppression rules or remove it",
+                default.display()
+            ),
         }
         for file in files {
             all.add_file(file.as_ref())?;
         }
         Ok(all)
+    }
+
+    fn add_built_in(&mut self) {
+        let first = self.rules.len();
+        self.add_text(BUILT_IN_NAME, BUILT_IN)
+            .expect("the built-in suppressions parse (tested)");
+        for rule in &mut self.rules[first..] {
+            rule.built_in = true;
+        }
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
@@ -142,6 +167,7 @@ impl Suppressions {
                 target: r.target,
                 kind: r.kind,
                 process: r.process,
+                built_in: false,
             };
             if rule.function.is_none()
                 && rule.module.is_none()
@@ -259,14 +285,18 @@ pub fn apply(report: &mut Report, rules: &Suppressions) {
     let mut keep = keep_exec.into_iter();
     report.exec_leaks.retain(|_| keep.next().unwrap_or(true));
     report.suppressed = matched.iter().sum();
+    // A built-in rule is listed when it took something; a user's rule
+    // always, so one that matches nothing is noticed.
     report.suppressions = rules
         .rules
         .iter()
         .zip(matched)
+        .filter(|(r, matched)| !r.built_in || *matched > 0)
         .map(|(r, matched)| SuppressionEntry {
             source: r.source.clone(),
             reason: r.reason.clone(),
             matched,
+            built_in: r.built_in,
         })
         .collect();
     report.regroup();
@@ -527,11 +557,38 @@ mod tests {
     }
 
     #[test]
+    fn built_in_rules_parse_are_marked_and_can_be_turned_off() {
+        let dir = std::env::temp_dir().join(format!("fdtrace-supp-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let none: &[&Path] = &[];
+        let on = Suppressions::load(&dir, none, true).unwrap();
+        assert!(on.rules.len() >= 5);
+        assert!(on.rules.iter().all(|r| r.built_in && r.source.starts_with("built-in:")));
+        assert!(Suppressions::load(&dir, none, false).unwrap().rules.is_empty());
+        // A built-in rule that took nothing is not listed (and so never
+        // warned about); one that did is, with its count.
+        let mut report = sample_report();
+        apply(&mut report, &on);
+        assert!(report.suppressions.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_a_readable_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("fdtrace-conf-{}", std::process::id()));
+        fs::create_dir_all(dir.join(DEFAULT_FILE)).unwrap();
+        let none: &[&Path] = &[];
+        let e = Suppressions::load(&dir, none, true).unwrap_err().to_string();
+        assert!(e.contains(".fdtrace.toml") && e.contains("readable file"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_files_say_what_is_wrong() {
         assert_eq!(
             error("[[suppress]]\nreason='r'\nkind='sockt'"),
-            "t.toml:1: unknown kind `sockt`: use one of file, socket, pipe, eventfd, \
-             epoll, timerfd, signalfd, inotify, fanotify, memfd, pidfd, io_uring, \
+            "t.toml:1: unknown kind `sockt`: use one of file, directory, socket, pipe, \
+             eventfd, epoll, timerfd, signalfd, inotify, fanotify, memfd, pidfd, io_uring, \
              userfaultfd, perf, other"
         );
         assert!(error("[[suppress]]\nreason=' '\nkind='file'").contains("reason is empty"));

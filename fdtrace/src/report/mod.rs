@@ -70,6 +70,8 @@ pub struct SuppressionEntry {
     pub source: String,
     pub reason: String,
     pub matched: usize,
+    /// One of fdtrace's own rules (`--no-default-suppressions` turns them off).
+    pub built_in: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

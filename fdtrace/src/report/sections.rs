@@ -108,7 +108,7 @@ pub fn stale_suppressions(report: &Report) -> Vec<String> {
     report
         .suppressions
         .iter()
-        .filter(|s| s.matched == 0)
+        .filter(|s| s.matched == 0 && !s.built_in)
         .map(|s| {
             format!(
                 "warning: suppression {} matched nothing: remove it or fix it",
@@ -170,11 +170,13 @@ Leaks by process:
                 source: ".fdtrace.toml:1".into(),
                 reason: "logs live as long as the process".into(),
                 matched: 2,
+                built_in: false,
             },
             SuppressionEntry {
                 source: ".fdtrace.toml:2".into(),
                 reason: "old".into(),
                 matched: 0,
+                built_in: false,
             },
         ];
         let mut out = Vec::new();

@@ -1,0 +1,184 @@
+//! Which inherited descriptors a new program actually uses.
+//!
+//! A descriptor that crosses exec without CLOEXEC is either handed over on
+//! purpose (a shell's redirection, make's jobserver, a socket-activated
+//! listener) or leaked into a program that never heard of it. The
+//! difference is whether the program touches it. At exec the kernel's own
+//! open-descriptor bitmap says what was inherited; each syscall that names
+//! one of those descriptors clears its bit and writes one [`EventKind::Use`]
+//! record, so a descriptor costs one record however often it is used.
+//! Processes with nothing inherited have no entry and pay one failed map
+//! lookup per syscall.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel as read_kernel_raw},
+    macros::map,
+    maps::HashMap,
+    programs::RawTracePointContext,
+};
+use fdtrace_common::{
+    Counter, EventHeader, EventKind, INHERITED_FDS, INHERITED_WORDS, KernelOffset,
+};
+
+use crate::{EVENTS, capture, count, files, syscall_args, wakeup};
+
+type Bitmap = [u64; INHERITED_WORDS];
+
+/// Thread-group id -> inherited descriptors not used since its last exec.
+#[map]
+static INHERITED: HashMap<u32, Bitmap> = HashMap::with_max_entries(16384, 0);
+
+static EMPTY: Bitmap = [0; INHERITED_WORDS];
+
+/// At exec (after close-on-exec descriptors are gone): every descriptor
+/// still open above the standard streams was inherited.
+pub fn exec(tgid: u32) {
+    let fdt = files::fdtable();
+    if fdt == 0 {
+        let _ = INHERITED.remove(tgid);
+        return;
+    }
+    let max_fds = files::read::<u32>(fdt + files::offset(KernelOffset::FdtableMaxFds));
+    let open_fds = files::read::<u64>(fdt + files::offset(KernelOffset::FdtableOpenFds));
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the static's address, not a 128-byte copy on the stack"
+    )]
+    let inserted = INHERITED.insert(tgid, &EMPTY, 0);
+    if inserted.is_err() {
+        count(Counter::DroppedArgs);
+        return;
+    }
+    let Some(bits) = INHERITED.get_ptr_mut(tgid) else {
+        return;
+    };
+    // The bitmap is `max_fds` bits (a multiple of 64, at least 64): words
+    // past it are not the table's and stay zero.
+    let words = (max_fds / 64).min(INHERITED_WORDS as u32);
+    // SAFETY: `bits` is a live map value of `size_of::<Bitmap>()` bytes;
+    // the source is only read through the checked helper.
+    unsafe {
+        read_kernel_raw(bits.cast(), words * 8, open_fds as *const core::ffi::c_void);
+        // Standard streams are the program's own by convention.
+        (*bits)[0] &= !0b111;
+    }
+}
+
+/// A forked child starts with its parent's descriptors, so with what is
+/// left of its parent's inherited set.
+pub fn fork(parent: u32, child: u32) {
+    // SAFETY: a map value pointer, used only as the insert's source.
+    if let Some(bits) = unsafe { INHERITED.get(parent) } {
+        let _ = INHERITED.insert(child, bits, 0);
+    }
+}
+
+pub fn exit(tgid: u32) {
+    let _ = INHERITED.remove(tgid);
+}
+
+/// Syscall `nr` is about to run in `tgid`.
+#[inline(always)]
+pub fn syscall(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64) -> Result<(), i64> {
+    let Some(bits) = INHERITED.get_ptr_mut(tgid) else {
+        return Ok(());
+    };
+    let (first, second) = fd_arguments(nr);
+    if first.is_none() {
+        return Ok(());
+    }
+    let args = &syscall_args(ctx)?.args;
+    if let Some(i) = first {
+        check(bits, tgid, tid, argument(args, i));
+    }
+    if let Some(i) = second {
+        check(bits, tgid, tid, argument(args, i));
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn argument(args: &[u64; 6], i: usize) -> u64 {
+    match i {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        4 => args[4],
+        _ => u64::MAX,
+    }
+}
+
+#[inline(always)]
+fn check(bits: *mut Bitmap, tgid: u32, tid: u32, fd: u64) {
+    // A negative fd (AT_FDCWD, -1) is far above the range as a u64.
+    if fd >= INHERITED_FDS as u64 {
+        return;
+    }
+    let word = (fd / 64) as usize & (INHERITED_WORDS - 1);
+    let mask = 1u64 << (fd % 64);
+    // SAFETY: `bits` is a live map value; `word` is masked into range.
+    unsafe {
+        if (*bits)[word] & mask == 0 {
+            return;
+        }
+        (*bits)[word] &= !mask;
+    }
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count(Counter::DroppedEvents);
+        return;
+    };
+    let header = entry.as_mut_ptr();
+    // SAFETY: live reservation the size of `EventHeader`.
+    unsafe {
+        capture::init_header(header, EventKind::Use, 0, tgid, tid);
+        (*header).ts_ns = bpf_ktime_get_ns();
+        (*header).args[0] = fd;
+    }
+    entry.submit(wakeup(false));
+}
+
+/// Which arguments of x86_64 syscall `nr` are descriptors the call reads,
+/// writes, waits on or passes on (arch/x86/entry/syscalls/syscall_64.tbl).
+/// poll/select name theirs in user memory and are left out: a program that
+/// waits on a descriptor goes on to read or write it.
+#[inline(always)]
+fn fd_arguments(nr: u64) -> (Option<usize>, Option<usize>) {
+    match nr {
+        // read write fstat lseek ioctl pread64 pwrite64 readv writev.
+        // Not close: userspace sees it anyway, and a forked child closing
+        // what it does not need (before an exec) says nothing of its parent.
+        0 | 1 | 5 | 8 | 16 | 17 | 18 | 19 | 20 => (Some(0), None),
+        // mmap's file
+        9 => (Some(4), None),
+        // dup dup2 dup3: the source is handed on (dup2(fd, 0) before exec)
+        32 | 33 | 292 => (Some(0), None),
+        // sendfile(out, in), tee(in, out)
+        40 | 276 => (Some(0), Some(1)),
+        // connect accept sendto recvfrom sendmsg recvmsg shutdown bind
+        // listen getsockname getpeername setsockopt getsockopt
+        42..=52 | 54 | 55 => (Some(0), None),
+        // fcntl flock fsync fdatasync ftruncate getdents fchdir fchmod fchown
+        72..=75 | 77 | 78 | 81 | 91 | 93 => (Some(0), None),
+        // fstatfs readahead f{set,get,list,remove}xattr getdents64 fadvise64
+        138 | 187 | 190 | 193 | 196 | 199 | 217 | 221 => (Some(0), None),
+        // epoll_wait; epoll_ctl(epfd, op, fd)
+        232 => (Some(0), None),
+        233 => (Some(0), Some(2)),
+        // inotify_add_watch inotify_rm_watch, the *at family's directory
+        254 | 255 | 257..=263 | 267..=269 | 280 => (Some(0), None),
+        // renameat linkat renameat2 splice copy_file_range: two descriptors
+        264 | 265 | 275 | 316 | 326 => (Some(0), Some(2)),
+        // symlinkat(target, newdirfd, linkpath)
+        266 => (Some(1), None),
+        // sync_file_range vmsplice epoll_pwait signalfd fallocate
+        // timerfd_settime timerfd_gettime accept4 signalfd4
+        277 | 278 | 281 | 282 | 285..=289 => (Some(0), None),
+        // preadv pwritev recvmmsg fanotify_mark name_to_handle_at
+        // open_by_handle_at syncfs sendmmsg setns execveat
+        295 | 296 | 299 | 301 | 303 | 304 | 306..=308 | 322 => (Some(0), None),
+        // preadv2 pwritev2 statx pidfd_send_signal io_uring_enter openat2
+        // pidfd_getfd faccessat2 epoll_pwait2
+        327 | 328 | 332 | 424 | 426 | 437..=439 | 441 => (Some(0), None),
+        _ => (None, None),
+    }
+}

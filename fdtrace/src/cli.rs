@@ -276,6 +276,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
+impl AsRef<TraceConfig> for RunConfig {
+    fn as_ref(&self) -> &TraceConfig {
+        &self.trace
+    }
+}
+
+impl AsRef<TraceConfig> for AttachConfig {
+    fn as_ref(&self) -> &TraceConfig {
+        &self.trace
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

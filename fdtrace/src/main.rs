@@ -1,16 +1,16 @@
 //! `fdtrace` binary: parse arguments, run, print the report, exit.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, IsTerminal as _, Write},
     path::PathBuf,
     process::ExitCode,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use clap::Parser as _;
 use fdtrace::{
     cli::{Cli, Command, Format, TraceConfig},
+    output::ReportFile,
     report::{self, Report},
     session::{self, Outcome},
     spawn::LaunchError,
@@ -19,13 +19,22 @@ use fdtrace::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Arguments and files named by them are checked (and the report file
+    // set up) before anything runs; a problem there exits 2, like clap's
+    // own usage errors.
     let result = match cli.command {
-        Command::Run(args) => args
-            .into_config()
-            .and_then(|config| finish(session::run(&config)?, &config.trace)),
-        Command::Attach(args) => args
-            .into_config()
-            .and_then(|config| finish(session::attach(&config)?, &config.trace)),
+        Command::Run(args) => match args.into_config().and_then(with_report_file) {
+            Ok((config, output)) => {
+                session::run(&config).and_then(|outcome| finish(outcome, &config.trace, output))
+            }
+            Err(err) => return usage_error(&err),
+        },
+        Command::Attach(args) => match args.into_config().and_then(with_report_file) {
+            Ok((config, output)) => {
+                session::attach(&config).and_then(|outcome| finish(outcome, &config.trace, output))
+            }
+            Err(err) => return usage_error(&err),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -37,12 +46,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code for a bad argument or a file an argument names.
+const USAGE_EXIT_CODE: u8 = 2;
+
+fn usage_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("fdtrace: {err:#}");
+    ExitCode::from(USAGE_EXIT_CODE)
+}
+
+fn with_report_file<C: AsRef<TraceConfig>>(config: C) -> Result<(C, Option<ReportFile>)> {
+    let output = config
+        .as_ref()
+        .output
+        .as_deref()
+        .map(ReportFile::create)
+        .transpose()?;
+    Ok((config, output))
+}
+
 /// Writes the report (and what CI asked for besides); the exit code is the
 /// command's status (0 for `attach`), or --leak-exit-code when the report
 /// has a finding named by --fail-on.
-fn finish(outcome: Outcome, config: &TraceConfig) -> Result<u8> {
+fn finish(outcome: Outcome, config: &TraceConfig, output: Option<ReportFile>) -> Result<u8> {
     let report = &outcome.report;
-    write_report(report, config)?;
+    write_report(report, config, output)?;
     let text_on_stderr = config.format == Format::Text && config.output.is_none();
     if !text_on_stderr {
         // The text report lists these itself.
@@ -71,24 +98,39 @@ fn finish(outcome: Outcome, config: &TraceConfig) -> Result<u8> {
     })
 }
 
-fn write_report(report: &Report, config: &TraceConfig) -> Result<()> {
-    match &config.output {
-        Some(path) => {
-            let file = File::create(path)
-                .with_context(|| format!("create report file {}", path.display()))?;
-            let mut out = BufWriter::new(file);
-            render(report, config.format, false, &mut out)?;
-            out.flush()
-                .with_context(|| format!("write report file {}", path.display()))
-        }
-        None => {
-            let stderr = io::stderr();
-            let color = stderr.is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            let mut out = BufWriter::new(stderr.lock());
-            render(report, config.format, color, &mut out)?;
-            out.flush().context("write the report to standard error")
+/// Into the report file, or to standard error; if the file cannot be put
+/// in place, to standard error after all (and exit 1): nothing is lost.
+fn write_report(report: &Report, config: &TraceConfig, output: Option<ReportFile>) -> Result<()> {
+    if let Some(mut file) = output {
+        let path = file.path().to_path_buf();
+        let mut out = BufWriter::new(file.file());
+        let written = render(report, config.format, false, &mut out)
+            .and_then(|()| out.flush().context("write the report"));
+        drop(out);
+        match written.and_then(|()| file.commit()) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                eprintln!(
+                    "fdtrace: {}: {e:#}; the report follows on standard error",
+                    path.display()
+                );
+                write_stderr(report, config.format)?;
+                return Err(anyhow!(
+                    "the report file {} was not written",
+                    path.display()
+                ));
+            }
         }
     }
+    write_stderr(report, config.format)
+}
+
+fn write_stderr(report: &Report, format: Format) -> Result<()> {
+    let stderr = io::stderr();
+    let color = stderr.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut out = BufWriter::new(stderr.lock());
+    render(report, format, color, &mut out)?;
+    out.flush().context("write the report to standard error")
 }
 
 fn render(report: &Report, format: Format, color: bool, out: &mut impl Write) -> Result<()> {

@@ -107,6 +107,13 @@ pub fn attach_problem(tgid: u32) -> Option<String> {
             "PID {tgid} is a kernel thread: it has no user-space descriptors to trace"
         ));
     }
+    // Field 3 is the state; a zombie has exited and released its table.
+    if after_comm.split_whitespace().next() == Some("Z") {
+        return Some(format!(
+            "PID {tgid} is a zombie: it has exited and holds no descriptors \
+             (its parent has not reaped it yet); attach to a live process"
+        ));
+    }
     let tgid_line = fs::read_to_string(format!("/proc/{tgid}/status"))
         .ok()?
         .lines()
@@ -219,13 +226,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_missing_processes_kernel_threads_and_threads() {
+    fn refuses_missing_processes_kernel_threads_threads_and_zombies() {
         assert!(attach_problem(std::process::id()).is_none());
         assert!(attach_problem(0x7fff_fff0).unwrap().contains("no process"));
         assert!(
             attach_problem(2).unwrap().contains("kernel thread"),
             "kthreadd is PID 2"
         );
+        // A child that exited and is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id();
+        let stat = format!("/proc/{zombie}/stat");
+        while !fs::read_to_string(&stat).unwrap().contains(") Z ") {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(attach_problem(zombie).unwrap().contains("is a zombie"));
+        child.wait().unwrap();
     }
 
     #[test]

@@ -563,8 +563,17 @@ mod tests {
         let none: &[&Path] = &[];
         let on = Suppressions::load(&dir, none, true).unwrap();
         assert!(on.rules.len() >= 5);
-        assert!(on.rules.iter().all(|r| r.built_in && r.source.starts_with("built-in:")));
-        assert!(Suppressions::load(&dir, none, false).unwrap().rules.is_empty());
+        assert!(
+            on.rules
+                .iter()
+                .all(|r| r.built_in && r.source.starts_with("built-in:"))
+        );
+        assert!(
+            Suppressions::load(&dir, none, false)
+                .unwrap()
+                .rules
+                .is_empty()
+        );
         // A built-in rule that took nothing is not listed (and so never
         // warned about); one that did is, with its count.
         let mut report = sample_report();
@@ -578,8 +587,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fdtrace-conf-{}", std::process::id()));
         fs::create_dir_all(dir.join(DEFAULT_FILE)).unwrap();
         let none: &[&Path] = &[];
-        let e = Suppressions::load(&dir, none, true).unwrap_err().to_string();
-        assert!(e.contains(".fdtrace.toml") && e.contains("readable file"), "{e}");
+        let e = Suppressions::load(&dir, none, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(".fdtrace.toml") && e.contains("readable file"),
+            "{e}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -108,9 +108,15 @@ pub enum Counter {
     /// The ring buffer was more than half full: a creation was recorded
     /// without its stack rather than risk losing the event itself.
     SkippedStacks = 3,
+    /// The ring buffer was more than half full: a creation was kept in
+    /// [`DEFERRED_MAP`] instead of written (no stack); if it is closed
+    /// there, nothing crosses the ring at all.
+    Deferred = 4,
+    /// Not a count: the `bpf_ktime_get_ns` of this CPU's last dropped event.
+    LastDropNs = 5,
 }
 /// Number of counters.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 6;
 
 /// Flag: the kernel stopped the process (SIGSTOP) at an EMFILE/ENFILE
 /// failure because the user asked for it (`--on-emfile stop`).
@@ -510,6 +516,63 @@ pub enum KernelOffset {
 }
 /// Number of [`KernelOffset`]s.
 pub const KERNEL_OFFSET_COUNT: usize = 26;
+
+/// Creations the kernel keeps instead of writing them while the ring buffer
+/// is busy: key `(tgid << 32) | fd`, value [`DeferredFd`]. A close finds
+/// and deletes its entry in the kernel; userspace claims (deletes and
+/// models) what is left of a process at its exec, close_range and exit,
+/// every second for entries over a second old, and when tracing ends.
+pub const DEFERRED_MAP: &str = "DEFERRED";
+/// Entries [`DEFERRED_MAP`] holds at most; past that, creations are
+/// written without a stack as before.
+pub const DEFERRED_ENTRIES: u32 = 32768;
+
+/// A descriptor creation kept in the kernel (see [`DEFERRED_MAP`]): what
+/// its `Syscall` record would have said, minus the stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeferredFd {
+    pub ts_ns: u64,
+    pub tid: u32,
+    /// [`Syscall`].
+    pub syscall: u32,
+    pub args: [u64; 6],
+    /// Changed since creation by F_SETFD or FIOCLEX/FIONCLEX:
+    /// [`CLOEXEC_UNCHANGED`], [`CLOEXEC_SET`] or [`CLOEXEC_CLEARED`].
+    pub cloexec: u32,
+    pub text_len: u32,
+    /// The path an open named, or a memfd's name.
+    pub text: [u8; TEXT_LEN],
+}
+const _: () = assert!(size_of::<DeferredFd>() == 8 + 8 + 48 + 8 + TEXT_LEN);
+
+impl DeferredFd {
+    /// The `Syscall` record the kernel would have written for descriptor
+    /// `fd` of process `tgid`, without a stack.
+    pub fn to_header(&self, tgid: u32, fd: i32) -> EventHeader {
+        EventHeader {
+            kind: EventKind::Syscall as u32,
+            syscall: self.syscall,
+            tgid,
+            tid: self.tid,
+            ts_ns: self.ts_ns,
+            ret: i64::from(fd),
+            args: self.args,
+            regs: [0; 3],
+            flags: 0,
+            stack_len: 0,
+            fds: [-1; MAX_EVENT_FDS],
+            nfds: 0,
+            text_len: self.text_len,
+            text: self.text,
+            nofile_limit: [0; 2],
+        }
+    }
+}
+
+pub const CLOEXEC_UNCHANGED: u32 = 0;
+pub const CLOEXEC_SET: u32 = 1;
+pub const CLOEXEC_CLEARED: u32 = 2;
 
 /// Descriptors below this number that a process inherited across exec are
 /// watched for their first use ([`EventKind::Use`]); one bit each.

@@ -14,12 +14,12 @@ use aya_ebpf::helpers::{
     generated::{bpf_probe_read_kernel as read_kernel_raw, bpf_probe_read_user as read_user_raw},
 };
 use fdtrace_common::{
-    Counter, EventKind, FILE_ARGV_AT, FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END,
+    EventKind, FILE_ARGV_AT, FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END,
     FILE_PATH_TRUNCATED, FNV_OFFSET, FNV_PRIME, FileRecord, FileUse, KERNEL_OFFSET_COUNT,
     KernelOffset, PyFile,
 };
 
-use crate::{EVENTS, count, python};
+use crate::{EVENTS, python};
 
 /// Set by userspace before load (`fdtrace_common::KERNEL_OFFSETS_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -156,7 +156,7 @@ pub fn entry_and_base() -> (u64, u64) {
 #[inline(never)]
 pub extern "C" fn fdtrace_file_record(file: u64, ids: u64, usage: u64, a0: u64, a1: u64) -> u32 {
     let Some(mut entry) = EVENTS.reserve::<FileRecord>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return 0;
     };
     let rec = entry.as_mut_ptr();

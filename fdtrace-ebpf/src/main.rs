@@ -15,6 +15,7 @@
 #![no_main]
 
 mod capture;
+mod deferred;
 mod files;
 mod python;
 mod uses;
@@ -88,6 +89,7 @@ const ENFILE: i64 = 23;
 const EINPROGRESS: i64 = 115;
 const F_DUPFD: u64 = 0;
 const F_SETFD: u64 = 2;
+const FD_CLOEXEC: u64 = 1;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 const FIONCLEX: u64 = 0x5450;
 const FIOCLEX: u64 = 0x5451;
@@ -138,6 +140,17 @@ const WAKEUP_BYTES: u64 = 1 << 20;
 
 fn count(counter: Counter) {
     add(counter, 1);
+}
+
+/// A ring-buffer write failed: counted, and when, so userspace can tell
+/// which leaks might be a lost close.
+pub fn dropped() {
+    add(Counter::DroppedEvents, 1);
+    if let Some(slot) = COUNTERS.get_ptr_mut(Counter::LastDropNs as u32) {
+        // SAFETY: a valid, aligned u64 per-CPU map value; the helper takes
+        // no arguments.
+        unsafe { *slot = bpf_ktime_get_ns() };
+    }
 }
 
 fn add(counter: Counter, n: u64) {
@@ -211,12 +224,18 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let args = syscall_args(ctx)?;
     let a = &args.args;
     match syscall {
-        // Known from the arguments alone: write the record now.
+        // Known from the arguments alone: write the record now, unless the
+        // descriptor's whole life stayed in the kernel.
+        Syscall::Close if deferred::forget(tgid, a[0]) => Ok(()),
         Syscall::Close | Syscall::ExitGroup => emit_now(syscall, tgid, tid, &args),
         Syscall::Ioctl if a[1] == FIOCLEX || a[1] == FIONCLEX => {
+            deferred::set_cloexec(tgid, a[0], a[1] == FIOCLEX);
             emit_now(syscall, tgid, tid, &args)
         }
-        Syscall::Fcntl if a[1] == F_SETFD => emit_now(syscall, tgid, tid, &args),
+        Syscall::Fcntl if a[1] == F_SETFD => {
+            deferred::set_cloexec(tgid, a[0], a[2] & FD_CLOEXEC != 0);
+            emit_now(syscall, tgid, tid, &args)
+        }
         Syscall::Ioctl | Syscall::Fcntl if a[1] != F_DUPFD && a[1] != F_DUPFD_CLOEXEC => Ok(()),
         // Only a set larger than FD_SETSIZE is worth a record (and a stack).
         Syscall::Select | Syscall::Pselect6 if a[0] <= FD_SETSIZE => Ok(()),
@@ -261,7 +280,7 @@ fn ids_word(tgid: u32, tid: u32) -> u64 {
 
 fn emit_now(syscall: Syscall, tgid: u32, tid: u32, args: &SyscallArgs) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return Ok(());
     };
     let header = entry.as_mut_ptr();
@@ -331,17 +350,29 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // Under a burst, keep every event and drop stacks first: a lost close
     // would be a false leak, a lost stack is only a shorter report. EMFILE
     // failures always get theirs.
+    // SAFETY: the helper takes no arguments and touches no memory.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     let busy = creates && !failed_for_lack_of_fds && ring_half_full();
+    if busy
+        && ok
+        && deferred::can_defer(syscall, &pending.args.args)
+        && deferred::keep(ids_word(tgid, tid), syscall, ret, &pending.args.args, ts_ns)
+    {
+        count(Counter::Deferred);
+        return Ok(());
+    }
     if busy {
         count(Counter::SkippedStacks);
+    }
+    if ok && matches!(syscall, Syscall::Dup2 | Syscall::Dup3) {
+        // The descriptor it replaced may have been kept here.
+        deferred::forget(tgid, ret as u64);
     }
     let wants_stack = (creates && !busy) || failed_for_lack_of_fds;
     // SAFETY: plain read of a global set before load.
     let stack_mode = unsafe { read_volatile(&STACK_MODE) };
     // A CPython process's frames go in their own record, just before this
     // one, after a copy of each code object in them not sent before.
-    // SAFETY: the helper takes no arguments and touches no memory.
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
     // recvmsg without a control buffer carries no descriptors: its record
     // is discarded below, so don't walk for it.
     let may_create = match syscall {
@@ -357,7 +388,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         EVENTS.reserve_bytes(size_of::<EventHeader>(), 0)
     };
     let Some(mut entry) = entry else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return Ok(());
     };
     let record = entry.as_mut_ptr();
@@ -502,7 +533,7 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     python::fork(tgid, child);
     uses::fork(tgid, child);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return Ok(());
     };
     let header = entry.as_mut_ptr();
@@ -541,7 +572,7 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         bpf_probe_read_kernel(bprm.add(offset).cast::<*const u8>()).map_err(i64::from)?
     };
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return Ok(());
     };
     let header = entry.as_mut_ptr();
@@ -594,7 +625,7 @@ fn try_sched_process_exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
     python::forget(tgid);
     uses::exit(tgid);
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return Ok(());
     };
     // SAFETY: live reservation the size of `EventHeader`.

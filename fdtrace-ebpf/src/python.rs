@@ -27,12 +27,12 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use fdtrace_common::{
-    Counter, EventKind, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT, PY_CODE_MIN_BYTES, PY_ENTRY,
-    PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyBinary,
-    PyCodeRecord, PyFile, PyFrameSlot, PyStackRecord, PyWalk, PyWindow,
+    EventKind, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT, PY_CODE_MIN_BYTES, PY_ENTRY, PY_TRUNCATED,
+    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyBinary, PyCodeRecord,
+    PyFile, PyFrameSlot, PyStackRecord, PyWalk, PyWindow,
 };
 
-use crate::{EVENTS, TASK_FSBASE_OFFSET, count};
+use crate::{EVENTS, TASK_FSBASE_OFFSET};
 
 /// Processes running CPython, by thread-group id (`fdtrace_common::PYTHON_MAP`).
 #[map]
@@ -123,7 +123,7 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
     // SAFETY: a live map value of plain old data.
     let walk = unsafe { &*walk };
     let Some(mut entry) = EVENTS.reserve::<PyStackRecord>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return;
     };
     let rec = entry.as_mut_ptr();
@@ -240,7 +240,7 @@ fn copy_code(tgid: u32, code: u64, tag: u64) -> bool {
         return false;
     };
     let Some(mut entry) = EVENTS.reserve::<PyCodeRecord>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return false;
     };
     let rec = entry.as_mut_ptr();

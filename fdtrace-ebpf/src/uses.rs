@@ -124,7 +124,7 @@ fn check(bits: *mut Bitmap, tgid: u32, tid: u32, fd: u64) {
         (*bits)[word] &= !mask;
     }
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count(Counter::DroppedEvents);
+        crate::dropped();
         return;
     };
     let header = entry.as_mut_ptr();

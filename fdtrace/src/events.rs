@@ -4,10 +4,11 @@
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
-    EventHeader, EventKind, FILE_ARGV_AT, FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES,
-    FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_STOPPED, FileRecord, FileUse, MAX_EVENT_FDS,
-    MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME,
-    PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
+    CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
+    FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_STOPPED,
+    FileRecord, FileUse, MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE,
+    PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot, PyStackRecord,
+    StackMode, Syscall, TEXT_LEN,
 };
 
 use crate::procfs::classify_link;
@@ -281,6 +282,31 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     let stack_bytes = bytes
         .get(header_len..header_len + stack_len)
         .ok_or_else(|| anyhow!("record shorter than its stack sample"))?;
+    decode_header(&header, stack_bytes, stack_mode)
+}
+
+/// The creation the kernel kept for descriptor `fd` of `tgid` instead of
+/// writing it (see [`fdtrace_common::DEFERRED_MAP`]), as the event it would
+/// have been (no stack), followed by what F_SETFD/FIOCLEX since changed.
+pub fn decode_deferred(tgid: u32, fd: Fd, kept: &DeferredFd) -> Result<Vec<Event>> {
+    let header = kept.to_header(tgid, fd);
+    let mut events = vec![decode_header(&header, &[], StackMode::None)?];
+    let on = match kept.cloexec {
+        CLOEXEC_SET => Some(true),
+        CLOEXEC_CLEARED => Some(false),
+        _ => None,
+    };
+    if let Some(on) = on {
+        events.push(Event {
+            action: Action::SetCloexec { fd, on },
+            ..events[0].clone()
+        });
+    }
+    Ok(events)
+}
+
+fn decode_header(header: &EventHeader, stack_bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
+    let header = *header;
     let kind = EventKind::try_from(header.kind).map_err(|k| anyhow!("unknown event kind {k}"))?;
     let text = text_of(&header);
     let action = match kind {
@@ -772,6 +798,33 @@ mod tests {
             std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<FileRecord>())
         }
         .to_vec()
+    }
+
+    #[test]
+    fn a_creation_the_kernel_kept_decodes_like_its_record_with_later_cloexec() {
+        let mut kept = DeferredFd {
+            ts_ns: 42,
+            tid: 8,
+            syscall: Syscall::Openat as u32,
+            args: [u64::MAX - 99, 0, O_DIRECTORY, 0, 0, 0],
+            cloexec: CLOEXEC_SET,
+            text_len: 4,
+            text: [0; TEXT_LEN],
+        };
+        kept.text[..4].copy_from_slice(b"/var");
+        let events = decode_deferred(7, 5, &kept).unwrap();
+        let Action::Create(c) = &events[0].action else {
+            panic!("{events:?}")
+        };
+        assert_eq!((events[0].tgid, events[0].tid, events[0].ts_ns), (7, 8, 42));
+        assert_eq!(
+            (c.fds.as_slice(), c.kind, c.cloexec, c.target.as_deref()),
+            (&[5][..], FdKind::Directory, false, Some("/var"))
+        );
+        assert!(c.stack.is_none());
+        assert_eq!(events[1].action, Action::SetCloexec { fd: 5, on: true });
+        kept.cloexec = fdtrace_common::CLOEXEC_UNCHANGED;
+        assert_eq!(decode_deferred(7, 5, &kept).unwrap().len(), 1);
     }
 
     #[test]

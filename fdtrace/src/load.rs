@@ -11,15 +11,16 @@ use aya::{
     programs::{Program, ProgramError, ProgramInfo},
 };
 use fdtrace_common::{
-    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, EMFILE_STOP_GLOBAL,
-    EVENTS_MAP, KERNEL_OFFSET_COUNT, KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP,
-    PYTHON_MAP, PyBinary, PyFile, PyWalk, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode,
-    TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, DEFERRED_MAP, DeferredFd,
+    EMFILE_STOP_GLOBAL, EVENTS_MAP, KERNEL_OFFSET_COUNT, KERNEL_OFFSETS_GLOBAL, KernelOffset,
+    PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk, STACK_BYTES_GLOBAL,
+    STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
+    TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
 
 use crate::{
     btf::Btf,
-    tracer::{PythonRegistry, PythonWalker},
+    tracer::{DeferredClaim, PythonRegistry, PythonWalker},
 };
 
 /// The kernel programs, built by build.rs.
@@ -52,6 +53,10 @@ pub struct Losses {
     pub dropped_fds: u64,
     /// Creations recorded without a stack because the ring was filling.
     pub skipped_stacks: u64,
+    /// Creations kept in the kernel because the ring was filling.
+    pub deferred: u64,
+    /// When the last event was dropped (CLOCK_MONOTONIC ns), 0 if none.
+    pub last_drop_ns: u64,
 }
 
 impl Losses {
@@ -70,7 +75,10 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     python: Option<HashMap<MapData, u32, [u8; PyWalk::SIZE]>>,
     python_binaries: Option<HashMap<MapData, [u8; PyFile::SIZE], [u8; PyBinary::SIZE]>>,
+    deferred: Option<HashMap<MapData, u64, [u8; DEFERRED_SIZE]>>,
 }
+
+const DEFERRED_SIZE: usize = size_of::<DeferredFd>();
 
 impl Probes {
     /// Checks privileges and kernel features, then loads and attaches.
@@ -117,7 +125,9 @@ impl Probes {
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         let python = HashMap::try_from(take_map(&mut ebpf, PYTHON_MAP)?)?;
         let python_binaries = HashMap::try_from(take_map(&mut ebpf, PYTHON_BINARIES_MAP)?)?;
+        let deferred = HashMap::try_from(take_map(&mut ebpf, DEFERRED_MAP)?)?;
         Ok(Self {
+            deferred: Some(deferred),
             _ebpf: ebpf,
             events: Some(events),
             traced,
@@ -136,6 +146,38 @@ impl Probes {
                 None => map.remove(&tgid),
             }
             .map_err(|e| e.to_string())
+        }))
+    }
+
+    /// Hands out (once) the claimer of creations the kernel kept (see
+    /// [`fdtrace_common::DEFERRED_MAP`]).
+    pub fn take_deferred(&mut self) -> Option<DeferredClaim> {
+        let mut map = self.deferred.take()?;
+        Some(Box::new(move |wanted, before_ns| {
+            let keys: Vec<u64> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|key| u32::try_from(key >> 32).is_ok_and(wanted))
+                .collect();
+            let mut claimed = Vec::new();
+            for key in keys {
+                let Ok(bytes) = map.get(&key, 0) else {
+                    continue;
+                };
+                // SAFETY: the map value is a DeferredFd as the kernel wrote
+                // it: plain integers and arrays, any bit pattern valid.
+                let entry: DeferredFd = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                if entry.ts_ns >= before_ns {
+                    continue;
+                }
+                // Deleted here first: ours (its close, if any, is written).
+                if map.remove(&key).is_ok() {
+                    let tgid = u32::try_from(key >> 32).unwrap_or(0);
+                    let fd = i32::try_from(key & 0xffff_ffff).unwrap_or(-1);
+                    claimed.push((tgid, fd, entry));
+                }
+            }
+            claimed
         }))
     }
 
@@ -174,11 +216,17 @@ impl Probes {
             dropped_args: read(Counter::DroppedArgs),
             dropped_fds: read(Counter::DroppedFds),
             skipped_stacks: read(Counter::SkippedStacks),
+            deferred: read(Counter::Deferred),
+            last_drop_ns: self
+                .counters
+                .get(&(Counter::LastDropNs as u32), 0)
+                .map(|values| values.iter().copied().max().unwrap_or(0))
+                .unwrap_or(0),
         }
     }
 }
 
-const _: () = assert!(COUNTER_SLOTS == 4);
+const _: () = assert!(COUNTER_SLOTS == 6);
 
 /// The struct member offsets the kernel side walks files, mounts, auxv and
 /// limits with, from this kernel's BTF: no layout is assumed.

@@ -198,6 +198,9 @@ fn new_tracer(probes: &mut Probes, trace: &TraceConfig) -> Tracer {
     if let Some(walker) = probes.take_python_walker() {
         tracer.set_python_walker(walker);
     }
+    if let Some(claim) = probes.take_deferred() {
+        tracer.set_deferred_claim(claim);
+    }
     if let Some(registry) = probes.take_python_registry() {
         tracer.set_python_registry(registry);
     }
@@ -220,6 +223,8 @@ fn final_report(
         exit_status,
         dropped_events: losses.total(),
         skipped_stacks: losses.skipped_stacks,
+        kept_in_kernel: losses.deferred,
+        last_drop_ns: (losses.dropped_events > 0).then_some(losses.last_drop_ns),
         intervals,
     });
     suppress::apply(&mut report, &trace.suppressions);
@@ -354,6 +359,7 @@ impl LoopState<'_> {
                         return Ok(Ending { reason: Reason::Emfile, intervals: std::mem::take(&mut self.intervals) });
                     }
                     tracer.stacks.mature(monotonic_ns(), UNWIND_AFTER);
+                    tracer.claim_old(monotonic_ns());
                     if let Some(i) = &intervals && Instant::now() >= next_interval {
                         next_interval += i.every;
                         self.interval(tracer, start_ns, i);
@@ -401,6 +407,8 @@ impl LoopState<'_> {
             exit_status: None,
             dropped_events: 0,
             skipped_stacks: 0,
+            kept_in_kernel: 0,
+            last_drop_ns: None,
             intervals: Vec::new(),
         };
         match notice {
@@ -446,6 +454,8 @@ impl LoopState<'_> {
                 exit_status: None,
                 dropped_events: 0,
                 skipped_stacks: 0,
+                kept_in_kernel: 0,
+                last_drop_ns: None,
                 intervals: vec![entry.clone()],
             });
             let _ = live::interval(

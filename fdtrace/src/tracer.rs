@@ -5,11 +5,11 @@
 
 use std::{fs, path::Path, sync::Arc};
 
-use fdtrace_common::{PyBinary, PyFile, PyWalk, StackMode};
+use fdtrace_common::{DeferredFd, PyBinary, PyFile, PyWalk, StackMode};
 use hashbrown::HashMap;
 
 use crate::{
-    events::{Action, FdKind, decode},
+    events::{Action, FdKind, decode, decode_deferred},
     fd_table::{FdTable, Holder, Origin, StackRef},
     procfs::{self, ProcDescribe},
     python::Python,
@@ -29,6 +29,15 @@ pub type PythonWalker = Box<dyn FnMut(u32, Option<&PyWalk>) -> Result<(), String
 /// Registers a CPython interpreter file with the kernel (its
 /// `PY_BINARIES` map); the error says why it could not.
 pub type PythonRegistry = Box<dyn FnMut(&PyFile, &PyBinary) -> Result<(), String>>;
+
+/// Claims (deletes from the kernel's map and returns) the creations the
+/// kernel kept instead of writing, of the processes the predicate picks,
+/// made before a time: `(tgid, fd, entry)`.
+pub type DeferredClaim = Box<dyn FnMut(&dyn Fn(u32) -> bool, u64) -> Vec<(u32, i32, DeferredFd)>>;
+
+/// Creations the kernel kept are claimed once they are this old, so the
+/// table converges while processes live on.
+const CLAIM_AFTER_NS: u64 = 1_000_000_000;
 
 /// Something the session must act on now rather than at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +69,10 @@ pub struct Tracer {
     python_walker: PythonWalker,
     /// Tells the kernel which files are CPython interpreters.
     python_registry: PythonRegistry,
+    /// Claims creations the kernel kept while the ring was busy.
+    deferred: Option<DeferredClaim>,
+    /// When kept creations were last claimed.
+    last_claim_ns: u64,
 }
 
 /// Live descriptors of one stack, for an interval snapshot.
@@ -103,7 +116,51 @@ impl Tracer {
             python: Python::default(),
             python_walker: Box::new(|_, _| Ok(())),
             python_registry: Box::new(|_, _| Ok(())),
+            deferred: None,
+            last_claim_ns: 0,
         }
+    }
+
+    /// Where creations the kernel kept are claimed from (its `DEFERRED` map).
+    pub fn set_deferred_claim(&mut self, claim: DeferredClaim) {
+        self.deferred = Some(claim);
+    }
+
+    /// Models the creations the kernel kept for `tgid` (or every process
+    /// the table knows, with `None`) made before `before_ns`: they are
+    /// still open, since their close would have deleted them.
+    fn claim_deferred(&mut self, tgid: Option<u32>, before_ns: u64) {
+        let Some(claim) = self.deferred.as_mut() else {
+            return;
+        };
+        // A process the table does not know yet (its fork is still on its
+        // way) keeps its entries for the next round.
+        let known = &self.table.processes;
+        let wanted = |t: u32| tgid.map_or_else(|| known.contains_key(&t), |tgid| tgid == t);
+        let mut kept = claim(&wanted, before_ns);
+        kept.sort_unstable_by_key(|(_, _, entry)| entry.ts_ns);
+        for (tgid, fd, entry) in kept {
+            let Ok(events) = decode_deferred(tgid, fd, &entry) else {
+                self.undecodable += 1;
+                continue;
+            };
+            for event in events {
+                let used = self.table.apply(&event, None, &mut ProcDescribe);
+                for r in used.released {
+                    self.stacks.release(r);
+                }
+            }
+        }
+    }
+
+    /// Claims what the kernel kept more than a second ago, at most once a
+    /// second: long-lived descriptors made under load join the table.
+    pub fn claim_old(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.last_claim_ns) < CLAIM_AFTER_NS {
+            return;
+        }
+        self.last_claim_ns = now_ns;
+        self.claim_deferred(None, now_ns.saturating_sub(CLAIM_AFTER_NS));
     }
 
     /// Where CPython walker entries go (the kernel's `PYTHON` map).
@@ -235,6 +292,14 @@ impl Tracer {
             }
             self.stacks.add(tgid, s, python, event.ts_ns)
         });
+        // What the kernel kept for this process must be in the table
+        // before its exec, close_range or exit is applied.
+        if matches!(
+            event.action,
+            Action::Exec { .. } | Action::Exit | Action::CloseRange { .. }
+        ) {
+            self.claim_deferred(Some(tgid), event.ts_ns);
+        }
         let exhaustions = self.table.exhaustions.len();
         let overflows = self.table.fd_set_overflows.len();
         let used = self.table.apply(&event, stack, &mut ProcDescribe);
@@ -425,7 +490,11 @@ impl Tracer {
     }
 
     /// Builds a report of the table as it is now.
-    pub fn report(&mut self, cx: Context<'_>) -> Report {
+    pub fn report(&mut self, mut cx: Context<'_>) -> Report {
+        if self.undecodable > 0 {
+            // Lost records without a time: any close may be among them.
+            cx.last_drop_ns = Some(u64::MAX);
+        }
         let t = &self.table;
         let mut refs: Vec<StackRef> = t.leaks.iter().filter_map(|l| l.stack).collect();
         refs.extend(t.exec_leaks.iter().filter_map(|e| e.stack));
@@ -456,6 +525,7 @@ impl Tracer {
 
     /// Ends tracing: what live processes still hold is reported too.
     pub fn finish(&mut self, now_ns: u64) {
+        self.claim_deferred(None, u64::MAX);
         let used = self.table.finish(now_ns);
         for r in used.released {
             self.stacks.release(r);

@@ -26,6 +26,8 @@ mod tests {
             dropped_events: 0,
             incomplete: false,
             skipped_stacks: 0,
+            kept_in_kernel: 0,
+            unknown_leaks: vec![],
             processes: vec![],
             leaks: vec![LeakEntry {
                 pid: 1,

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     events::FdKind,
-    fd_table::{FdTable, StackRef},
+    fd_table::{FdTable, Leak, StackRef},
     stacks::symbolize::SymFrame,
 };
 
@@ -47,8 +47,16 @@ pub struct Report {
     /// Creations recorded without a stack because the kernel's ring buffer
     /// was filling up (their events are all there).
     pub skipped_stacks: u64,
+    /// Creations the kernel kept instead of writing while its ring buffer
+    /// was busy (closed there, they never crossed it; a leak among them has
+    /// no stack).
+    pub kept_in_kernel: u64,
     pub processes: Vec<ProcessEntry>,
     pub leaks: Vec<LeakEntry>,
+    /// Descriptors not seen closed, but opened before an event was
+    /// dropped: their close may be the lost event. Not leaks, not counted
+    /// by `--fail-on leak`.
+    pub unknown_leaks: Vec<LeakEntry>,
     pub exec_leaks: Vec<ExecLeakEntry>,
     pub emfile: Vec<EmfileEntry>,
     pub fd_set_overflows: Vec<FdSetOverflowEntry>,
@@ -216,6 +224,10 @@ pub struct Context<'a> {
     pub exit_status: Option<i32>,
     pub dropped_events: u64,
     pub skipped_stacks: u64,
+    pub kept_in_kernel: u64,
+    /// When the last event was lost (CLOCK_MONOTONIC ns; `u64::MAX` when
+    /// unknown), if any was.
+    pub last_drop_ns: Option<u64>,
     pub intervals: Vec<IntervalEntry>,
 }
 
@@ -257,21 +269,23 @@ impl Report {
                 }),
             })
             .collect();
-        let leaks: Vec<LeakEntry> = table
-            .leaks
-            .iter()
-            .map(|l| LeakEntry {
-                pid: l.tgid,
-                fd: l.fd,
-                kind: l.kind.name(),
-                target: l.target.clone(),
-                cloexec: l.cloexec,
-                opened_by: l.opened_by,
-                age_ms: age_ms(l.opened_ns, l.seen_ns),
-                stack_id: id_of(l.stack),
-                still_running: l.still_running,
-            })
-            .collect();
+        // A descriptor opened before a lost event may have been closed by it.
+        let maybe_closed = |opened_ns: u64| cx.last_drop_ns.is_some_and(|t| opened_ns <= t);
+        let (unknown, certain): (Vec<_>, Vec<_>) =
+            table.leaks.iter().partition(|l| maybe_closed(l.opened_ns));
+        let entry = |l: &Leak| LeakEntry {
+            pid: l.tgid,
+            fd: l.fd,
+            kind: l.kind.name(),
+            target: l.target.clone(),
+            cloexec: l.cloexec,
+            opened_by: l.opened_by,
+            age_ms: age_ms(l.opened_ns, l.seen_ns),
+            stack_id: id_of(l.stack),
+            still_running: l.still_running,
+        };
+        let unknown_leaks: Vec<LeakEntry> = unknown.into_iter().map(entry).collect();
+        let leaks: Vec<LeakEntry> = certain.into_iter().map(entry).collect();
         let exec_leaks: Vec<ExecLeakEntry> = table
             .exec_leaks
             .iter()
@@ -325,6 +339,7 @@ impl Report {
             .collect();
         let mut ids: Vec<(Option<u32>, bool)> = leaks.iter().map(|l| (l.stack_id, true)).collect();
         ids.extend(exec_leaks.iter().map(|e| (e.stack_id, false)));
+        ids.extend(unknown_leaks.iter().map(|l| (l.stack_id, false)));
         for e in &emfile {
             ids.push((e.stack_id, false));
             ids.extend(e.holders.iter().map(|h| (h.stack_id, false)));
@@ -342,8 +357,10 @@ impl Report {
             dropped_events: cx.dropped_events,
             incomplete: cx.dropped_events > 0,
             skipped_stacks: cx.skipped_stacks,
+            kept_in_kernel: cx.kept_in_kernel,
             processes,
             leaks,
+            unknown_leaks,
             exec_leaks,
             emfile,
             fd_set_overflows,
@@ -360,6 +377,7 @@ impl Report {
     pub fn regroup(&mut self) {
         let mut mentioned: Vec<u32> = Vec::new();
         mentioned.extend(self.exec_leaks.iter().filter_map(|e| e.stack_id));
+        mentioned.extend(self.unknown_leaks.iter().filter_map(|l| l.stack_id));
         for e in &self.emfile {
             mentioned.extend(e.stack_id);
             mentioned.extend(e.holders.iter().filter_map(|h| h.stack_id));
@@ -548,6 +566,8 @@ pub(crate) mod tests {
             dropped_events: 0,
             incomplete: false,
             skipped_stacks: 0,
+            kept_in_kernel: 0,
+            unknown_leaks: vec![],
             processes: vec![ProcessEntry {
                 pid: 7,
                 ppid: None,
@@ -583,6 +603,62 @@ pub(crate) mod tests {
                 ],
             }],
         }
+    }
+
+    struct NoStacks;
+    impl StackLookup for NoStacks {
+        fn id(&self, _stack: StackRef) -> Option<u32> {
+            None
+        }
+        fn frames(&self, _id: u32) -> Vec<SymFrame> {
+            Vec::new()
+        }
+        fn truncated(&self, _id: u32) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_leak_opened_before_a_lost_event_is_unknown_not_a_leak() {
+        let mut table = FdTable::default();
+        for (fd, opened_ns) in [(3, 100), (4, 200), (5, 300)] {
+            table.leaks.push(Leak {
+                tgid: 7,
+                fd,
+                kind: crate::events::FdKind::File,
+                target: format!("/f{fd}"),
+                cloexec: false,
+                opened_by: "openat",
+                opened_ns,
+                seen_ns: 400,
+                stack: None,
+                still_running: false,
+            });
+        }
+        let cx = |last_drop_ns: Option<u64>| Context {
+            mode: "run",
+            command: &[],
+            exit_status: Some(0),
+            dropped_events: u64::from(last_drop_ns.is_some()),
+            skipped_stacks: 0,
+            kept_in_kernel: 0,
+            last_drop_ns,
+            intervals: vec![],
+        };
+        let fds = |v: &[LeakEntry]| v.iter().map(|l| l.fd).collect::<Vec<_>>();
+        // The event lost at 200 may have been the close of 3 or 4, not of 5.
+        let r = Report::build(&table, cx(Some(200)), &NoStacks);
+        assert_eq!(
+            (fds(&r.leaks), fds(&r.unknown_leaks)),
+            (vec![5], vec![3, 4])
+        );
+        assert!(r.has(Finding::Leak));
+        let r = Report::build(&table, cx(Some(50)), &NoStacks);
+        assert!(r.unknown_leaks.is_empty() && r.leaks.len() == 3);
+        let r = Report::build(&table, cx(Some(u64::MAX)), &NoStacks);
+        assert!(r.leaks.is_empty() && !r.has(Finding::Leak));
+        let r = Report::build(&table, cx(None), &NoStacks);
+        assert_eq!(r.leaks.len(), 3);
     }
 
     #[test]

@@ -99,6 +99,34 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
             }
         }
     }
+    if !report.unknown_leaks.is_empty() {
+        writeln!(out)?;
+        let n = report.unknown_leaks.len();
+        let head = format!(
+            "Unknown (events lost): {n} {} not seen closed",
+            plural(n, "descriptor", "descriptors")
+        );
+        writeln!(out, "{}", style.bold(&head))?;
+        for line in wrap(
+            "Opened before an event was dropped, so their close may be the lost \
+             event. Not counted as leaks (nor by --fail-on leak).",
+            WIDTH - 2,
+        ) {
+            writeln!(out, "  {line}")?;
+        }
+        for l in report.unknown_leaks.iter().take(MAX_SAMPLES) {
+            let line = format!(
+                "    fd {:<4} {} in {}",
+                l.fd,
+                l.target,
+                process_name(report, l.pid)
+            );
+            writeln!(out, "{}", fit(&line, WIDTH))?;
+        }
+        if n > MAX_SAMPLES {
+            writeln!(out, "    ... and {} more", n - MAX_SAMPLES)?;
+        }
+    }
     if !report.fd_set_overflows.is_empty() {
         writeln!(out)?;
         writeln!(
@@ -212,6 +240,13 @@ fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()
         )?;
     } else {
         writeln!(out, "{dropped}.")?;
+    }
+    if report.kept_in_kernel > 0 {
+        let line = format!(
+            "Kept in the kernel under load: {} creations (a leak among them has no stack)",
+            report.kept_in_kernel
+        );
+        writeln!(out, "{}", fit(&line, WIDTH))?;
     }
     if report.skipped_stacks > 0 {
         let line = format!(
@@ -467,6 +502,8 @@ pub(super) mod tests {
             dropped_events: 0,
             incomplete: false,
             skipped_stacks: 0,
+            kept_in_kernel: 0,
+            unknown_leaks: vec![],
             processes: vec![ProcessEntry {
                 pid: 42,
                 ppid: None,

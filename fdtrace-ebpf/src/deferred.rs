@@ -1,0 +1,117 @@
+//! Creations kept in the kernel while the ring buffer is busy.
+//!
+//! Under a burst (the ring more than half full) a creation that yields one
+//! descriptor is not written: it goes into `DEFERRED`, keyed by process and
+//! descriptor, the way bcc's memleak keeps outstanding allocations. Its
+//! close deletes the entry and writes nothing, so a descriptor that lives a
+//! few microseconds never crosses the ring and churn cannot overflow it.
+//! What is still there when it matters (the process's exec, close_range
+//! or exit, or a second later) userspace claims by deleting the entry:
+//! whichever side deletes first owns the descriptor, so a close is either
+//! silent here or written for userspace, never both and never neither.
+
+use aya_ebpf::{helpers::bpf_probe_read_user_str_bytes, macros::map, maps::HashMap};
+use fdtrace_common::{
+    CLOEXEC_CLEARED, CLOEXEC_SET, DEFERRED_ENTRIES, DeferredFd, Syscall, TEXT_LEN,
+};
+
+#[map]
+static DEFERRED: HashMap<u64, DeferredFd> = HashMap::with_max_entries(DEFERRED_ENTRIES, 0);
+
+static EMPTY: DeferredFd = DeferredFd {
+    ts_ns: 0,
+    tid: 0,
+    syscall: 0,
+    args: [0; 6],
+    cloexec: 0,
+    text_len: 0,
+    text: [0; TEXT_LEN],
+};
+
+fn key(tgid: u32, fd: u64) -> u64 {
+    (u64::from(tgid) << 32) | (fd & 0xffff_ffff)
+}
+
+/// Whether `syscall` made exactly one descriptor (its return value) whose
+/// record says nothing a later event needs besides kind, flags and path.
+pub fn can_defer(syscall: Syscall, args: &[u64; 6]) -> bool {
+    match syscall {
+        Syscall::Open
+        | Syscall::Openat
+        | Syscall::Openat2
+        | Syscall::Creat
+        | Syscall::Socket
+        | Syscall::Accept
+        | Syscall::Accept4
+        | Syscall::Eventfd
+        | Syscall::Eventfd2
+        | Syscall::EpollCreate
+        | Syscall::EpollCreate1
+        | Syscall::TimerfdCreate
+        | Syscall::InotifyInit
+        | Syscall::InotifyInit1
+        | Syscall::FanotifyInit
+        | Syscall::MemfdCreate
+        | Syscall::PidfdOpen
+        | Syscall::Userfaultfd
+        | Syscall::PerfEventOpen
+        | Syscall::IoUringSetup => true,
+        // Only with fd -1 does signalfd make a descriptor.
+        Syscall::Signalfd | Syscall::Signalfd4 => args[0] as i32 == -1,
+        _ => false,
+    }
+}
+
+/// Keeps the creation of `fd`; false if the map is full (write it instead).
+/// `ids` is `(tgid << 32) | tid` (a BPF call takes five arguments).
+#[inline(never)]
+pub fn keep(ids: u64, syscall: Syscall, fd: i64, args: &[u64; 6], ts_ns: u64) -> bool {
+    let (tgid, tid) = ((ids >> 32) as u32, ids as u32);
+    let key = key(tgid, fd as u64);
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the static's address, not a copy on the stack"
+    )]
+    let inserted = DEFERRED.insert(key, &EMPTY, 0);
+    if inserted.is_err() {
+        return false;
+    }
+    let Some(entry) = DEFERRED.get_ptr_mut(key) else {
+        return false;
+    };
+    let path = match syscall {
+        Syscall::Open | Syscall::Creat | Syscall::MemfdCreate => args[0],
+        Syscall::Openat | Syscall::Openat2 => args[1],
+        _ => 0,
+    };
+    // SAFETY: `entry` is a live map value; user memory is read with the
+    // checked helper into its `text` array.
+    unsafe {
+        (*entry).ts_ns = ts_ns;
+        (*entry).tid = tid;
+        (*entry).syscall = syscall as u32;
+        (*entry).args = *args;
+        if path != 0
+            && let Ok(s) = bpf_probe_read_user_str_bytes(path as *const u8, &mut (*entry).text)
+        {
+            (*entry).text_len = s.len() as u32;
+        }
+    }
+    true
+}
+
+/// `fd` was closed (or replaced by dup2): true if it was kept here, in which
+/// case nothing needs writing.
+#[inline(always)]
+pub fn forget(tgid: u32, fd: u64) -> bool {
+    DEFERRED.remove(key(tgid, fd)).is_ok()
+}
+
+/// F_SETFD or FIOCLEX/FIONCLEX on `fd`.
+#[inline(always)]
+pub fn set_cloexec(tgid: u32, fd: u64, on: bool) {
+    if let Some(entry) = DEFERRED.get_ptr_mut(key(tgid, fd)) {
+        // SAFETY: a live map value.
+        unsafe { (*entry).cloexec = if on { CLOEXEC_SET } else { CLOEXEC_CLEARED } };
+    }
+}

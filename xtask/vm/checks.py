@@ -129,6 +129,20 @@ def exec_leak(t):
     check("start_helper" in t.functions(pipes[0]["stack_id"]), f"stack: {t.functions(pipes[0]['stack_id'])}")
 
 
+def handover(t):
+    """Of fds 3 and 4 crossing exec into sh, only the unread 4 is an exec-leak."""
+    fds = sorted(x["fd"] for x in t.r["exec_leaks"])
+    check(fds == [4], f"expected exec-leak of fd 4 only, got {t.r['exec_leaks']}")
+
+
+def churn(t):
+    """8 threads x 3000 open/close, then one leak each."""
+    check(t.r["dropped_events"] == 0, f"dropped {t.r['dropped_events']}")
+    check(t.r["unknown_leaks"] == [], f"unknown: {t.r['unknown_leaks']}")
+    leaks = [x for x in t.r["leaks"] if x["target"] == "/etc/hostname"]
+    check(len(t.r["leaks"]) == 8 and len(leaks) == 8, f"leaks: {t.r['leaks']}")
+
+
 CHECKS = {
     "c-leak": c_leak,
     "stack-fp": stack_fp,
@@ -138,6 +152,8 @@ CHECKS = {
     "python-line": python_line,
     "scm-rights": scm_rights,
     "exec-leak": exec_leak,
+    "handover": handover,
+    "churn": churn,
 }
 
 if __name__ == "__main__":

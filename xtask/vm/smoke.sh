@@ -190,6 +190,18 @@ if trace exec-leak -- "$FIXTURES/leaky"; then
     verdict exec-leak
 fi
 
+# handover: of two descriptors crossing exec into a shell, the one it
+# reads (the kernel records its first use) is not an exec-leak.
+if trace handover -- /bin/sh -c 'exec 3</etc/hostname 4</etc/hostname; exec /bin/sh -c "read x <&3"'; then
+    verdict handover
+fi
+
+# churn: 8 threads x 3000 open/close, each thread then leaking one fd:
+# nothing dropped, exactly 8 leaks.
+if trace churn -- "$FIXTURES/churn" 8 3000 leak; then
+    verdict churn
+fi
+
 # no-stopped: no run above left a process in state T.
 if [ -z "$stopped_after" ]; then
     pass no-stopped

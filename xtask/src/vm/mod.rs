@@ -42,6 +42,7 @@ const FIXTURES: &[(&str, &str, &[&str])] = &[
     ("service", "tests/fixtures/service.c", FP),
     ("families", "tests/fixtures/families.c", FP),
     ("leaky", "examples/leaky.c", FP),
+    ("churn", "tests/fixtures/churn.c", FP),
     (
         "nofp",
         "tests/fixtures/nofp.c",

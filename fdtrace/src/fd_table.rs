@@ -12,6 +12,8 @@
 
 use hashbrown::HashMap;
 
+use fdtrace_common::Syscall;
+
 use crate::events::{Action, Creation, Event, Fd, FdKind, Side, socket_family};
 
 /// Opaque handle to a captured stack, owned by the caller's stack store.
@@ -57,6 +59,10 @@ pub struct OpenFd {
     /// The program this fd crossed into through exec without CLOEXEC,
     /// while neither it nor a child it forked has used the fd since.
     pub crossed: Option<String>,
+    /// This process (or the one it was forked from, before the fork) made
+    /// a copy of it (`dup2(fd, 0)`: a shell's `cmd <&3`) since its last
+    /// exec: handled on purpose, so not leaked into the program exec'd next.
+    pub duplicated: bool,
 }
 
 impl OpenFd {
@@ -258,6 +264,7 @@ impl FdTable {
                         id: 0,
                         forked_from: None,
                         crossed: None,
+                        duplicated: false,
                     },
                 )
             })
@@ -431,6 +438,14 @@ impl FdTable {
             return;
         };
         let like = c.like.and_then(|fd| p.fds.get(&fd)).cloned();
+        if matches!(
+            c.syscall,
+            Syscall::Dup | Syscall::Dup2 | Syscall::Dup3 | Syscall::Fcntl
+        ) && let Some(source) = c.like.and_then(|fd| p.fds.get_mut(&fd))
+        {
+            // A dup: the source was handled here on purpose.
+            source.duplicated = true;
+        }
         for &fd in &c.fds {
             if fd < 0 {
                 continue;
@@ -456,6 +471,7 @@ impl FdTable {
                 },
                 forked_from: None,
                 crossed: None,
+                duplicated: false,
             };
             match (&like, c.kind) {
                 // accept(): a new socket of the listener's family and local address.
@@ -574,10 +590,16 @@ impl FdTable {
             };
             if f.cloexec {
                 release(p.fds.remove(&fd), used);
-            } else if matches!(f.origin, Origin::Created { .. }) && !is_standard_stream(fd) {
+            } else if matches!(f.origin, Origin::Created { .. })
+                && !is_standard_stream(fd)
+                && !f.duplicated
+            {
                 // An exec-leak unless the new program uses it (decided
                 // when the process exits).
                 f.crossed = Some(filename.to_owned());
+            }
+            if let Some(f) = p.fds.get_mut(&fd) {
+                f.duplicated = false;
             }
         }
         p.exe = filename.to_owned();
@@ -681,7 +703,6 @@ fn base_name(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use fdtrace_common::Syscall;
 
     use super::*;
 
@@ -986,6 +1007,50 @@ mod tests {
         t.apply(&ev(102, 15, Action::Use { fd: 3 }), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+    }
+
+    #[test]
+    fn a_descriptor_a_forked_child_redirects_before_exec_was_handed_over() {
+        // A shell's `exec 3<file; cat <&3`: the child dup2s 3 onto 0, then
+        // execs cat with 3 still open. The child handled it on purpose.
+        let mut t = table();
+        t.apply(&open(100, 3, "/etc/hostname", false), None, &mut NoProc);
+        t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+        let mut dup2 = create(101, Syscall::Dup2, vec![0], FdKind::Unknown, false, None);
+        if let Action::Create(c) = &mut dup2.action {
+            c.like = Some(3);
+        }
+        t.apply(&dup2, None, &mut NoProc);
+        let exec = Action::Exec {
+            filename: "/bin/cat".into(),
+        };
+        t.apply(&ev(101, 12, exec), None, &mut NoProc);
+        // dash redirects in the parent, then forks: the same.
+        let mut dup2 = create(100, Syscall::Dup2, vec![0], FdKind::Unknown, false, None);
+        if let Action::Create(c) = &mut dup2.action {
+            c.like = Some(3);
+        }
+        t.apply(&ev(100, 12, Action::Fork { child: 103 }), None, &mut NoProc);
+        t.apply(&dup2, None, &mut NoProc);
+        t.apply(&ev(100, 12, Action::Fork { child: 104 }), None, &mut NoProc);
+        let exec = Action::Exec {
+            filename: "/bin/cat".into(),
+        };
+        t.apply(&ev(104, 12, exec.clone()), None, &mut NoProc);
+        t.apply(&ev(104, 20, Action::Exit), None, &mut NoProc);
+        // A fork from before the dup, and exec, is a leak.
+        t.apply(&ev(103, 13, exec), None, &mut NoProc);
+        t.apply(&ev(103, 20, Action::Exit), None, &mut NoProc);
+        t.apply(&ev(100, 13, Action::Fork { child: 102 }), None, &mut NoProc);
+        let exec = Action::Exec {
+            filename: "/bin/true".into(),
+        };
+        t.apply(&ev(102, 14, exec), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        t.apply(&ev(102, 20, Action::Exit), None, &mut NoProc);
+        // 102 was forked after the parent's dup (the script opened fd 3
+        // for its commands): handed over too. Only 103 was not.
+        assert_eq!(exec_leaked(&t), vec![(103, 3, "/bin/cat")]);
     }
 
     #[test]

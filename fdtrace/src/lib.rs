@@ -15,6 +15,7 @@ pub mod procfs;
 pub mod python;
 pub mod report;
 pub mod session;
+pub mod signals;
 pub mod spawn;
 pub mod stacks;
 pub mod suppress;

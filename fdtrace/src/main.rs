@@ -19,6 +19,8 @@ use fdtrace::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // From here on SIGINT and SIGTERM end tracing with a report.
+    fdtrace::signals::catch();
     // Arguments and files named by them are checked (and the report file
     // set up) before anything runs; a problem there exits 2, like clap's
     // own usage errors.

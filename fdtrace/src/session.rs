@@ -6,7 +6,6 @@
 use std::{
     fs,
     io::{self, Write as _},
-    sync::atomic::{AtomicI32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -22,6 +21,7 @@ use crate::{
     load::{ProbeOptions, Probes},
     procfs,
     report::{Context, IntervalEntry, Report, live, text},
+    signals,
     spawn::{self, Identity},
     suppress,
     tracer::{Notice, Tracer},
@@ -106,33 +106,8 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
     })
 }
 
-/// SIGINT or SIGTERM received before the event loop could handle them.
-static EARLY_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn note_early_signal(signal: libc::c_int) {
-    EARLY_SIGNAL.store(signal, Ordering::Relaxed);
-}
-
-/// From now on SIGINT and SIGTERM end `attach` even when it was started
-/// with them ignored (a background job of a non-interactive shell), and
-/// one that arrives while the probes load is remembered, not lost.
-fn catch_early_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe);
-        // the sigaction struct is zeroed plain-old-data.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = note_early_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut action.sa_mask);
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
-
 /// Attaches to `config.pids` and traces them.
 pub fn attach(config: &AttachConfig) -> Result<Outcome> {
-    catch_early_signals();
     for &pid in &config.pids {
         if pid == std::process::id() {
             bail!(
@@ -305,20 +280,27 @@ impl LoopState<'_> {
         let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
         let mut sigchld = signal(SignalKind::child()).context("handle SIGCHLD")?;
         // Installed now; one that came before them is handled like them.
-        let early = EARLY_SIGNAL.swap(0, Ordering::Relaxed);
-        if early != 0 && matches!(watch, Watch::Attached(_)) {
-            self.drain(ring.get_mut(), tracer);
-            return Ok(Ending {
-                reason: Reason::Interrupted,
-                intervals: std::mem::take(&mut self.intervals),
-            });
+        let mut interrupts = 0;
+        if let Some(early) = signals::take_noted() {
+            match &watch {
+                Watch::Child(pid) => {
+                    interrupts += i32::from(early == libc::SIGINT);
+                    forward(*pid, early);
+                }
+                Watch::Attached(_) => {
+                    self.drain(ring.get_mut(), tracer);
+                    return Ok(Ending {
+                        reason: Reason::Interrupted,
+                        intervals: std::mem::take(&mut self.intervals),
+                    });
+                }
+            }
         }
         let mut tick = tokio::time::interval(TICK);
         let start = Instant::now();
         let start_ns = monotonic_ns();
         let every = intervals.as_ref().map_or(Duration::MAX, |i| i.every);
         let mut next_interval = start + every.min(Duration::from_secs(1 << 30));
-        let mut interrupts = 0;
         loop {
             let reason = match &watch {
                 Watch::Child(pid) => try_wait(*pid).map(Reason::CommandExited),

@@ -169,6 +169,7 @@ unsafe fn child(
     argv: &[*const libc::c_char],
     identity: Option<&Identity>,
 ) -> ! {
+    crate::signals::restore_in_child();
     // SAFETY: async-signal-safe calls only.
     unsafe {
         let mut byte = 0u8;

@@ -166,7 +166,8 @@ fn bad_flags_are_rejected_with_a_clear_message() {
         .args(["run", "--stack-bytes", "99", "--", "true"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    // Argument errors exit 2, like clap's own (README, "Exit codes").
+    assert_eq!(output.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&output.stderr)
             .contains("--stack-bytes must be between 512 and 32768")
@@ -257,4 +258,182 @@ fn json_report_follows_the_documented_contract() {
             assert!(f["inlined"].is_boolean(), "{f}");
         }
     }
+}
+
+/// Runs `fdtrace run --as-root -o REPORT -- touch MARKER` with `env`;
+/// (exit code, stderr, whether the command ran).
+fn run_with_output(report: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String, bool) {
+    let marker = fixture_out().join(format!("ran-{}-{}", std::process::id(), rand_suffix()));
+    let output = Command::new(fdtrace())
+        .args(["run", "--as-root", "--format", "json", "-o"])
+        .arg(report)
+        .arg("--")
+        .arg("touch")
+        .arg(&marker)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let ran = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        ran,
+    )
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn an_unwritable_report_file_is_an_error_before_the_command_runs() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let (code, stderr, ran) = run_with_output(std::path::Path::new("/nonexistent/dir/r.json"), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!ran, "the command must not run");
+    assert!(
+        stderr.contains("/nonexistent/dir") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_report_file_planted_by_another_user_is_never_followed_or_replaced() {
+    if !bpf_or_skip() || unsafe_geteuid() != 0 {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    // A world-writable sticky directory, like /tmp, and a root-owned file.
+    let dir = fdtrace_tests::scratch_dir("planted");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.join("root-owned");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let report = dir.join("r.json");
+    // `nobody` (a throwaway user) plants a symlink where the report goes.
+    let planted = Command::new("runuser")
+        .args(["-u", "nobody", "--", "ln", "-s"])
+        .arg(&victim)
+        .arg(&report)
+        .status()
+        .unwrap();
+    assert!(planted.success());
+    let (code, stderr, ran) = run_with_output(&report, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!ran && stderr.contains("uid 65534"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(
+        std::fs::symlink_metadata(&report)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A hard link to the root-owned file is replaced, never written through.
+    std::fs::remove_file(&report).unwrap();
+    std::fs::hard_link(&victim, &report).unwrap();
+    let (code, stderr, ran) = run_with_output(&report, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(ran);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["mode"], "run");
+
+    // Under umask 000 the report is still 0644; under sudo it is the
+    // invoking user's.
+    std::fs::remove_file(&report).unwrap();
+    // SAFETY: umask(2) has no preconditions; restored below.
+    let old = unsafe { libc::umask(0) };
+    let (code, stderr, _) =
+        run_with_output(&report, &[("SUDO_UID", "65534"), ("SUDO_GID", "65534")]);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    assert_eq!(code, Some(0), "{stderr}");
+    let meta = std::fs::metadata(&report).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid()),
+        (0o644, 65534, 65534)
+    );
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".fdtrace-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn attach_started_with_sigint_ignored_still_stops_on_it_and_a_signal_at_start_up_is_kept() {
+    if !bpf_or_skip() {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let mut target = Command::new("sleep").arg("60").spawn().unwrap();
+    let report = fixture_out().join(format!("ignored-{}.json", std::process::id()));
+    // Like a background job of a non-interactive shell: SIGINT ignored.
+    let mut command = Command::new(fdtrace());
+    command
+        .args([
+            "attach",
+            "-p",
+            &target.id().to_string(),
+            "--format",
+            "json",
+            "-o",
+        ])
+        .arg(&report)
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe signal(2) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    // Wait until it is attached ("attached to ..." on stderr).
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    while !seen.contains("attached to") {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut stderr, &mut buf).unwrap();
+        assert!(n > 0, "fdtrace ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["mode"], "attach");
+    std::fs::remove_file(&report).unwrap();
+
+    // SIGTERM while the probes are still loading ends it with a report,
+    // instead of being lost or killing it without one.
+    let mut child = Command::new(fdtrace())
+        .args([
+            "attach",
+            "-p",
+            &target.id().to_string(),
+            "--format",
+            "json",
+            "-o",
+        ])
+        .arg(&report)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // SAFETY: as above.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(report.exists(), "a report, even for a signal at start-up");
+    std::fs::remove_file(&report).unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
 }

@@ -21,6 +21,34 @@ pub fn run() -> Result<()> {
     tracefs()?;
     system_tool("cc", "gcc")?;
     system_tool("python3", "python3")?;
+    // Real programs the tests trace, which must report nothing.
+    system_tool("make", "make")?;
+    system_tool("git", "git")?;
+    system_tool("tar", "tar")?;
+    system_tool("bash", "bash")?;
+    system_tool("go", "golang-go")?;
+    python_module("pytest")?;
+    Ok(())
+}
+
+/// A Python package the tests run (`python3 -m NAME`), installed with pip
+/// for the `python3` on PATH when missing.
+fn python_module(name: &str) -> Result<()> {
+    if succeeds(command("python3").args(["-m", name, "--version"])) {
+        println!("ok: python3 -m {name}");
+        return Ok(());
+    }
+    println!("installing: {name} (python3 -m pip install {name})");
+    process::run(
+        "pip install",
+        command("python3").args(["-m", "pip", "install", "--quiet", name]),
+    )
+    .with_context(|| {
+        format!("install {name} with pip: run `python3 -m pip install {name}`, then rerun `cargo xtask setup`")
+    })?;
+    if !succeeds(command("python3").args(["-m", name, "--version"])) {
+        bail!("installed {name} but `python3 -m {name} --version` still fails");
+    }
     Ok(())
 }
 
@@ -116,16 +144,19 @@ fn tracefs() -> Result<()> {
     Ok(())
 }
 
-/// A tool the end-to-end tests use to build and run fixtures (`cc`, `python3`),
-/// installed with apt when missing and running as root.
+/// A tool the end-to-end tests use to build and run fixtures (`cc`,
+/// `python3`) or trace as real programs (`make`, `go`...), installed with
+/// apt when missing and running as root.
 fn system_tool(tool: &str, apt_package: &str) -> Result<()> {
-    if succeeds(command(tool).arg("--version")) {
+    // Go says `go version`; everything else `--version`.
+    let version = if tool == "go" { "version" } else { "--version" };
+    if succeeds(command(tool).arg(version)) {
         println!("ok: {tool}");
         return Ok(());
     }
     if !is_root() {
         bail!(
-            "`{tool} --version` failed: install it (e.g. `sudo apt-get install -y \
+            "`{tool} {version}` failed: install it (e.g. `sudo apt-get install -y \
              {apt_package}`), then rerun `cargo xtask setup`"
         );
     }
@@ -137,8 +168,8 @@ fn system_tool(tool: &str, apt_package: &str) -> Result<()> {
         command("apt-get").args(["install", "-y", apt_package]),
     )
     .with_context(|| format!("install {apt_package} with apt-get"))?;
-    if !succeeds(command(tool).arg("--version")) {
-        bail!("installed {apt_package} but `{tool} --version` still fails: check PATH");
+    if !succeeds(command(tool).arg(version)) {
+        bail!("installed {apt_package} but `{tool} {version}` still fails: check PATH");
     }
     Ok(())
 }

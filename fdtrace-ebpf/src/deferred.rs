@@ -15,6 +15,10 @@ use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DEFERRED_ENTRIES, DeferredFd, Syscall, TEXT_LEN,
 };
 
+/// Preallocated, as tracing programs' hash maps should be (older kernels
+/// warn in dmesg otherwise). `keep` writes an entry's time last and
+/// userspace never claims one without a time, so it never deletes an
+/// element still being written.
 #[map]
 static DEFERRED: HashMap<u64, DeferredFd> = HashMap::with_max_entries(DEFERRED_ENTRIES, 0);
 
@@ -87,7 +91,6 @@ pub fn keep(ids: u64, syscall: Syscall, fd: i64, args: &[u64; 6], ts_ns: u64) ->
     // SAFETY: `entry` is a live map value; user memory is read with the
     // checked helper into its `text` array.
     unsafe {
-        (*entry).ts_ns = ts_ns;
         (*entry).tid = tid;
         (*entry).syscall = syscall as u32;
         (*entry).args = *args;
@@ -96,6 +99,9 @@ pub fn keep(ids: u64, syscall: Syscall, fd: i64, args: &[u64; 6], ts_ns: u64) ->
         {
             (*entry).text_len = s.len() as u32;
         }
+        // Last: userspace leaves an entry with no time for later, as one
+        // still being written.
+        (*entry).ts_ns = ts_ns;
     }
     true
 }

@@ -145,7 +145,13 @@ fn count(counter: Counter) {
 /// A ring-buffer write failed: counted, and when, so userspace can tell
 /// which leaks might be a lost close.
 pub fn dropped() {
-    add(Counter::DroppedEvents, 1);
+    lost(Counter::DroppedEvents);
+}
+
+/// Something that may have carried a close (or a first use) was lost:
+/// counted in `counter`, and when.
+pub fn lost(counter: Counter) {
+    add(counter, 1);
     if let Some(slot) = COUNTERS.get_ptr_mut(Counter::LastDropNs as u32) {
         // SAFETY: a valid, aligned u64 per-CPU map value; the helper takes
         // no arguments.
@@ -254,7 +260,7 @@ fn stash(tid: u32, syscall: u32, nr: u64, args: SyscallArgs) {
         args,
     };
     if PENDING.insert(tid, pending, 0).is_err() {
-        count(Counter::DroppedArgs);
+        lost(Counter::DroppedArgs);
     }
 }
 
@@ -364,10 +370,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if busy {
         count(Counter::SkippedStacks);
     }
-    if ok && matches!(syscall, Syscall::Dup2 | Syscall::Dup3) {
-        // The descriptor it replaced may have been kept here.
-        deferred::forget(tgid, ret as u64);
-    }
     let wants_stack = (creates && !busy) || failed_for_lack_of_fds;
     // SAFETY: plain read of a global set before load.
     let stack_mode = unsafe { read_volatile(&STACK_MODE) };
@@ -433,6 +435,25 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             if matches!(syscall, Syscall::Recvmsg | Syscall::Recvmmsg) && (*header).nfds == 0 {
                 entry.discard(0);
                 return Ok(());
+            }
+            // The kernel just handed out these numbers: whatever was kept
+            // under them is gone (closed by exec, close_range, dup2 onto
+            // it) and must not swallow this descriptor's close.
+            match syscall {
+                Syscall::Pipe | Syscall::Pipe2 | Syscall::Socketpair => {
+                    deferred::forget(tgid, (*header).fds[0] as u64);
+                    deferred::forget(tgid, (*header).fds[1] as u64);
+                }
+                Syscall::Recvmsg
+                | Syscall::Recvmmsg
+                | Syscall::Bind
+                | Syscall::Connect
+                | Syscall::CloseRange
+                | Syscall::Select
+                | Syscall::Pselect6 => {}
+                _ => {
+                    deferred::forget(tgid, ret as u64);
+                }
             }
         }
     } else {

@@ -123,7 +123,8 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
     // SAFETY: a live map value of plain old data.
     let walk = unsafe { &*walk };
     let Some(mut entry) = EVENTS.reserve::<PyStackRecord>(0) else {
-        crate::dropped();
+        // Loses a stack or a path, never a close: no loss time.
+        crate::count(fdtrace_common::Counter::DroppedEvents);
         return;
     };
     let rec = entry.as_mut_ptr();
@@ -240,7 +241,8 @@ fn copy_code(tgid: u32, code: u64, tag: u64) -> bool {
         return false;
     };
     let Some(mut entry) = EVENTS.reserve::<PyCodeRecord>(0) else {
-        crate::dropped();
+        // Loses a stack or a path, never a close: no loss time.
+        crate::count(fdtrace_common::Counter::DroppedEvents);
         return false;
     };
     let rec = entry.as_mut_ptr();

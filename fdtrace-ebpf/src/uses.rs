@@ -7,8 +7,8 @@
 //! open-descriptor bitmap says what was inherited; each syscall that names
 //! one of those descriptors clears its bit and writes one [`EventKind::Use`]
 //! record, so a descriptor costs one record however often it is used.
-//! Processes with nothing inherited have no entry and pay one failed map
-//! lookup per syscall.
+//! Processes with nothing inherited (above 0, 1, 2) have no entry and pay
+//! one failed map lookup per syscall.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel as read_kernel_raw},
@@ -20,7 +20,7 @@ use fdtrace_common::{
     Counter, EventHeader, EventKind, INHERITED_FDS, INHERITED_WORDS, KernelOffset,
 };
 
-use crate::{EVENTS, capture, count, files, syscall_args, wakeup};
+use crate::{EVENTS, capture, files, lost, syscall_args, wakeup};
 
 type Bitmap = [u64; INHERITED_WORDS];
 
@@ -46,7 +46,8 @@ pub fn exec(tgid: u32) {
     )]
     let inserted = INHERITED.insert(tgid, &EMPTY, 0);
     if inserted.is_err() {
-        count(Counter::DroppedArgs);
+        // Its uses go unseen: any exec-leak of it is in doubt.
+        lost(Counter::DroppedArgs);
         return;
     }
     let Some(bits) = INHERITED.get_ptr_mut(tgid) else {
@@ -61,6 +62,15 @@ pub fn exec(tgid: u32) {
         read_kernel_raw(bits.cast(), words * 8, open_fds as *const core::ffi::c_void);
         // Standard streams are the program's own by convention.
         (*bits)[0] &= !0b111;
+    }
+    // Nothing inherited: no entry, no lookup cost per syscall.
+    let mut any = 0;
+    for i in 0..INHERITED_WORDS {
+        // SAFETY: as above; `i` is below the array's length.
+        any |= unsafe { (*bits)[i] };
+    }
+    if any == 0 {
+        let _ = INHERITED.remove(tgid);
     }
 }
 
@@ -117,16 +127,16 @@ fn check(bits: *mut Bitmap, tgid: u32, tid: u32, fd: u64) {
     let word = (fd / 64) as usize & (INHERITED_WORDS - 1);
     let mask = 1u64 << (fd % 64);
     // SAFETY: `bits` is a live map value; `word` is masked into range.
-    unsafe {
-        if (*bits)[word] & mask == 0 {
-            return;
-        }
-        (*bits)[word] &= !mask;
+    if unsafe { (*bits)[word] } & mask == 0 {
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        // The bit stays: the next use is reported instead.
         crate::dropped();
         return;
     };
+    // SAFETY: as above.
+    unsafe { (*bits)[word] &= !mask };
     let header = entry.as_mut_ptr();
     // SAFETY: live reservation the size of `EventHeader`.
     unsafe {

@@ -12,8 +12,6 @@
 
 use hashbrown::HashMap;
 
-use fdtrace_common::Syscall;
-
 use crate::events::{Action, Creation, Event, Fd, FdKind, Side, socket_family};
 
 /// Opaque handle to a captured stack, owned by the caller's stack store.
@@ -55,14 +53,13 @@ pub struct OpenFd {
     /// the very entry it came from.
     pub id: u64,
     /// For a fork's copy: the parent's entry (tgid, fd, id) it came from.
-    pub forked_from: Option<(u32, Fd, u64)>,
+    pub forked_from: Option<FdEntry>,
     /// The program this fd crossed into through exec without CLOEXEC,
     /// while neither it nor a child it forked has used the fd since.
     pub crossed: Option<String>,
-    /// This process (or the one it was forked from, before the fork) made
-    /// a copy of it (`dup2(fd, 0)`: a shell's `cmd <&3`) since its last
-    /// exec: handled on purpose, so not leaked into the program exec'd next.
-    pub duplicated: bool,
+    /// The open file description it refers to (the [`OpenFd::id`] of the
+    /// fd that opened it): shared by dup'd copies and fork copies.
+    pub file: u64,
 }
 
 impl OpenFd {
@@ -222,6 +219,9 @@ pub trait Describe {
     fn describe(&mut self, tgid: u32, fd: Fd) -> Option<(FdKind, String)>;
 }
 
+/// One fd lifetime: (tgid, fd, [`OpenFd::id`]).
+type FdEntry = (u32, Fd, u64);
+
 /// All traced processes and everything found so far.
 #[derive(Debug, Default)]
 pub struct FdTable {
@@ -234,6 +234,10 @@ pub struct FdTable {
     pub order: Vec<u32>,
     /// Last [`OpenFd::id`] handed out.
     last_id: u64,
+    /// Exec-leaks of processes that exited, by (tgid, fd, id), with where
+    /// the fd was forked from: a child still running may yet use its copy
+    /// (`sh -c 'server --fd 3 &'`). Final at [`FdTable::finish`].
+    pending_exec_leaks: HashMap<FdEntry, (ExecLeak, Option<FdEntry>)>,
 }
 
 /// Standard input, output and error: the process's own by convention,
@@ -243,6 +247,11 @@ pub fn is_standard_stream(fd: Fd) -> bool {
     (0..=2).contains(&fd)
 }
 
+/// Descriptors whose first use after exec the kernel reports
+/// (`fdtrace_common::INHERITED_FDS`); above that, use is unknown and a
+/// crossing is not judged.
+const WATCHED_FDS: Fd = 1024;
+
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 
@@ -250,9 +259,11 @@ impl FdTable {
     /// Starts tracking `tgid` with the descriptors it already has, all
     /// [`Origin::Inherited`].
     pub fn add_root(&mut self, tgid: u32, exe: &str, inherited: Vec<(Fd, FdKind, String, bool)>) {
+        let mut id = self.last_id;
         let fds = inherited
             .into_iter()
             .map(|(fd, kind, target, cloexec)| {
+                id += 1;
                 (
                     fd,
                     OpenFd {
@@ -261,14 +272,15 @@ impl FdTable {
                         socket: None,
                         cloexec,
                         origin: Origin::Inherited,
-                        id: 0,
+                        id,
                         forked_from: None,
                         crossed: None,
-                        duplicated: false,
+                        file: id,
                     },
                 )
             })
             .collect();
+        self.last_id = id;
         self.insert_process(Process {
             tgid,
             comm: base_name(exe),
@@ -300,7 +312,7 @@ impl FdTable {
             Action::Fork { child } => self.fork(tgid, *child, &mut used),
             Action::Exec { filename } => self.exec(tgid, filename, &mut used),
             Action::Exit => self.exit(tgid, event.ts_ns, false, &mut used),
-            Action::Use { fd } => self.use_fd(tgid, *fd),
+            Action::Use { fd } => self.use_fd(tgid, *fd, &mut used),
             Action::ExitGroup { status } => {
                 if let Some(p) = self.processes.get_mut(&tgid) {
                     p.exit_status = Some(*status);
@@ -438,14 +450,6 @@ impl FdTable {
             return;
         };
         let like = c.like.and_then(|fd| p.fds.get(&fd)).cloned();
-        if matches!(
-            c.syscall,
-            Syscall::Dup | Syscall::Dup2 | Syscall::Dup3 | Syscall::Fcntl
-        ) && let Some(source) = c.like.and_then(|fd| p.fds.get_mut(&fd))
-        {
-            // A dup: the source was handled here on purpose.
-            source.duplicated = true;
-        }
         for &fd in &c.fds {
             if fd < 0 {
                 continue;
@@ -471,7 +475,7 @@ impl FdTable {
                 },
                 forked_from: None,
                 crossed: None,
-                duplicated: false,
+                file: id,
             };
             match (&like, c.kind) {
                 // accept(): a new socket of the listener's family and local address.
@@ -482,6 +486,7 @@ impl FdTable {
                 }
                 // dup*: the same open file.
                 (Some(original), _) => {
+                    new.file = original.file;
                     new.kind = original.kind;
                     new.target = original.target.clone();
                     new.socket = original.socket.clone();
@@ -516,23 +521,31 @@ impl FdTable {
     /// The process used `fd`: if it crossed an exec, it was meant for this
     /// program. So it was for every process it was forked down from since,
     /// up to the one it crossed into.
-    fn use_fd(&mut self, tgid: u32, fd: Fd) {
+    fn use_fd(&mut self, tgid: u32, fd: Fd, used: &mut StackUse) {
         let mut at = (tgid, fd, None);
         // A fork chain is never this deep; the bound only guards a cycle.
         for _ in 0..64 {
             let (tgid, fd, id) = at;
-            let Some(f) = self
+            let next = match self
                 .processes
                 .get_mut(&tgid)
                 .and_then(|p| p.fds.get_mut(&fd))
-            else {
-                return;
+            {
+                Some(f) if id.is_none_or(|id| id == f.id) => {
+                    f.crossed = None;
+                    f.forked_from
+                }
+                // The process it crossed into has exited: its exec-leak
+                // was waiting for this.
+                _ => match id.and_then(|id| self.pending_exec_leaks.remove(&(tgid, fd, id))) {
+                    Some((leak, forked_from)) => {
+                        used.released.extend(leak.stack);
+                        forked_from
+                    }
+                    None => return,
+                },
             };
-            if id.is_some_and(|id| id != f.id) {
-                return;
-            }
-            f.crossed = None;
-            match f.forked_from {
+            match next {
                 Some((parent, fd, id)) => at = (parent, fd, Some(id)),
                 None => return,
             }
@@ -584,6 +597,12 @@ impl FdTable {
         };
         let mut fds: Vec<Fd> = p.fds.keys().copied().collect();
         fds.sort_unstable();
+        // What stdin, stdout and stderr refer to across the exec: a
+        // descriptor sharing its open file with one of them was handed
+        // over on purpose (a shell's `cmd <&3` is `dup2(3, 0)`).
+        let standard: Vec<u64> = (0..=2)
+            .filter_map(|fd| p.fds.get(&fd).filter(|f| !f.cloexec).map(|f| f.file))
+            .collect();
         for fd in fds {
             let Some(f) = p.fds.get_mut(&fd) else {
                 continue;
@@ -592,14 +611,12 @@ impl FdTable {
                 release(p.fds.remove(&fd), used);
             } else if matches!(f.origin, Origin::Created { .. })
                 && !is_standard_stream(fd)
-                && !f.duplicated
+                && fd < WATCHED_FDS
+                && !standard.contains(&f.file)
             {
                 // An exec-leak unless the new program uses it (decided
                 // when the process exits).
                 f.crossed = Some(filename.to_owned());
-            }
-            if let Some(f) = p.fds.get_mut(&fd) {
-                f.duplicated = false;
             }
         }
         p.exe = filename.to_owned();
@@ -632,7 +649,7 @@ impl FdTable {
             };
             let leaked = creator == tgid && !is_standard_stream(fd);
             if let Some(exec) = &f.crossed {
-                self.exec_leaks.push(ExecLeak {
+                let leak = ExecLeak {
                     tgid,
                     fd,
                     kind: f.kind,
@@ -640,7 +657,9 @@ impl FdTable {
                     opened_by: syscall,
                     exec: exec.clone(),
                     stack,
-                });
+                };
+                self.pending_exec_leaks
+                    .insert((tgid, fd, f.id), (leak, f.forked_from));
                 // The fd's own reference goes to the exec-leak; a leak
                 // report needs one more.
                 if leaked {
@@ -680,6 +699,10 @@ impl FdTable {
         for tgid in live {
             self.exit(tgid, now_ns, true, &mut used);
         }
+        let mut pending: Vec<_> = self.pending_exec_leaks.drain().collect();
+        pending.sort_unstable_by_key(|(key, _)| *key);
+        self.exec_leaks
+            .extend(pending.into_iter().map(|(_, (leak, _))| leak));
         used
     }
 }
@@ -703,6 +726,7 @@ fn base_name(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use fdtrace_common::Syscall;
 
     use super::*;
 
@@ -923,6 +947,7 @@ mod tests {
         assert!(t.exec_leaks.is_empty());
         assert_eq!(t.processes[&100].comm, "child");
         t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
+        t.finish(40);
         assert_eq!(t.exec_leaks.len(), 1);
         let e = &t.exec_leaks[0];
         assert_eq!(
@@ -944,7 +969,9 @@ mod tests {
         t
     }
 
-    fn exec_leaked(t: &FdTable) -> Vec<(u32, Fd, &str)> {
+    /// Exec-leaks once tracing ended.
+    fn exec_leaked(t: &mut FdTable) -> Vec<(u32, Fd, &str)> {
+        t.finish(1000);
         let mut v: Vec<_> = t
             .exec_leaks
             .iter()
@@ -959,7 +986,7 @@ mod tests {
         let mut t = handed_over();
         t.apply(&ev(101, 13, Action::Use { fd: 3 }), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
-        assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+        assert_eq!(exec_leaked(&mut t), vec![(101, 4, "/bin/child")]);
     }
 
     #[test]
@@ -967,7 +994,7 @@ mod tests {
         let mut t = handed_over();
         t.apply(&ev(101, 13, Action::Close { fd: 4 }), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
-        assert_eq!(exec_leaked(&t), vec![(101, 3, "/bin/child")]);
+        assert_eq!(exec_leaked(&mut t), vec![(101, 3, "/bin/child")]);
     }
 
     #[test]
@@ -979,7 +1006,18 @@ mod tests {
         t.apply(&ev(102, 15, Action::Exit), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         // The helper is the same program: it reports nothing of its own.
-        assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+        assert_eq!(exec_leaked(&mut t), vec![(101, 4, "/bin/child")]);
+    }
+
+    #[test]
+    fn a_use_by_a_child_after_its_parent_exited_still_counts() {
+        // `sh -c 'server --fd 3 &'`: sh exits first, its child uses fd 3.
+        let mut t = handed_over();
+        t.apply(&ev(101, 13, Action::Fork { child: 102 }), None, &mut NoProc);
+        t.apply(&ev(101, 14, Action::Exit), None, &mut NoProc);
+        t.apply(&ev(102, 15, Action::Use { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(102, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(exec_leaked(&mut t), vec![(101, 4, "/bin/child")]);
     }
 
     #[test]
@@ -990,7 +1028,7 @@ mod tests {
         t.apply(&ev(100, 13, Action::Use { fd: 3 }), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         assert_eq!(
-            exec_leaked(&t),
+            exec_leaked(&mut t),
             vec![(101, 3, "/bin/child"), (101, 4, "/bin/child")]
         );
     }
@@ -1006,7 +1044,7 @@ mod tests {
         t.apply(&open(101, 3, "/new", false), None, &mut NoProc);
         t.apply(&ev(102, 15, Action::Use { fd: 3 }), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
-        assert_eq!(exec_leaked(&t), vec![(101, 4, "/bin/child")]);
+        assert_eq!(exec_leaked(&mut t), vec![(101, 4, "/bin/child")]);
     }
 
     #[test]
@@ -1048,9 +1086,27 @@ mod tests {
         t.apply(&ev(102, 14, exec), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         t.apply(&ev(102, 20, Action::Exit), None, &mut NoProc);
-        // 102 was forked after the parent's dup (the script opened fd 3
-        // for its commands): handed over too. Only 103 was not.
-        assert_eq!(exec_leaked(&t), vec![(103, 3, "/bin/cat")]);
+        // 102 was forked while the parent's stdin was a copy of 3: handed
+        // over too. Only 103, forked before, was not.
+        assert_eq!(exec_leaked(&mut t), vec![(103, 3, "/bin/cat")]);
+    }
+
+    #[test]
+    fn a_server_that_once_duplicated_its_socket_still_leaks_it_into_helpers() {
+        let mut t = table();
+        t.apply(&open(100, 3, "socket", false), None, &mut NoProc);
+        let mut dup = create(100, Syscall::Fcntl, vec![9], FdKind::Unknown, true, None);
+        if let Action::Create(c) = &mut dup.action {
+            c.like = Some(3);
+        }
+        t.apply(&dup, None, &mut NoProc);
+        t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+        let exec = Action::Exec {
+            filename: "/usr/bin/helper".into(),
+        };
+        t.apply(&ev(101, 12, exec), None, &mut NoProc);
+        t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
+        assert_eq!(exec_leaked(&mut t), vec![(101, 3, "/usr/bin/helper")]);
     }
 
     #[test]

@@ -2,20 +2,24 @@
 //! its globals and attaches every program to the tracepoint it is named
 //! after. The only module that touches `aya::programs`.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf},
     programs::{Program, ProgramError, ProgramInfo},
 };
 use fdtrace_common::{
-    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, DEFERRED_MAP, DeferredFd,
-    EMFILE_STOP_GLOBAL, EVENTS_MAP, KERNEL_OFFSET_COUNT, KERNEL_OFFSETS_GLOBAL, KernelOffset,
-    PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk, STACK_BYTES_GLOBAL,
-    STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
-    TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, DEFERRED_ENTRIES,
+    DEFERRED_MAP, DeferredFd, EMFILE_STOP_GLOBAL, EVENTS_MAP, KERNEL_OFFSET_COUNT,
+    KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk,
+    STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
+    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
 };
 
 use crate::{
@@ -64,6 +68,83 @@ impl Losses {
     pub fn total(&self) -> u64 {
         self.dropped_events + self.dropped_args + self.dropped_fds
     }
+}
+
+/// Takes the kept creation under `key` if it was made before `before_ns`:
+/// deleted here first, it is userspace's (its close, if any, will be
+/// written). With `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps since 5.14)
+/// the value read is the one deleted; before that, a lookup then a delete,
+/// and `atomic` turns false.
+fn take_deferred_entry(
+    map: &mut HashMap<MapData, u64, [u8; DEFERRED_SIZE]>,
+    key: u64,
+    before_ns: u64,
+    atomic: &mut bool,
+) -> Option<DeferredFd> {
+    let decode = |bytes: &[u8; DEFERRED_SIZE]| -> DeferredFd {
+        // SAFETY: the map value is a DeferredFd as the kernel wrote it:
+        // plain integers and arrays, any bit pattern valid.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+    };
+    let peek = decode(&map.get(&key, 0).ok()?);
+    // No time yet: the kernel is still writing it.
+    if peek.ts_ns == 0 || peek.ts_ns >= before_ns {
+        return None;
+    }
+    if *atomic {
+        let mut bytes = [0u8; DEFERRED_SIZE];
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        match lookup_and_delete(fd, key, &mut bytes) {
+            Ok(()) => {
+                let entry = decode(&bytes);
+                // Replaced since the peek by a later creation: ours now, and
+                // modelled as what it is.
+                return (entry.ts_ns != 0).then_some(entry);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return None,
+            Err(_) => *atomic = false,
+        }
+    }
+    map.remove(&key).ok().map(|()| peek)
+}
+
+/// `bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)` on a hash map.
+fn lookup_and_delete(
+    map_fd: std::os::fd::RawFd,
+    key: u64,
+    value: &mut [u8; DEFERRED_SIZE],
+) -> std::io::Result<()> {
+    /// The `map_fd, key, value, flags` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let attr = ElemAttr {
+        map_fd: u32::try_from(map_fd).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        _pad: 0,
+        key: (&raw const key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at live memory of the size passed; the kernel
+    // writes at most the map's value size into `value`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            size_of::<ElemAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Loaded and attached programs plus the maps userspace talks to.
@@ -153,29 +234,26 @@ impl Probes {
     /// [`fdtrace_common::DEFERRED_MAP`]).
     pub fn take_deferred(&mut self) -> Option<DeferredClaim> {
         let mut map = self.deferred.take()?;
+        let mut atomic = true;
         Some(Box::new(move |wanted, before_ns| {
+            // Deletions while walking can restart the kernel's walk from the
+            // first bucket: bounded, and each key taken once.
+            let mut seen = hashbrown::HashSet::new();
             let keys: Vec<u64> = map
                 .keys()
+                .take(2 * DEFERRED_ENTRIES as usize)
                 .filter_map(Result::ok)
                 .filter(|key| u32::try_from(key >> 32).is_ok_and(wanted))
+                .filter(|key| seen.insert(*key))
                 .collect();
             let mut claimed = Vec::new();
             for key in keys {
-                let Ok(bytes) = map.get(&key, 0) else {
+                let Some(entry) = take_deferred_entry(&mut map, key, before_ns, &mut atomic) else {
                     continue;
                 };
-                // SAFETY: the map value is a DeferredFd as the kernel wrote
-                // it: plain integers and arrays, any bit pattern valid.
-                let entry: DeferredFd = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-                if entry.ts_ns >= before_ns {
-                    continue;
-                }
-                // Deleted here first: ours (its close, if any, is written).
-                if map.remove(&key).is_ok() {
-                    let tgid = u32::try_from(key >> 32).unwrap_or(0);
-                    let fd = i32::try_from(key & 0xffff_ffff).unwrap_or(-1);
-                    claimed.push((tgid, fd, entry));
-                }
+                let tgid = u32::try_from(key >> 32).unwrap_or(0);
+                let fd = i32::try_from(key & 0xffff_ffff).unwrap_or(-1);
+                claimed.push((tgid, fd, entry));
             }
             claimed
         }))

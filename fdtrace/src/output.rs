@@ -1,13 +1,17 @@
 //! The report file (`-o FILE`), made safe for a tool that runs as root.
 //!
 //! It is set up before the command starts, so a path that cannot be written
-//! is an error before anything runs. The report goes into a new file in the
-//! same directory (created with `O_EXCL | O_NOFOLLOW`, mode 0644, owned by
-//! the user who ran sudo), which is renamed over FILE at the end: a symlink
-//! or hard link planted at FILE is replaced, never followed. An existing
-//! FILE owned by another user, or a symlink in the path owned by another
-//! user, is refused. If the report cannot be put in place at the end it is
-//! written to standard error instead, so nothing collected is lost.
+//! is an error before anything runs. The directory is reached through no
+//! symlink but root's or the user's own (checked link by link, then opened
+//! with `RESOLVE_NO_SYMLINKS`, so one swapped in later fails). The report
+//! goes into a new file there (`O_EXCL | O_NOFOLLOW`, a random name, mode
+//! 0644, owned by the user who ran sudo), renamed over FILE at the end: a
+//! hard link at FILE is replaced, never written through, and a FILE that
+//! appeared meanwhile is not replaced. A FILE that belongs to another user
+//! is refused. A device or FIFO (`/dev/null`) is written to, never replaced,
+//! and so is what a link of root's or the user's own points to
+//! (`/dev/stdout`). If the report cannot be put in place at the end it goes
+//! to standard error instead, so nothing collected is lost.
 
 use std::{
     ffi::{CString, OsStr, OsString},
@@ -24,18 +28,31 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::spawn::Identity;
 
-/// A report file being written: a temporary name until [`ReportFile::commit`].
+/// A report file being written, put in place by [`ReportFile::commit`].
 #[derive(Debug)]
 pub struct ReportFile {
     path: PathBuf,
     dir: OwnedFd,
-    temp: CString,
     name: CString,
     file: Option<File>,
+    how: How,
 }
 
+#[derive(Debug)]
+enum How {
+    /// A new file under a temporary name, renamed over `name` at the end;
+    /// `existed` says whether `name` existed at setup.
+    Replace { temp: CString, existed: bool },
+    /// Written where it is: a device or FIFO (`/dev/null`, a terminal), or
+    /// what a link of root's or the user's own points to (`/dev/stdout`).
+    InPlace,
+}
+
+/// Symlinks followed at most while resolving a path, as the kernel does.
+const MAX_LINKS: usize = 40;
+
 impl ReportFile {
-    /// Checks `path` and creates the temporary file next to it.
+    /// Checks `path` and opens what the report will be written to.
     pub fn create(path: &Path) -> Result<Self> {
         let owner = Identity::sudo_user().map(|i| (i.uid, i.gid));
         // SAFETY: no preconditions.
@@ -47,8 +64,9 @@ impl ReportFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        refuse_foreign_symlinks(&parent, me)?;
-        let dir = open_dir(&parent).with_context(|| {
+        let real_parent =
+            resolve_trusted(&parent, me).with_context(|| format!("-o {}", path.display()))?;
+        let dir = open_dir(&real_parent).with_context(|| {
             format!(
                 "-o {}: cannot open directory {}: create it or choose another path",
                 path.display(),
@@ -56,43 +74,47 @@ impl ReportFile {
             )
         })?;
         let name = c_name(name)?;
-        match stat_at(&dir, &name) {
-            // Another user's file or link: theirs to keep, and it may
-            // point anywhere. (A root-owned hard link is only replaced.)
-            Ok(st) if st.st_uid != me && st.st_uid != 0 => {
-                bail!(
-                    "-o {}: refusing to replace a file that belongs to uid {}: remove it or choose another path",
-                    path.display(),
-                    st.st_uid
-                );
-            }
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                bail!("-o {}: is a directory: name a file", path.display());
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let existing = match stat_at(&dir, &name) {
+            Ok(st) => Some(st),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => bail!("-o {}: {e}", path.display()),
-        }
-        let (temp, file) = create_temp(&dir, name.as_bytes()).with_context(|| {
-            format!(
-                "-o {}: cannot create a file in {}: check that it is writable",
+        };
+        let (file, how) = match existing {
+            // Another user's file or link: theirs to keep, and it may
+            // point anywhere.
+            Some(st) if st.st_uid != me && st.st_uid != 0 => bail!(
+                "-o {}: refusing to write over a file that belongs to uid {}: remove it or choose another path",
                 path.display(),
-                parent.display()
-            )
-        })?;
-        // SAFETY: a valid open fd; plain syscalls on it.
-        unsafe {
-            libc::fchmod(file.as_raw_fd(), 0o644);
-            if let Some((uid, gid)) = owner {
-                libc::fchown(file.as_raw_fd(), uid, gid);
+                st.st_uid
+            ),
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                bail!("-o {}: is a directory: name a file", path.display())
             }
-        }
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                new_file(&dir, &name, owner, true, path)?
+            }
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                // root's or the user's own link (/dev/stdout): where it
+                // points, as they meant.
+                let file = open_in_place(&dir, &name, true).with_context(|| {
+                    format!("-o {}: open what the link points to", path.display())
+                })?;
+                (file, How::InPlace)
+            }
+            // /dev/null, a terminal, a FIFO: written to, never replaced.
+            Some(_) => {
+                let file = open_in_place(&dir, &name, false)
+                    .with_context(|| format!("-o {}", path.display()))?;
+                (file, How::InPlace)
+            }
+            None => new_file(&dir, &name, owner, false, path)?,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             dir,
-            temp,
             name,
             file: Some(file),
+            how,
         })
     }
 
@@ -101,24 +123,33 @@ impl ReportFile {
         &self.path
     }
 
-    /// The open temporary file to write the report into.
+    /// The open file to write the report into.
     pub fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("not yet committed")
     }
 
     /// Puts the written report in place.
     pub fn commit(mut self) -> Result<()> {
-        if let Some(file) = self.file.take() {
-            file.sync_all()
-                .with_context(|| format!("write report file {}", self.path.display()))?;
-        }
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let How::Replace { temp, existed } = &self.how else {
+            return Ok(());
+        };
+        file.sync_all()
+            .with_context(|| format!("write report file {}", self.path.display()))?;
+        // Only replace a file that was there at setup (and checked then);
+        // one that appeared since is left alone.
+        let flags = if *existed { 0 } else { RENAME_NOREPLACE };
         // SAFETY: both names are NUL-terminated and relative to `dir`.
         let ret = unsafe {
-            libc::renameat(
+            libc::syscall(
+                libc::SYS_renameat2,
                 self.dir.as_raw_fd(),
-                self.temp.as_ptr(),
+                temp.as_ptr(),
                 self.dir.as_raw_fd(),
                 self.name.as_ptr(),
+                flags,
             )
         };
         if ret != 0 {
@@ -126,23 +157,83 @@ impl ReportFile {
             bail!("put report file {} in place: {e}", self.path.display());
         }
         // Renamed: nothing to clean up.
-        self.temp = CString::default();
+        self.how = How::InPlace;
         Ok(())
     }
 }
 
 impl Drop for ReportFile {
     fn drop(&mut self) {
-        if !self.temp.as_bytes().is_empty() {
+        if let How::Replace { temp, .. } = &self.how {
             // SAFETY: a NUL-terminated name relative to `dir`.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), self.temp.as_ptr(), 0) };
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
         }
     }
 }
 
-/// Each symlink along `dir` must belong to root or `me`: another user's
+/// `RENAME_NOREPLACE` (include/uapi/linux/fs.h).
+const RENAME_NOREPLACE: libc::c_uint = 1;
+
+/// A new file next to `name`, mode 0644 and the sudo user's.
+fn new_file(
+    dir: &OwnedFd,
+    name: &CString,
+    owner: Option<(libc::uid_t, libc::gid_t)>,
+    existed: bool,
+    path: &Path,
+) -> Result<(File, How)> {
+    let (temp, file) = create_temp(dir, name.as_bytes()).with_context(|| {
+        format!(
+            "-o {}: cannot create a file next to it: check that its directory is writable",
+            path.display()
+        )
+    })?;
+    let fd = file.as_raw_fd();
+    // SAFETY: a valid open fd; plain syscalls on it.
+    let ok = unsafe {
+        libc::fchmod(fd, 0o644) == 0
+            && owner.is_none_or(|(uid, gid)| libc::fchown(fd, uid, gid) == 0)
+    };
+    if !ok {
+        let e = io::Error::last_os_error();
+        // SAFETY: a NUL-terminated name relative to `dir`.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), temp.as_ptr(), 0) };
+        bail!(
+            "-o {}: cannot set the report's mode or owner: {e}",
+            path.display()
+        );
+    }
+    Ok((file, How::Replace { temp, existed }))
+}
+
+/// Opens `name` for writing where it is: following it only if `follow`
+/// (a link checked to be root's or the user's), never creating, never
+/// becoming our terminal, never blocking on a FIFO without a reader.
+fn open_in_place(dir: &OwnedFd, name: &CString, follow: bool) -> io::Result<File> {
+    let mut flags = libc::O_WRONLY | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    // SAFETY: a NUL-terminated name relative to `dir`.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file.metadata()?;
+    // SAFETY: plain fcntl on our fd: back to blocking writes.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
+    if meta.is_file() {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
+/// `dir` as a path without symlinks, each symlink on the way (and along
+/// the links it leads to) checked to belong to root or `me`: another user's
 /// link could point a root process anywhere.
-fn refuse_foreign_symlinks(dir: &Path, me: libc::uid_t) -> Result<()> {
+fn resolve_trusted(dir: &Path, me: libc::uid_t) -> Result<PathBuf> {
     let absolute = if dir.is_absolute() {
         dir.to_path_buf()
     } else {
@@ -150,43 +241,91 @@ fn refuse_foreign_symlinks(dir: &Path, me: libc::uid_t) -> Result<()> {
             .context("read the working directory")?
             .join(dir)
     };
-    let mut at = PathBuf::new();
-    for part in absolute.components() {
-        if part == Component::ParentDir {
-            at.pop();
+    let mut pending: Vec<OsString> = absolute
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut at = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match Path::new(&part).components().next() {
+            Some(Component::RootDir) => {
+                at = PathBuf::from("/");
+                continue;
+            }
+            Some(Component::ParentDir) => {
+                at.pop();
+                continue;
+            }
+            Some(Component::CurDir) | None => continue,
+            Some(_) => {}
+        }
+        let next = at.join(&part);
+        let Ok(meta) = fs::symlink_metadata(&next) else {
+            // Missing: opening it will say so.
+            at = next;
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            at = next;
             continue;
         }
-        at.push(part);
-        let Ok(meta) = fs::symlink_metadata(&at) else {
-            return Ok(());
-        };
-        if meta.file_type().is_symlink() && meta.uid() != 0 && meta.uid() != me {
+        if meta.uid() != 0 && meta.uid() != me {
             bail!(
-                "-o: {} is a symlink that belongs to uid {}: refusing to follow it; choose another path",
-                at.display(),
+                "{} is a symlink that belongs to uid {}: refusing to follow it; choose another path",
+                next.display(),
                 meta.uid()
             );
         }
-        if meta.file_type().is_symlink() {
-            // Go on from where the link leads.
-            at = fs::canonicalize(&at).unwrap_or(at);
+        links += 1;
+        if links > MAX_LINKS {
+            bail!("{}: too many levels of symbolic links", dir.display());
         }
+        let target =
+            fs::read_link(&next).with_context(|| format!("read the symlink {}", next.display()))?;
+        pending.extend(
+            target
+                .components()
+                .rev()
+                .map(|c| c.as_os_str().to_os_string()),
+        );
     }
-    Ok(())
+    Ok(at)
 }
 
+/// Opens a directory by a path that must not contain a symlink now: one
+/// swapped in since [`resolve_trusted`] looked fails instead of leading
+/// elsewhere (`openat2` with `RESOLVE_NO_SYMLINKS`, Linux 5.6).
 fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    /// `struct open_how` (include/uapi/linux/openat2.h).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
     let c = CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: a NUL-terminated path.
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: a NUL-terminated path and an open_how of the size passed.
     let fd = unsafe {
-        libc::open(
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
             c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            &raw const how,
+            size_of::<OpenHow>(),
         )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::ErrorKind::InvalidData)?;
     // SAFETY: a new fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -207,13 +346,18 @@ fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// A new `.NAME.fdtrace-PID-N` next to NAME that nobody else can have made.
+/// A new `.NAME.fdtrace-RANDOM` next to NAME that nobody else can have made.
 fn create_temp(dir: &OwnedFd, name: &[u8]) -> io::Result<(CString, File)> {
     let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
-    for attempt in 0..100u32 {
+    for _ in 0..16 {
+        let mut random = [0u8; 8];
+        // SAFETY: fills the buffer of the length passed.
+        if unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) } != 8 {
+            return Err(io::Error::last_os_error());
+        }
         let mut temp = OsString::from(".");
         temp.push(OsStr::from_bytes(name));
-        temp.push(format!(".fdtrace-{}-{attempt}", std::process::id()));
+        temp.push(format!(".fdtrace-{:016x}", u64::from_ne_bytes(random)));
         let temp = CString::new(temp.as_bytes())?;
         // SAFETY: a NUL-terminated name relative to `dir`.
         let fd = unsafe {

@@ -107,8 +107,14 @@ pub fn attach_problem(tgid: u32) -> Option<String> {
             "PID {tgid} is a kernel thread: it has no user-space descriptors to trace"
         ));
     }
-    // Field 3 is the state; a zombie has exited and released its table.
-    if after_comm.split_whitespace().next() == Some("Z") {
+    // Field 3 is the state; a zombie has exited and released its table
+    // (unless only its main thread exited and others run on).
+    let threads = after_comm
+        .split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(1);
+    if after_comm.split_whitespace().next() == Some("Z") && threads <= 1 {
         return Some(format!(
             "PID {tgid} is a zombie: it has exited and holds no descriptors \
              (its parent has not reaped it yet); attach to a live process"

@@ -22,7 +22,7 @@ use crate::{
     procfs,
     report::{Context, IntervalEntry, Report, live, text},
     signals,
-    spawn::{self, Identity},
+    spawn::{self, Identity, LaunchError},
     suppress,
     tracer::{Notice, Tracer},
 };
@@ -83,6 +83,16 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         .table
         .add_root(pid, &exe.to_string_lossy(), inherited);
     probes.trace(pid)?;
+    // Ctrl-C while the probes loaded: CMD never starts.
+    if let Some(signal) = signals::take_noted() {
+        child.cancel();
+        reap(pid);
+        return Err(LaunchError {
+            message: format!("interrupted by signal {signal} before the command started"),
+            exit_code: 128 + signal,
+        }
+        .into());
+    }
     if let Err(err) = child.release() {
         reap(pid);
         return Err(err);
@@ -199,7 +209,8 @@ fn final_report(
         dropped_events: losses.total(),
         skipped_stacks: losses.skipped_stacks,
         kept_in_kernel: losses.deferred,
-        last_drop_ns: (losses.dropped_events > 0).then_some(losses.last_drop_ns),
+        // Only losses that may have carried a close are timed.
+        last_drop_ns: (losses.last_drop_ns > 0).then_some(losses.last_drop_ns),
         intervals,
     });
     suppress::apply(&mut report, &trace.suppressions);
@@ -283,10 +294,8 @@ impl LoopState<'_> {
         let mut interrupts = 0;
         if let Some(early) = signals::take_noted() {
             match &watch {
-                Watch::Child(pid) => {
-                    interrupts += i32::from(early == libc::SIGINT);
-                    forward(*pid, early);
-                }
+                // Forwarded, not counted: tokio's handler may see it too.
+                Watch::Child(pid) => forward(*pid, early),
                 Watch::Attached(_) => {
                     self.drain(ring.get_mut(), tracer);
                     return Ok(Ending {

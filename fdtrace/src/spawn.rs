@@ -172,8 +172,9 @@ unsafe fn child(
     crate::signals::restore_in_child();
     // SAFETY: async-signal-safe calls only.
     unsafe {
+        // 1: exec; anything else (0 from `cancel`): give up.
         let mut byte = 0u8;
-        if libc::read(gate, (&raw mut byte).cast(), 1) != 1 {
+        if libc::read(gate, (&raw mut byte).cast(), 1) != 1 || byte != 1 {
             libc::_exit(1);
         }
         if let Some(id) = identity
@@ -202,6 +203,18 @@ unsafe fn report_errno(fd: libc::c_int) -> libc::c_int {
 }
 
 impl GatedChild {
+    /// Never lets the child exec: it is told to exit 1.
+    pub fn cancel(self) {
+        let byte = 0u8;
+        // SAFETY: one byte from a valid buffer to our pipe end, then
+        // closing our pipe ends once.
+        unsafe {
+            libc::write(self.gate, (&raw const byte).cast(), 1);
+            libc::close(self.gate);
+            libc::close(self.errors);
+        }
+    }
+
     /// Lets the child exec; fails if the exec did.
     pub fn release(self) -> Result<()> {
         let byte = 1u8;

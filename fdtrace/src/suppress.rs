@@ -85,6 +85,55 @@ struct RuleToml {
     process: Option<String>,
 }
 
+/// Suppression files are small; more is not one.
+const MAX_RULES_BYTES: u64 = 1 << 20;
+
+/// Reads a rules file as root safely: a regular file (never a FIFO or a
+/// device that would hang or never end), at most 1 MiB. The one found in
+/// the working directory (`follow` false) is not followed through a
+/// symlink and must belong to root or the user who ran fdtrace: in a shared
+/// directory another user could otherwise plant rules that hide leaks.
+fn read_rules(path: &Path, follow: bool) -> std::io::Result<String> {
+    use std::{
+        io::{Error, ErrorKind, Read as _},
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    };
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::other("it is a symlink"),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::other("it is not a regular file"));
+    }
+    // SAFETY: no preconditions.
+    let me =
+        crate::spawn::Identity::sudo_user().map_or_else(|| unsafe { libc::geteuid() }, |i| i.uid);
+    if !follow && meta.uid() != 0 && meta.uid() != me {
+        return Err(Error::other(format!(
+            "it belongs to uid {}, not to you",
+            meta.uid()
+        )));
+    }
+    if meta.len() > MAX_RULES_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "it is larger than 1 MiB",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_RULES_BYTES).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// What a rule is matched against: one leaked descriptor.
 pub struct Subject<'a> {
     pub kind: &'a str,
@@ -103,7 +152,7 @@ impl Suppressions {
             all.add_built_in();
         }
         let default = dir.join(DEFAULT_FILE);
-        match fs::read_to_string(&default) {
+        match read_rules(&default, false) {
             Ok(text) => all.add_text(DEFAULT_FILE, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => bail!(
@@ -127,7 +176,7 @@ impl Suppressions {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
-        let text = fs::read_to_string(path).with_context(|| {
+        let text = read_rules(path, true).with_context(|| {
             format!(
                 "read suppressions file {}: check the path given to --suppressions",
                 path.display()
@@ -585,15 +634,35 @@ mod tests {
     #[test]
     fn a_config_file_that_is_not_a_readable_file_is_an_error() {
         let dir = std::env::temp_dir().join(format!("fdtrace-conf-{}", std::process::id()));
-        fs::create_dir_all(dir.join(DEFAULT_FILE)).unwrap();
+        let config = dir.join(DEFAULT_FILE);
+        fs::create_dir_all(&config).unwrap();
         let none: &[&Path] = &[];
-        let e = Suppressions::load(&dir, none, true)
-            .unwrap_err()
-            .to_string();
+        let error = || {
+            Suppressions::load(&dir, none, true)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error();
         assert!(
             e.contains(".fdtrace.toml") && e.contains("readable file"),
             "{e}"
         );
+        fs::remove_dir_all(&config).unwrap();
+        // A FIFO would hang a plain read: refused at once.
+        let c_config =
+            std::ffi::CString::new(config.clone().into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_config.as_ptr(), 0o644) }, 0);
+        let e = error();
+        assert!(e.contains("not a regular file"), "{e}");
+        fs::remove_file(&config).unwrap();
+        // One another user put in a shared directory is not trusted.
+        fs::write(&config, "").unwrap();
+        // SAFETY: a NUL-terminated path; fails harmlessly when not root.
+        if unsafe { libc::chown(c_config.as_ptr(), 65534, 65534) } == 0 {
+            let e = error();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -140,8 +140,9 @@ impl Tracer {
         let mut kept = claim(&wanted, before_ns);
         kept.sort_unstable_by_key(|(_, _, entry)| entry.ts_ns);
         for (tgid, fd, entry) in kept {
+            // One that does not decode is a creation missed, not a close:
+            // nothing to doubt the other leaks for.
             let Ok(events) = decode_deferred(tgid, fd, &entry) else {
-                self.undecodable += 1;
                 continue;
             };
             for event in events {
@@ -293,10 +294,10 @@ impl Tracer {
             self.stacks.add(tgid, s, python, event.ts_ns)
         });
         // What the kernel kept for this process must be in the table
-        // before its exec, close_range or exit is applied.
+        // before its fork (the child's copy), exec, close_range or exit.
         if matches!(
             event.action,
-            Action::Exec { .. } | Action::Exit | Action::CloseRange { .. }
+            Action::Fork { .. } | Action::Exec { .. } | Action::Exit | Action::CloseRange { .. }
         ) {
             self.claim_deferred(Some(tgid), event.ts_ns);
         }

@@ -154,11 +154,36 @@ impl ReportFile {
         };
         if ret != 0 {
             let e = io::Error::last_os_error();
-            bail!("put report file {} in place: {e}", self.path.display());
+            let unsupported = e.raw_os_error() == Some(libc::EINVAL) && flags != 0;
+            if !unsupported || !self.link_in_place(temp) {
+                bail!("put report file {} in place: {e}", self.path.display());
+            }
         }
         // Renamed: nothing to clean up.
         self.how = How::InPlace;
         Ok(())
+    }
+}
+
+impl ReportFile {
+    /// For filesystems without `RENAME_NOREPLACE` (9p, some FUSE): a hard
+    /// link fails just as atomically if the name appeared meanwhile; where
+    /// links are not allowed either, a plain rename after checking the name
+    /// is still free. True when the report is in place.
+    fn link_in_place(&self, temp: &CString) -> bool {
+        let dir = self.dir.as_raw_fd();
+        // SAFETY: NUL-terminated names relative to `dir`.
+        unsafe {
+            if libc::linkat(dir, temp.as_ptr(), dir, self.name.as_ptr(), 0) == 0 {
+                libc::unlinkat(dir, temp.as_ptr(), 0);
+                return true;
+            }
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+                return false;
+            }
+            matches!(stat_at(&self.dir, &self.name), Err(e) if e.kind() == io::ErrorKind::NotFound)
+                && libc::renameat(dir, temp.as_ptr(), dir, self.name.as_ptr()) == 0
+        }
     }
 }
 

@@ -790,6 +790,15 @@ mod tests {
         )
     }
 
+    /// A creation that copies `from` (dup*, F_DUPFD, accept on a listener).
+    fn copy(tgid: u32, syscall: Syscall, from: Fd, to: Fd, kind: FdKind, cloexec: bool) -> Event {
+        let mut event = create(tgid, syscall, vec![to], kind, cloexec, None);
+        if let Action::Create(c) = &mut event.action {
+            c.like = Some(from);
+        }
+        event
+    }
+
     fn table() -> FdTable {
         let mut t = FdTable::default();
         t.add_root(
@@ -852,10 +861,7 @@ mod tests {
         let mut t = table();
         t.apply(&open(100, 3, "/a", false), Some(StackRef(1)), &mut NoProc);
         t.apply(&open(100, 4, "/b", false), Some(StackRef(2)), &mut NoProc);
-        let mut dup = create(100, Syscall::Dup2, vec![4], FdKind::Unknown, false, None);
-        if let Action::Create(c) = &mut dup.action {
-            c.like = Some(3);
-        }
+        let dup = copy(100, Syscall::Dup2, 3, 4, FdKind::Unknown, false);
         let used = t.apply(&dup, Some(StackRef(3)), &mut NoProc);
         assert_eq!(used.released, vec![StackRef(2)]);
         t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
@@ -1054,20 +1060,14 @@ mod tests {
         let mut t = table();
         t.apply(&open(100, 3, "/etc/hostname", false), None, &mut NoProc);
         t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
-        let mut dup2 = create(101, Syscall::Dup2, vec![0], FdKind::Unknown, false, None);
-        if let Action::Create(c) = &mut dup2.action {
-            c.like = Some(3);
-        }
+        let dup2 = copy(101, Syscall::Dup2, 3, 0, FdKind::Unknown, false);
         t.apply(&dup2, None, &mut NoProc);
         let exec = Action::Exec {
             filename: "/bin/cat".into(),
         };
         t.apply(&ev(101, 12, exec), None, &mut NoProc);
         // dash redirects in the parent, then forks: the same.
-        let mut dup2 = create(100, Syscall::Dup2, vec![0], FdKind::Unknown, false, None);
-        if let Action::Create(c) = &mut dup2.action {
-            c.like = Some(3);
-        }
+        let dup2 = copy(100, Syscall::Dup2, 3, 0, FdKind::Unknown, false);
         t.apply(&ev(100, 12, Action::Fork { child: 103 }), None, &mut NoProc);
         t.apply(&dup2, None, &mut NoProc);
         t.apply(&ev(100, 12, Action::Fork { child: 104 }), None, &mut NoProc);
@@ -1095,10 +1095,7 @@ mod tests {
     fn a_server_that_once_duplicated_its_socket_still_leaks_it_into_helpers() {
         let mut t = table();
         t.apply(&open(100, 3, "socket", false), None, &mut NoProc);
-        let mut dup = create(100, Syscall::Fcntl, vec![9], FdKind::Unknown, true, None);
-        if let Action::Create(c) = &mut dup.action {
-            c.like = Some(3);
-        }
+        let dup = copy(100, Syscall::Fcntl, 3, 9, FdKind::Unknown, true);
         t.apply(&dup, None, &mut NoProc);
         t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
         let exec = Action::Exec {
@@ -1114,10 +1111,7 @@ mod tests {
         let mut t = table();
         // A shell's `cmd >/dev/null`: open, dup2 onto 1, close, exec.
         t.apply(&open(100, 3, "/dev/null", false), None, &mut NoProc);
-        let mut dup2 = create(100, Syscall::Dup2, vec![1], FdKind::File, false, None);
-        if let Action::Create(c) = &mut dup2.action {
-            c.like = Some(3);
-        }
+        let dup2 = copy(100, Syscall::Dup2, 3, 1, FdKind::File, false);
         t.apply(&dup2, None, &mut NoProc);
         t.apply(&ev(100, 12, Action::Close { fd: 3 }), None, &mut NoProc);
         t.apply(&open(100, 2, "/tmp/err", false), None, &mut NoProc);

@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::spawn::Identity;
+use crate::spawn::{Identity, invoking_uid};
 
 /// A report file being written, put in place by [`ReportFile::commit`].
 #[derive(Debug)]
@@ -55,8 +55,7 @@ impl ReportFile {
     /// Checks `path` and opens what the report will be written to.
     pub fn create(path: &Path) -> Result<Self> {
         let owner = Identity::sudo_user().map(|i| (i.uid, i.gid));
-        // SAFETY: no preconditions.
-        let me = owner.map_or_else(|| unsafe { libc::geteuid() }, |(uid, _)| uid);
+        let me = invoking_uid();
         let Some(name) = path.file_name() else {
             bail!("-o {}: name a file, not a directory", path.display());
         };

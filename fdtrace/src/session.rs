@@ -392,16 +392,7 @@ impl LoopState<'_> {
     }
 
     fn notice(&mut self, tracer: &mut Tracer, notice: Notice) -> bool {
-        let context = Context {
-            mode: "live",
-            command: &[],
-            exit_status: None,
-            dropped_events: 0,
-            skipped_stacks: 0,
-            kept_in_kernel: 0,
-            last_drop_ns: None,
-            intervals: Vec::new(),
-        };
+        let context = Context::live(Vec::new());
         match notice {
             Notice::Emfile {
                 index,
@@ -439,16 +430,7 @@ impl LoopState<'_> {
         let min_age = u64::try_from(intervals.min_age.as_nanos()).unwrap_or(u64::MAX);
         let entry = tracer.interval((now - start_ns) / 1_000_000, now.saturating_sub(min_age));
         if self.live_enabled {
-            let report = tracer.report(Context {
-                mode: "live",
-                command: &[],
-                exit_status: None,
-                dropped_events: 0,
-                skipped_stacks: 0,
-                kept_in_kernel: 0,
-                last_drop_ns: None,
-                intervals: vec![entry.clone()],
-            });
+            let report = tracer.report(Context::live(vec![entry.clone()]));
             let _ = live::interval(
                 &report,
                 &entry,

@@ -57,6 +57,13 @@ impl Identity {
     }
 }
 
+/// The user fdtrace works for: who ran `sudo`, or the effective user.
+/// Files of theirs (and root's) are trusted; anyone else's are not.
+pub fn invoking_uid() -> libc::uid_t {
+    // SAFETY: no preconditions.
+    Identity::sudo_user().map_or_else(|| unsafe { libc::geteuid() }, |i| i.uid)
+}
+
 fn group_list(user: &str, gid: libc::gid_t) -> Option<Vec<libc::gid_t>> {
     let name = CString::new(user).ok()?;
     let mut groups: Vec<libc::gid_t> = vec![0; 256];

@@ -114,9 +114,7 @@ fn read_rules(path: &Path, follow: bool) -> std::io::Result<String> {
     if !meta.is_file() {
         return Err(Error::other("it is not a regular file"));
     }
-    // SAFETY: no preconditions.
-    let me =
-        crate::spawn::Identity::sudo_user().map_or_else(|| unsafe { libc::geteuid() }, |i| i.uid);
+    let me = crate::spawn::invoking_uid();
     if !follow && meta.uid() != 0 && meta.uid() != me {
         return Err(Error::other(format!(
             "it belongs to uid {}, not to you",

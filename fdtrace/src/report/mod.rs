@@ -231,6 +231,23 @@ pub struct Context<'a> {
     pub intervals: Vec<IntervalEntry>,
 }
 
+impl Context<'_> {
+    /// For a report printed while tracing goes on (EMFILE, intervals):
+    /// losses are totalled only at the end.
+    pub fn live(intervals: Vec<IntervalEntry>) -> Self {
+        Context {
+            mode: "live",
+            command: &[],
+            exit_status: None,
+            dropped_events: 0,
+            skipped_stacks: 0,
+            kept_in_kernel: 0,
+            last_drop_ns: None,
+            intervals,
+        }
+    }
+}
+
 fn kind_counts(counts: &[(FdKind, usize)]) -> Vec<KindCount> {
     counts
         .iter()

@@ -127,6 +127,15 @@ pub const FLAG_STACK_END: u32 = 2;
 pub const FLAG_FDS_TRUNCATED: u32 = 4;
 /// Flag: no stack sample because the ring buffer was filling up.
 pub const FLAG_STACK_SKIPPED: u32 = 8;
+/// Flag: the process runs CPython and its interpreter was finalizing
+/// (`Py_FinalizeEx` past its exit handlers): on a close, the descriptor
+/// was closed by interpreter shutdown; on a creation, it was opened during it.
+pub const FLAG_PY_SHUTDOWN: u32 = 16;
+/// Flag of a close: CPython's cyclic garbage collector was running.
+pub const FLAG_PY_GC: u32 = 32;
+/// Flag of a close: the descriptor's creation is kept in the kernel
+/// ([`DEFERRED_MAP`]); userspace claims it before applying the close.
+pub const FLAG_KEPT: u32 = 64;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]
@@ -707,9 +716,18 @@ pub struct PyWalk {
     /// copies: its file name and its qualified name (its name before 3.11).
     pub code_filename: u32,
     pub code_name: u32,
-    pub _pad: u32,
+    /// `_PyRuntime` field that is non-null once interpreter finalization
+    /// has begun (`finalizing`, `_finalizing` from 3.9); [`PY_ABSENT`] when
+    /// unknown, and then no close is judged by when it happened.
+    pub finalizing: u32,
+    /// `_gc_runtime_state.collecting` (an `int`, non-zero while the cyclic
+    /// garbage collector runs), as an offset from the main interpreter's
+    /// `PyInterpreterState` (3.9+) or, when `gc_in_runtime` is 1, from
+    /// `_PyRuntime` (3.8).
+    pub gc_collecting: u32,
+    pub gc_in_runtime: u32,
 }
-const _: () = assert!(size_of::<PyWalk>() == 16 + 18 * 4);
+const _: () = assert!(size_of::<PyWalk>() == 16 + 20 * 4);
 
 impl PyWalk {
     /// Size of the map value.
@@ -735,7 +753,9 @@ impl PyWalk {
             self.code_first_line,
             self.code_filename,
             self.code_name,
-            self._pad,
+            self.finalizing,
+            self.gc_collecting,
+            self.gc_in_runtime,
         ];
         let mut out = [0u8; Self::SIZE];
         out[..8].copy_from_slice(&self.runtime.to_ne_bytes());

@@ -113,6 +113,12 @@ pub fn forget(tgid: u32, fd: u64) -> bool {
     DEFERRED.remove(key(tgid, fd)).is_ok()
 }
 
+/// Whether the creation of `fd` is kept here (left for userspace to claim).
+#[inline(always)]
+pub fn is_kept(tgid: u32, fd: u64) -> bool {
+    DEFERRED.get_ptr(key(tgid, fd)).is_some()
+}
+
 /// F_SETFD or FIOCLEX/FIONCLEX on `fd`.
 #[inline(always)]
 pub fn set_cloexec(tgid: u32, fd: u64, on: bool) {

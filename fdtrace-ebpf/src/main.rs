@@ -35,8 +35,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall, SyscallArgs, nr,
+    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_KEPT, FLAG_PY_SHUTDOWN,
+    FLAG_STACK_SKIPPED, FLAG_STOPPED, FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall,
+    SyscallArgs, nr,
 };
 
 #[map]
@@ -231,16 +232,29 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let a = &args.args;
     match syscall {
         // Known from the arguments alone: write the record now, unless the
-        // descriptor's whole life stayed in the kernel.
-        Syscall::Close if deferred::forget(tgid, a[0]) => Ok(()),
-        Syscall::Close | Syscall::ExitGroup => emit_now(syscall, tgid, tid, &args),
+        // descriptor's whole life stayed in the kernel. A close by CPython's
+        // shutdown or garbage collector is always written: it is a finding,
+        // and userspace claims a kept creation first.
+        Syscall::Close => {
+            let python = python::fdtrace_python_state(tgid);
+            if python == 0 && deferred::forget(tgid, a[0]) {
+                return Ok(());
+            }
+            let kept = if python != 0 && deferred::is_kept(tgid, a[0]) {
+                FLAG_KEPT
+            } else {
+                0
+            };
+            emit_now(syscall, tgid, tid, &args, python | kept)
+        }
+        Syscall::ExitGroup => emit_now(syscall, tgid, tid, &args, 0),
         Syscall::Ioctl if a[1] == FIOCLEX || a[1] == FIONCLEX => {
             deferred::set_cloexec(tgid, a[0], a[1] == FIOCLEX);
-            emit_now(syscall, tgid, tid, &args)
+            emit_now(syscall, tgid, tid, &args, 0)
         }
         Syscall::Fcntl if a[1] == F_SETFD => {
             deferred::set_cloexec(tgid, a[0], a[2] & FD_CLOEXEC != 0);
-            emit_now(syscall, tgid, tid, &args)
+            emit_now(syscall, tgid, tid, &args, 0)
         }
         Syscall::Ioctl | Syscall::Fcntl if a[1] != F_DUPFD && a[1] != F_DUPFD_CLOEXEC => Ok(()),
         // Only a set larger than FD_SETSIZE is worth a record (and a stack).
@@ -284,7 +298,13 @@ fn ids_word(tgid: u32, tid: u32) -> u64 {
     (u64::from(tgid) << 32) | u64::from(tid)
 }
 
-fn emit_now(syscall: Syscall, tgid: u32, tid: u32, args: &SyscallArgs) -> Result<(), i64> {
+fn emit_now(
+    syscall: Syscall,
+    tgid: u32,
+    tid: u32,
+    args: &SyscallArgs,
+    flags: u32,
+) -> Result<(), i64> {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         crate::dropped();
         return Ok(());
@@ -294,6 +314,7 @@ fn emit_now(syscall: Syscall, tgid: u32, tid: u32, args: &SyscallArgs) -> Result
     unsafe {
         capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
         (*header).args = args.args;
+        (*header).flags = flags;
     }
     entry.submit(wakeup(false));
     Ok(())
@@ -358,9 +379,17 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // failures always get theirs.
     // SAFETY: the helper takes no arguments and touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // Opened while a CPython interpreter was shutting down: its close then
+    // is that code's own business, not a leak.
+    let opened_at_shutdown = if creates && ok {
+        python::fdtrace_python_state(tgid) & FLAG_PY_SHUTDOWN
+    } else {
+        0
+    };
     let busy = creates && !failed_for_lack_of_fds && ring_half_full();
     if busy
         && ok
+        && opened_at_shutdown == 0
         && deferred::can_defer(syscall, &pending.args.args)
         && deferred::keep(ids_word(tgid, tid), syscall, ret, &pending.args.args, ts_ns)
     {
@@ -401,6 +430,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         (*header).ts_ns = ts_ns;
         (*header).ret = ret;
         (*header).args = pending.args.args;
+        (*header).flags |= opened_at_shutdown;
     }
     if busy {
         // SAFETY: the header was initialised above.

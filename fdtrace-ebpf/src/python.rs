@@ -27,9 +27,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use fdtrace_common::{
-    EventKind, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT, PY_CODE_MIN_BYTES, PY_ENTRY, PY_TRUNCATED,
-    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyBinary, PyCodeRecord,
-    PyFile, PyFrameSlot, PyStackRecord, PyWalk, PyWindow,
+    EventKind, FLAG_PY_GC, FLAG_PY_SHUTDOWN, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT, PY_CODE_MIN_BYTES,
+    PY_ENTRY, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
+    PyBinary, PyCodeRecord, PyFile, PyFrameSlot, PyStackRecord, PyWalk, PyWindow,
 };
 
 use crate::{EVENTS, TASK_FSBASE_OFFSET};
@@ -220,6 +220,38 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
         (*rec).len = len;
     }
     entry.submit(0);
+}
+
+/// What the interpreter of process `tgid` is doing right now, as
+/// `FLAG_PY_*` bits: finalizing ([`FLAG_PY_SHUTDOWN`]: `Py_FinalizeEx` has
+/// run the exit handlers and set `_PyRuntime`'s finalizing thread) or
+/// collecting cyclic garbage ([`FLAG_PY_GC`]). 0 for a process not running
+/// a CPython fdtrace knows. A global function: verified once, and cheap to
+/// call from both syscall programs.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fdtrace_python_state(tgid: u32) -> u32 {
+    let Some(walk) = PYTHON.get_ptr(tgid) else {
+        return 0;
+    };
+    // SAFETY: a live map value of plain old data, read in place.
+    let walk = unsafe { &*walk };
+    if walk.finalizing == PY_ABSENT {
+        return 0;
+    }
+    if read::<u64>(walk.runtime + u64::from(walk.finalizing)) != 0 {
+        return FLAG_PY_SHUTDOWN;
+    }
+    let base: u64 = if walk.gc_in_runtime != 0 {
+        walk.runtime
+    } else {
+        read(walk.runtime + u64::from(walk.interp_head))
+    };
+    if base != 0 && read::<i32>(base + u64::from(walk.gc_collecting)) != 0 {
+        FLAG_PY_GC
+    } else {
+        0
+    }
 }
 
 /// Copies the code object at `code` (tagged `tag`) and the objects

@@ -124,6 +124,8 @@ pub enum FailOn {
     ExecLeak,
     /// A call that failed with EMFILE or ENFILE.
     Emfile,
+    /// A descriptor closed only by CPython's garbage collector.
+    GcClosed,
 }
 
 impl From<FailOn> for Finding {
@@ -132,6 +134,7 @@ impl From<FailOn> for Finding {
             FailOn::Leak => Finding::Leak,
             FailOn::ExecLeak => Finding::ExecLeak,
             FailOn::Emfile => Finding::Emfile,
+            FailOn::GcClosed => Finding::GcClosed,
         }
     }
 }

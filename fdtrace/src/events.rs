@@ -5,10 +5,10 @@
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
-    FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_STOPPED,
-    FileRecord, FileUse, MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE,
-    PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot, PyStackRecord,
-    StackMode, Syscall, TEXT_LEN,
+    FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_KEPT,
+    FLAG_PY_GC, FLAG_PY_SHUTDOWN, FLAG_STOPPED, FileRecord, FileUse, MAX_EVENT_FDS, MAX_PY_SLOTS,
+    PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
+    PyCodeRecord, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
 
 use crate::procfs::classify_link;
@@ -115,6 +115,21 @@ pub struct Creation {
     /// Peer address written by accept().
     pub peer: Option<String>,
     pub stack: Option<StackSample>,
+    /// Opened while the process's CPython interpreter was shutting down.
+    pub at_shutdown: bool,
+}
+
+/// Who closed a descriptor, as far as the kernel could tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Closer {
+    /// The program, in its own time.
+    #[default]
+    Program,
+    /// CPython's interpreter shutdown (`Py_FinalizeEx` past the exit
+    /// handlers) closed it: nothing the program ran released it.
+    InterpreterShutdown,
+    /// CPython's cyclic garbage collector freed the object holding it.
+    GarbageCollector,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -122,6 +137,9 @@ pub enum Action {
     Create(Creation),
     Close {
         fd: Fd,
+        by: Closer,
+        /// Its creation is kept in the kernel: claim it first.
+        kept: bool,
     },
     /// `close_range(first, last, flags)`; with `cloexec_only` it only marks.
     CloseRange {
@@ -573,6 +591,7 @@ fn syscall_action(
         socket: None,
         peer: None,
         stack: stack_sample(h, stack, mode),
+        at_shutdown: h.flags & FLAG_PY_SHUTDOWN != 0,
     };
     let action = match syscall {
         Syscall::Open | Syscall::Creat => Action::Create(Creation {
@@ -677,7 +696,17 @@ fn syscall_action(
                 ..create(FdKind::Unknown, flags & MSG_CMSG_CLOEXEC != 0)
             })
         }
-        Syscall::Close => Action::Close { fd: fd_arg(a[0]) },
+        Syscall::Close => Action::Close {
+            fd: fd_arg(a[0]),
+            by: if h.flags & FLAG_PY_SHUTDOWN != 0 {
+                Closer::InterpreterShutdown
+            } else if h.flags & FLAG_PY_GC != 0 {
+                Closer::GarbageCollector
+            } else {
+                Closer::Program
+            },
+            kept: h.flags & FLAG_KEPT != 0,
+        },
         Syscall::CloseRange => Action::CloseRange {
             first: u32::try_from(a[0] & 0xffff_ffff)?,
             last: u32::try_from(a[1] & 0xffff_ffff)?,
@@ -825,6 +854,53 @@ mod tests {
         assert_eq!(events[1].action, Action::SetCloexec { fd: 5, on: true });
         kept.cloexec = fdtrace_common::CLOEXEC_UNCHANGED;
         assert_eq!(decode_deferred(7, 5, &kept).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_close_says_whether_pythons_shutdown_or_collector_made_it() {
+        let header = |syscall: Syscall, ret: i64, flags: u32| {
+            let mut h = DeferredFd {
+                ts_ns: 1,
+                tid: 8,
+                syscall: syscall as u32,
+                args: [3, 0, 0, 0, 0, 0],
+                cloexec: 0,
+                text_len: 0,
+                text: [0; TEXT_LEN],
+            }
+            .to_header(7, 3);
+            h.ret = ret;
+            h.flags = flags;
+            h
+        };
+        let close = |flags: u32| {
+            decode_header(&header(Syscall::Close, 0, flags), &[], StackMode::None)
+                .unwrap()
+                .action
+        };
+        let by = |by: Closer, kept: bool| Action::Close { fd: 3, by, kept };
+        assert_eq!(close(0), by(Closer::Program, false));
+        assert_eq!(
+            close(FLAG_PY_SHUTDOWN),
+            by(Closer::InterpreterShutdown, false)
+        );
+        assert_eq!(
+            close(FLAG_PY_GC | FLAG_KEPT),
+            by(Closer::GarbageCollector, true)
+        );
+        let open = |flags: u32| match decode_header(
+            &header(Syscall::Openat, 3, flags),
+            &[],
+            StackMode::None,
+        )
+        .unwrap()
+        .action
+        {
+            Action::Create(c) => c.at_shutdown,
+            other => panic!("{other:?}"),
+        };
+        assert!(open(FLAG_PY_SHUTDOWN));
+        assert!(!open(0));
     }
 
     #[test]

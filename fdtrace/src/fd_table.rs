@@ -12,7 +12,7 @@
 
 use hashbrown::HashMap;
 
-use crate::events::{Action, Creation, Event, Fd, FdKind, Side, socket_family};
+use crate::events::{Action, Closer, Creation, Event, Fd, FdKind, Side, socket_family};
 
 /// Opaque handle to a captured stack, owned by the caller's stack store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +60,8 @@ pub struct OpenFd {
     /// The open file description it refers to (the [`OpenFd::id`] of the
     /// fd that opened it): shared by dup'd copies and fork copies.
     pub file: u64,
+    /// Opened while the process's CPython interpreter was shutting down.
+    pub at_shutdown: bool,
 }
 
 impl OpenFd {
@@ -154,6 +156,23 @@ pub struct Leak {
     pub stack: Option<StackRef>,
     /// The process was still running when tracing ended.
     pub still_running: bool,
+    /// Closed only by CPython's interpreter shutdown (`seen_ns` is then
+    /// when): the program itself never released it.
+    pub closed_at_shutdown: bool,
+}
+
+/// An fd closed only because CPython's cyclic garbage collector freed the
+/// object that held it (an object in a reference cycle).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcClosed {
+    pub tgid: u32,
+    pub fd: Fd,
+    pub kind: FdKind,
+    pub target: String,
+    pub opened_by: &'static str,
+    pub opened_ns: u64,
+    pub closed_ns: u64,
+    pub stack: Option<StackRef>,
 }
 
 /// An fd without CLOEXEC that was open across execve.
@@ -228,6 +247,7 @@ pub struct FdTable {
     pub processes: HashMap<u32, Process>,
     pub leaks: Vec<Leak>,
     pub exec_leaks: Vec<ExecLeak>,
+    pub gc_closed: Vec<GcClosed>,
     pub exhaustions: Vec<Exhaustion>,
     pub fd_set_overflows: Vec<FdSetOverflow>,
     /// Order in which processes appeared, for stable reports.
@@ -276,6 +296,7 @@ impl FdTable {
                         forked_from: None,
                         crossed: None,
                         file: id,
+                        at_shutdown: false,
                     },
                 )
             })
@@ -350,11 +371,7 @@ impl FdTable {
                 used.held.extend(stack);
             }
             Action::Create(creation) => self.create(event, creation, stack, describe, &mut used),
-            Action::Close { fd } => {
-                if let Some(p) = self.processes.get_mut(&tgid) {
-                    release(p.fds.remove(fd), &mut used);
-                }
-            }
+            Action::Close { fd, by, .. } => self.close(event, *fd, *by, &mut used),
             Action::CloseRange {
                 first,
                 last,
@@ -476,6 +493,7 @@ impl FdTable {
                 forked_from: None,
                 crossed: None,
                 file: id,
+                at_shutdown: c.at_shutdown,
             };
             match (&like, c.kind) {
                 // accept(): a new socket of the listener's family and local address.
@@ -516,6 +534,56 @@ impl FdTable {
         }
         p.peak_fds = p.peak_fds.max(p.fds.len());
         self.last_id = id;
+    }
+
+    /// `fd` was closed. By CPython's shutdown or garbage collector, a
+    /// descriptor the process opened itself (before shutdown began) is a
+    /// finding: nothing the program ran let go of it.
+    fn close(&mut self, event: &Event, fd: Fd, by: Closer, used: &mut StackUse) {
+        let tgid = event.tgid;
+        let Some(f) = self
+            .processes
+            .get_mut(&tgid)
+            .and_then(|p| p.fds.remove(&fd))
+        else {
+            return;
+        };
+        let Origin::Created {
+            tgid: creator,
+            syscall,
+            ts_ns: opened_ns,
+            stack,
+        } = f.origin
+        else {
+            return;
+        };
+        let own = creator == tgid && !is_standard_stream(fd) && !f.at_shutdown;
+        match by {
+            Closer::InterpreterShutdown if own => self.leaks.push(Leak {
+                tgid,
+                fd,
+                kind: f.kind,
+                target: f.describe(),
+                cloexec: f.cloexec,
+                opened_by: syscall,
+                opened_ns,
+                seen_ns: event.ts_ns,
+                stack,
+                still_running: false,
+                closed_at_shutdown: true,
+            }),
+            Closer::GarbageCollector if own => self.gc_closed.push(GcClosed {
+                tgid,
+                fd,
+                kind: f.kind,
+                target: f.describe(),
+                opened_by: syscall,
+                opened_ns,
+                closed_ns: event.ts_ns,
+                stack,
+            }),
+            _ => used.released.extend(stack),
+        }
     }
 
     /// The process used `fd`: if it crossed an exec, it was meant for this
@@ -680,6 +748,7 @@ impl FdTable {
                     seen_ns: ts_ns,
                     stack,
                     still_running,
+                    closed_at_shutdown: false,
                 });
                 continue;
             }
@@ -786,8 +855,18 @@ mod tests {
                 socket: None,
                 peer: None,
                 stack: None,
+                at_shutdown: false,
             }),
         )
+    }
+
+    /// A close by the program itself.
+    fn close(fd: Fd) -> Action {
+        Action::Close {
+            fd,
+            by: Closer::Program,
+            kept: false,
+        }
     }
 
     /// A creation that copies `from` (dup*, F_DUPFD, accept on a listener).
@@ -824,7 +903,7 @@ mod tests {
             Some(StackRef(1)),
             &mut NoProc,
         );
-        let used = t.apply(&ev(100, 20, Action::Close { fd: 3 }), None, &mut NoProc);
+        let used = t.apply(&ev(100, 20, close(3)), None, &mut NoProc);
         assert_eq!(used.released, vec![StackRef(1)]);
         t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
         assert!(t.leaks.is_empty());
@@ -849,7 +928,7 @@ mod tests {
     fn fd_number_reuse_tracks_each_lifetime() {
         let mut t = table();
         t.apply(&open(100, 3, "/a", false), Some(StackRef(1)), &mut NoProc);
-        t.apply(&ev(100, 11, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(100, 11, close(3)), None, &mut NoProc);
         t.apply(&open(100, 3, "/b", false), Some(StackRef(2)), &mut NoProc);
         t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
         assert_eq!(leaks(&t), vec![(100, 3, FdKind::File, "/b".into())]);
@@ -998,7 +1077,7 @@ mod tests {
     #[test]
     fn an_inherited_fd_closed_by_the_new_program_is_not_an_exec_leak() {
         let mut t = handed_over();
-        t.apply(&ev(101, 13, Action::Close { fd: 4 }), None, &mut NoProc);
+        t.apply(&ev(101, 13, close(4)), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         assert_eq!(exec_leaked(&mut t), vec![(101, 3, "/bin/child")]);
     }
@@ -1046,7 +1125,7 @@ mod tests {
         // The parent closes its fd 3 and opens a new one under the number;
         // the child's use is of the old one, the parent's new one crossed
         // nothing.
-        t.apply(&ev(101, 14, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(101, 14, close(3)), None, &mut NoProc);
         t.apply(&open(101, 3, "/new", false), None, &mut NoProc);
         t.apply(&ev(102, 15, Action::Use { fd: 3 }), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
@@ -1113,7 +1192,7 @@ mod tests {
         t.apply(&open(100, 3, "/dev/null", false), None, &mut NoProc);
         let dup2 = copy(100, Syscall::Dup2, 3, 1, FdKind::File, false);
         t.apply(&dup2, None, &mut NoProc);
-        t.apply(&ev(100, 12, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(100, 12, close(3)), None, &mut NoProc);
         t.apply(&open(100, 2, "/tmp/err", false), None, &mut NoProc);
         let exec = Action::Exec {
             filename: "/bin/true".into(),
@@ -1133,7 +1212,7 @@ mod tests {
         t.apply(&open(101, 4, "/child", false), None, &mut NoProc);
         t.apply(&ev(101, 20, Action::Exit), None, &mut NoProc);
         assert_eq!(leaks(&t), vec![(101, 4, FdKind::File, "/child".into())]);
-        t.apply(&ev(100, 30, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(100, 30, close(3)), None, &mut NoProc);
         t.apply(&ev(100, 31, Action::Exit), None, &mut NoProc);
         assert_eq!(t.leaks.len(), 1);
         assert_eq!(t.processes[&101].ppid, Some(100));
@@ -1196,7 +1275,7 @@ mod tests {
             c.peer = Some("127.0.0.1:5555".into());
         }
         t.apply(&acc, None, &mut NoProc);
-        t.apply(&ev(100, 11, Action::Close { fd: 3 }), None, &mut NoProc);
+        t.apply(&ev(100, 11, close(3)), None, &mut NoProc);
         t.apply(&ev(100, 30, Action::Exit), None, &mut NoProc);
         assert_eq!(
             leaks(&t),
@@ -1262,5 +1341,150 @@ mod tests {
         assert_eq!(t.leaks.len(), 1);
         assert!(t.leaks[0].still_running);
         assert_eq!(t.leaks[0].seen_ns, 99);
+    }
+
+    fn closed_by(fd: Fd, by: Closer) -> Action {
+        Action::Close {
+            fd,
+            by,
+            kept: false,
+        }
+    }
+
+    #[test]
+    fn a_close_by_interpreter_shutdown_is_a_leak_with_its_own_stack() {
+        let mut t = FdTable::default();
+        t.add_root(100, "/usr/bin/python3", vec![]);
+        t.apply(
+            &open(100, 3, "/etc/hostname", true),
+            Some(StackRef(1)),
+            &mut NoProc,
+        );
+        t.apply(
+            &open(100, 4, "/etc/passwd", true),
+            Some(StackRef(2)),
+            &mut NoProc,
+        );
+        // fd 3 closed by the program, then fd 3 again (a new file) left to
+        // shutdown, as is fd 4.
+        let used = t.apply(&ev(100, 20, close(3)), None, &mut NoProc);
+        assert_eq!(used.released, vec![StackRef(1)]);
+        t.apply(
+            &open(100, 3, "/etc/group", true),
+            Some(StackRef(3)),
+            &mut NoProc,
+        );
+        for fd in [3, 4] {
+            let used = t.apply(
+                &ev(100, 50, closed_by(fd, Closer::InterpreterShutdown)),
+                None,
+                &mut NoProc,
+            );
+            // The leak keeps the fd's reference to its stack.
+            assert!(used.released.is_empty());
+        }
+        t.apply(&ev(100, 60, Action::Exit), None, &mut NoProc);
+        let leaks: Vec<_> = t
+            .leaks
+            .iter()
+            .map(|l| {
+                (
+                    l.fd,
+                    l.target.as_str(),
+                    l.stack,
+                    l.seen_ns,
+                    l.closed_at_shutdown,
+                )
+            })
+            .collect();
+        assert_eq!(
+            leaks,
+            [
+                (3, "/etc/group", Some(StackRef(3)), 50, true),
+                (4, "/etc/passwd", Some(StackRef(2)), 50, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn shutdown_closes_of_its_own_opens_stdio_and_inherited_fds_are_not_leaks() {
+        let mut t = FdTable::default();
+        t.add_root(
+            100,
+            "/usr/bin/python3",
+            vec![(5, FdKind::Pipe, "pipe:[1]".into(), false)],
+        );
+        // Opened by a finalizer during shutdown, closed by it.
+        let mut late = open(100, 3, "/var/log/last-word", true);
+        if let Action::Create(c) = &mut late.action {
+            c.at_shutdown = true;
+        }
+        t.apply(&late, Some(StackRef(1)), &mut NoProc);
+        // stdout reopened by the program (pytest's capture does this).
+        t.apply(
+            &open(100, 1, "/tmp/capture", false),
+            Some(StackRef(2)),
+            &mut NoProc,
+        );
+        let mut released = Vec::new();
+        for fd in [3, 1, 5] {
+            let used = t.apply(
+                &ev(100, 50, closed_by(fd, Closer::InterpreterShutdown)),
+                None,
+                &mut NoProc,
+            );
+            released.extend(used.released);
+        }
+        t.apply(&ev(100, 60, Action::Exit), None, &mut NoProc);
+        assert!(t.leaks.is_empty(), "{:?}", t.leaks);
+        assert_eq!(released, [StackRef(1), StackRef(2)]);
+    }
+
+    #[test]
+    fn a_close_by_the_garbage_collector_is_its_own_finding() {
+        let mut t = FdTable::default();
+        t.add_root(100, "/usr/bin/python3", vec![]);
+        t.apply(
+            &create(100, Syscall::Socket, vec![3], FdKind::Socket, true, None),
+            Some(StackRef(7)),
+            &mut NoProc,
+        );
+        let used = t.apply(
+            &ev(100, 2_000_010, closed_by(3, Closer::GarbageCollector)),
+            None,
+            &mut NoProc,
+        );
+        assert!(used.released.is_empty());
+        t.apply(&ev(100, 3_000_000, Action::Exit), None, &mut NoProc);
+        assert!(t.leaks.is_empty());
+        let gc: Vec<_> = t
+            .gc_closed
+            .iter()
+            .map(|g| (g.fd, g.kind, g.stack, g.opened_ns, g.closed_ns))
+            .collect();
+        assert_eq!(gc, [(3, FdKind::Socket, Some(StackRef(7)), 10, 2_000_010)]);
+    }
+
+    #[test]
+    fn a_forked_childs_shutdown_closing_its_parents_descriptor_is_not_its_leak() {
+        let mut t = FdTable::default();
+        t.add_root(100, "/usr/bin/python3", vec![]);
+        t.apply(
+            &open(100, 3, "/etc/hostname", true),
+            Some(StackRef(1)),
+            &mut NoProc,
+        );
+        t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+        t.apply(
+            &ev(101, 12, closed_by(3, Closer::InterpreterShutdown)),
+            None,
+            &mut NoProc,
+        );
+        t.apply(&ev(101, 13, Action::Exit), None, &mut NoProc);
+        assert!(t.leaks.is_empty());
+        // The parent's own copy is still its to close.
+        t.apply(&ev(100, 14, close(3)), None, &mut NoProc);
+        t.apply(&ev(100, 15, Action::Exit), None, &mut NoProc);
+        assert!(t.leaks.is_empty());
     }
 }

@@ -296,7 +296,8 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Moves leaks and exec leaks matching a rule out of `report`, records per
+/// Moves leaks, exec leaks and descriptors closed by the garbage collector
+/// matching a rule out of `report`, records per
 /// rule how many it took, and drops stack groups nothing refers to anymore.
 pub fn apply(report: &mut Report, rules: &Suppressions) {
     let mut matched = vec![0usize; rules.rules.len()];
@@ -327,10 +328,17 @@ pub fn apply(report: &mut Report, rules: &Suppressions) {
         .iter()
         .map(|e| !hit(e.kind, &e.target, e.pid, e.stack_id))
         .collect();
+    let keep_gc: Vec<bool> = report
+        .gc_closed
+        .iter()
+        .map(|g| !hit(g.kind, &g.target, g.pid, g.stack_id))
+        .collect();
     let mut keep = keep_leaks.into_iter();
     report.leaks.retain(|_| keep.next().unwrap_or(true));
     let mut keep = keep_exec.into_iter();
     report.exec_leaks.retain(|_| keep.next().unwrap_or(true));
+    let mut keep = keep_gc.into_iter();
+    report.gc_closed.retain(|_| keep.next().unwrap_or(true));
     report.suppressed = matched.iter().sum();
     // A built-in rule is listed when it took something; a user's rule
     // always, so one that matches nothing is noticed.

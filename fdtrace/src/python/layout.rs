@@ -83,8 +83,18 @@ const fn walk(fields: [u32; 13]) -> PyWalk {
         code_first_line: 0,
         code_filename: 0,
         code_name: 0,
-        _pad: 0,
+        finalizing: PY_ABSENT,
+        gc_collecting: 0,
+        gc_in_runtime: 0,
     }
+}
+
+/// Where `_PyRuntime` says the interpreter is finalizing, and where the
+/// main interpreter's garbage collector says it is collecting.
+const fn with_lifecycle(mut walk: PyWalk, finalizing: u32, gc_collecting: u32) -> PyWalk {
+    walk.finalizing = finalizing;
+    walk.gc_collecting = gc_collecting;
+    walk
 }
 
 const A: u32 = PY_ABSENT;
@@ -93,12 +103,23 @@ const N: u32 = PY_NO_SHIMS;
 /// 3.8 to 3.10: `PyFrameObject` chains from `tstate->frame`.
 const fn frame_objects(minor: u8) -> Layout {
     let lasti = if minor == 10 { 96 } else { 104 };
+    // interp head, threads head, next, thread_id, frame, -, code,
+    // f_back, f_lasti, (no owner), -, no shims, frame objects
+    let frames = walk([32, 8, 8, 176, 24, A, 32, 24, lasti, 0, A, N, 1]);
+    // `_PyRuntime.finalizing` (`_finalizing` from 3.9) is at 16; the
+    // collector's state moved from `_PyRuntime.gc` (3.8) into each
+    // interpreter (3.9).
+    let lifecycle = if minor == 8 {
+        let mut walk = with_lifecycle(frames, 16, 544);
+        walk.gc_in_runtime = 1;
+        walk
+    } else {
+        with_lifecycle(frames, 16, 816)
+    };
     Layout {
         major: 3,
         minor,
-        // interp head, threads head, next, thread_id, frame, -, code,
-        // f_back, f_lasti, (no owner), -, no shims, frame objects
-        walk: walk([32, 8, 8, 176, 24, A, 32, 24, lasti, 0, A, N, 1]),
+        walk: lifecycle,
         instr: if minor == 10 {
             Instr::LastiUnits
         } else {
@@ -137,7 +158,11 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
             // interp head, threads head, next, thread_id, cframe,
             // cframe->current_frame, f_code, previous, prev_instr, owner
             // (no shims in 3.11), is_entry, -, interpreter frames
-            walk: walk([40, 16, 8, 152, 56, 8, 32, 48, 56, 0, 68, N, 0]),
+            walk: with_lifecycle(
+                walk([40, 16, 8, 152, 56, 8, 32, 48, 56, 0, 68, N, 0]),
+                24,
+                848,
+            ),
             instr: Instr::Pointer,
             lines: LineFormat::Locations,
             code: CodeLayout {
@@ -156,7 +181,11 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
             major,
             minor,
             // ..., owner at 70, shims have owner 3 (FRAME_OWNED_BY_CSTACK)
-            walk: walk([40, 72, 8, 136, 56, 0, 0, 8, 56, 70, A, 3, 0]),
+            walk: with_lifecycle(
+                walk([40, 72, 8, 136, 56, 0, 0, 8, 56, 70, A, 3, 0]),
+                24,
+                312,
+            ),
             instr: Instr::Pointer,
             lines: LineFormat::Locations,
             code: CodeLayout {
@@ -205,6 +234,9 @@ pub fn from_debug_offsets(words: &[u64]) -> Option<Layout> {
         code_line_table: usize,
         code_first_line: usize,
         code_bytecode: usize,
+        finalizing: usize,
+        interp_gc: usize,
+        gc_collecting: usize,
     }
     let (f, shim_owner, first_traceable, code_mask) = match minor {
         13 => (
@@ -224,6 +256,9 @@ pub fn from_debug_offsets(words: &[u64]) -> Option<Layout> {
                 code_line_table: 304,
                 code_first_line: 312,
                 code_bytecode: 344,
+                finalizing: 32,
+                interp_gc: 80,
+                gc_collecting: 576,
             },
             // FRAME_OWNED_BY_CSTACK
             3,
@@ -247,6 +282,9 @@ pub fn from_debug_offsets(words: &[u64]) -> Option<Layout> {
                 code_line_table: 344,
                 code_first_line: 352,
                 code_bytecode: 384,
+                finalizing: 32,
+                interp_gc: 88,
+                gc_collecting: 656,
             },
             // FRAME_OWNED_BY_INTERPRETER and above
             3,
@@ -283,6 +321,12 @@ pub fn from_debug_offsets(words: &[u64]) -> Option<Layout> {
         0,
     ]);
     walk.code_mask = code_mask;
+    // Offset 0 is the cookie: a build that does not fill it in.
+    walk.finalizing = small(f.finalizing)?;
+    if walk.finalizing < 8 {
+        walk.finalizing = A;
+    }
+    walk.gc_collecting = small(f.interp_gc)?.checked_add(small(f.gc_collecting)?)?;
     Some(Layout {
         major,
         minor,
@@ -330,6 +374,9 @@ pub(crate) mod tests {
             (304, 136),
             (312, 68),
             (344, 200),
+            (32, 608),
+            (80, 7400),
+            (576, 200),
         ] {
             words[byte / 8] = v;
         }
@@ -348,6 +395,8 @@ pub(crate) mod tests {
         assert_eq!(l.walk.frame_owner, 70);
         assert_eq!(l.code.bytecode, Some(200));
         assert_eq!(l.code.first_line, 68);
+        assert_eq!(l.walk.finalizing, 608);
+        assert_eq!((l.walk.gc_collecting, l.walk.gc_in_runtime), (7600, 0));
         // Unknown layouts are refused rather than guessed.
         words[1] = 0x030f_00a0;
         assert_eq!(from_debug_offsets(&words), None);
@@ -389,6 +438,8 @@ pub(crate) mod tests {
         assert_eq!(l.walk.code_mask, !3);
         assert_eq!(l.code.bytecode, Some(208));
         assert_eq!(l.code.first_traceable, Some(192));
+        // Without a finalizing offset, no close is judged by its timing.
+        assert_eq!(l.walk.finalizing, PY_ABSENT);
         // A development build with 3.13's layout is refused.
         words[248 / 8] = 0;
         assert_eq!(from_debug_offsets(&words), None);
@@ -402,5 +453,26 @@ pub(crate) mod tests {
         assert!(table(3, 7).is_none());
         assert!(table(3, 13).is_none());
         assert_eq!(table(3, 10).unwrap().instr, Instr::LastiUnits);
+    }
+
+    #[test]
+    fn shutdown_and_collector_state_per_version() {
+        // (finalizing in _PyRuntime, gc.collecting, relative to _PyRuntime),
+        // read with gdb from each version's debug info.
+        let expected = [
+            (8, (16, 544, 1)),
+            (9, (16, 816, 0)),
+            (10, (16, 816, 0)),
+            (11, (24, 848, 0)),
+            (12, (24, 312, 0)),
+        ];
+        for (minor, want) in expected {
+            let w = table(3, minor).unwrap().walk;
+            assert_eq!(
+                (w.finalizing, w.gc_collecting, w.gc_in_runtime),
+                want,
+                "3.{minor}"
+            );
+        }
     }
 }

@@ -1,25 +1,29 @@
 //! Findings as annotations on the user's code, for the renderers that point
 //! at source lines (SARIF, GitHub workflow commands): one per leak group,
-//! one per exec-leak group, one per EMFILE failure, each blamed on the
-//! innermost frame of the user's own code.
+//! one per exec-leak group, one per group of descriptors only the garbage
+//! collector closed, one per EMFILE failure, each blamed on the innermost
+//! frame of the user's own code, or on the line of the test a leak came
+//! from.
 
-use super::{FrameEntry, Report, text::what, user_frame};
+use super::{FrameEntry, Report, by_test::test_frame, text::what, user_frame};
 
 /// What an annotation reports; also its SARIF rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
     Leak,
     ExecLeak,
+    GcClosed,
     Exhausted,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 3] = [Rule::Leak, Rule::ExecLeak, Rule::Exhausted];
+    pub const ALL: [Rule; 4] = [Rule::Leak, Rule::ExecLeak, Rule::GcClosed, Rule::Exhausted];
 
     pub fn id(self) -> &'static str {
         match self {
             Rule::Leak => "fd-leak",
             Rule::ExecLeak => "fd-exec-leak",
+            Rule::GcClosed => "fd-gc-closed",
             Rule::Exhausted => "fd-exhausted",
         }
     }
@@ -28,7 +32,16 @@ impl Rule {
         match self {
             Rule::Leak => "file descriptor never closed",
             Rule::ExecLeak => "file descriptor crossed exec without CLOEXEC",
+            Rule::GcClosed => "file descriptor closed only by the garbage collector",
             Rule::Exhausted => "too many open files",
+        }
+    }
+
+    /// SARIF level: the garbage collector did close these, eventually.
+    pub fn level(self) -> &'static str {
+        match self {
+            Rule::GcClosed => "warning",
+            _ => "error",
         }
     }
 
@@ -36,12 +49,19 @@ impl Rule {
         match self {
             Rule::Leak => {
                 "A file descriptor opened here was still open when its process \
-                 exited (or when tracing ended). Close it on every path, or hold \
-                 it in an owner that closes it."
+                 exited (or when tracing ended), or was closed only by Python's \
+                 interpreter shutdown. Close it on every path, or hold it in an \
+                 owner that closes it (`with`)."
             }
             Rule::ExecLeak => {
                 "A file descriptor opened here without O_CLOEXEC / SOCK_CLOEXEC \
                  was inherited by a program the process exec'd."
+            }
+            Rule::GcClosed => {
+                "A file descriptor opened here was closed only when Python's \
+                 cyclic garbage collector freed the object holding it (a \
+                 reference cycle): until a collection runs it stays open, which \
+                 under load ends in EMFILE. Close it explicitly."
             }
             Rule::Exhausted => {
                 "A call failed with EMFILE or ENFILE: the process's descriptor \
@@ -60,7 +80,8 @@ pub struct Annotation<'a> {
     pub stack_id: Option<u32>,
     /// Innermost first.
     pub stack: &'a [FrameEntry],
-    /// Where to point: the innermost frame of the user's own code.
+    /// Where to point: the line of the test a leak came from, else the
+    /// innermost frame of the user's own code.
     pub blame: Option<&'a FrameEntry>,
     /// Descriptors this finding counts.
     pub count: usize,
@@ -89,15 +110,59 @@ pub fn annotations(report: &Report) -> Vec<Annotation<'_>> {
             .map(|l| format!("fd {} {}", l.fd, l.target).trim_end().to_owned())
             .collect();
         let more = if leaks.len() > 3 { ", ..." } else { "" };
+        let never = if leaks.iter().all(|l| l.closed_at_shutdown) {
+            "closed only at interpreter shutdown"
+        } else {
+            "never closed"
+        };
+        let test = id
+            .and_then(|id| {
+                report
+                    .leaks_by_test
+                    .iter()
+                    .find(|t| t.stack_ids.contains(&id))
+            })
+            .map(|t| format!(" in test {}", t.test))
+            .unwrap_or_default();
         let message = format!(
-            "{} never closed, opened by {}{} ({}): {}{more}",
+            "{} {never}, opened by {}{}{test} ({}): {}{more}",
             what(leaks.iter().map(|l| l.kind)),
             first.opened_by,
             in_function(report, id),
             processes(report, &pids),
             fds.join(", ")
         );
-        out.push(located(report, Rule::Leak, message, id, leaks.len(), pids));
+        let mut annotation = located(report, Rule::Leak, message, id, leaks.len(), pids);
+        if let Some(test) = test_frame(annotation.stack).filter(|f| f.line.is_some()) {
+            annotation.blame = Some(test);
+        }
+        out.push(annotation);
+    }
+    let mut gc_groups: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
+    for (i, g) in report.gc_closed.iter().enumerate() {
+        match gc_groups.iter_mut().find(|(id, _)| *id == g.stack_id) {
+            Some((_, members)) => members.push(i),
+            None => gc_groups.push((g.stack_id, vec![i])),
+        }
+    }
+    for (id, members) in gc_groups {
+        let closed: Vec<_> = members.iter().map(|&i| &report.gc_closed[i]).collect();
+        let pids = distinct(closed.iter().map(|g| g.pid));
+        let message = format!(
+            "{} closed only by the garbage collector, opened by {}{} ({})",
+            what(closed.iter().map(|g| g.kind)),
+            closed[0].opened_by,
+            in_function(report, id),
+            processes(report, &pids),
+        );
+        out.push(located(
+            report,
+            Rule::GcClosed,
+            message,
+            id,
+            closed.len(),
+            pids,
+        ));
     }
     let mut exec_groups: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
     for (i, e) in report.exec_leaks.iter().enumerate() {

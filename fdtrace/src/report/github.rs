@@ -1,4 +1,5 @@
-//! GitHub Actions workflow commands (`::error file=..,line=..::message`),
+//! GitHub Actions workflow commands (`::error file=..,line=..::message`;
+//! `::warning` for what the garbage collector closed),
 //! printed when `GITHUB_ACTIONS=true` so each finding shows inline on the
 //! pull request at the user's own line.
 
@@ -36,8 +37,13 @@ fn command(a: &Annotation<'_>, workspace: &Path) -> String {
         "title={}",
         escape_property(&format!("fdtrace: {}", a.rule.title()))
     ));
+    let level = if a.rule.level() == "warning" {
+        "warning"
+    } else {
+        "error"
+    };
     format!(
-        "::error {}::{}",
+        "::{level} {}::{}",
         properties.join(","),
         escape_data(&a.message)
     )

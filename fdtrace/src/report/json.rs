@@ -39,8 +39,11 @@ mod tests {
                 age_ms: 5,
                 stack_id: Some(0),
                 still_running: false,
+                closed_at_shutdown: true,
             }],
             exec_leaks: vec![],
+            gc_closed: vec![],
+            leaks_by_test: vec![],
             emfile: vec![],
             notes: vec![],
             suppressed: 0,
@@ -60,12 +63,15 @@ mod tests {
         assert_eq!(v["leaks"][0]["kind"], "pipe");
         assert_eq!(v["leaks"][0]["opened_by"], "pipe2");
         assert_eq!(v["leaks"][0]["stack_id"], 0);
+        assert_eq!(v["leaks"][0]["closed_at_shutdown"], true);
         assert_eq!(v["groups"][0]["count"], 1);
         for key in [
             "command",
             "dropped_events",
             "processes",
             "exec_leaks",
+            "gc_closed",
+            "leaks_by_test",
             "emfile",
         ] {
             assert!(v.get(key).is_some(), "{key}");

@@ -4,6 +4,7 @@
 //! through [`StackLookup`].
 
 pub mod annotate;
+pub mod by_test;
 pub mod github;
 pub mod json;
 pub mod live;
@@ -16,7 +17,7 @@ use serde::Serialize;
 
 use crate::{
     events::FdKind,
-    fd_table::{FdTable, Leak, StackRef},
+    fd_table::{FdTable, GcClosed, Leak, StackRef},
     stacks::symbolize::SymFrame,
 };
 
@@ -26,6 +27,7 @@ pub enum Finding {
     Leak,
     ExecLeak,
     Emfile,
+    GcClosed,
 }
 
 /// JSON format version.
@@ -58,6 +60,11 @@ pub struct Report {
     /// by `--fail-on leak`.
     pub unknown_leaks: Vec<LeakEntry>,
     pub exec_leaks: Vec<ExecLeakEntry>,
+    /// Descriptors closed only because CPython's cyclic garbage collector
+    /// freed what held them. Not leaks; `--fail-on gc-closed` gates on them.
+    pub gc_closed: Vec<GcClosedEntry>,
+    /// Leaks whose Python stack passes through a test function, by test.
+    pub leaks_by_test: Vec<by_test::TestLeaks>,
     pub emfile: Vec<EmfileEntry>,
     pub fd_set_overflows: Vec<FdSetOverflowEntry>,
     /// `attach --interval` snapshots, oldest first.
@@ -116,6 +123,21 @@ pub struct LeakEntry {
     pub age_ms: u64,
     pub stack_id: Option<u32>,
     pub still_running: bool,
+    /// Closed only by CPython's interpreter shutdown (`age_ms` runs to
+    /// then): the program itself never closed it.
+    pub closed_at_shutdown: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct GcClosedEntry {
+    pub pid: u32,
+    pub fd: i32,
+    pub kind: &'static str,
+    pub target: String,
+    pub opened_by: &'static str,
+    /// Time from creation to the collection that closed it.
+    pub age_ms: u64,
+    pub stack_id: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -300,6 +322,7 @@ impl Report {
             age_ms: age_ms(l.opened_ns, l.seen_ns),
             stack_id: id_of(l.stack),
             still_running: l.still_running,
+            closed_at_shutdown: l.closed_at_shutdown,
         };
         let unknown_leaks: Vec<LeakEntry> = unknown.into_iter().map(entry).collect();
         let leaks: Vec<LeakEntry> = certain.into_iter().map(entry).collect();
@@ -314,6 +337,19 @@ impl Report {
                 exec: e.exec.clone(),
                 opened_by: e.opened_by,
                 stack_id: id_of(e.stack),
+            })
+            .collect();
+        let gc_closed: Vec<GcClosedEntry> = table
+            .gc_closed
+            .iter()
+            .map(|g: &GcClosed| GcClosedEntry {
+                pid: g.tgid,
+                fd: g.fd,
+                kind: g.kind.name(),
+                target: g.target.clone(),
+                opened_by: g.opened_by,
+                age_ms: age_ms(g.opened_ns, g.closed_ns),
+                stack_id: id_of(g.stack),
             })
             .collect();
         let emfile: Vec<EmfileEntry> = table
@@ -357,6 +393,7 @@ impl Report {
         let mut ids: Vec<(Option<u32>, bool)> = leaks.iter().map(|l| (l.stack_id, true)).collect();
         ids.extend(exec_leaks.iter().map(|e| (e.stack_id, false)));
         ids.extend(unknown_leaks.iter().map(|l| (l.stack_id, false)));
+        ids.extend(gc_closed.iter().map(|g| (g.stack_id, false)));
         for e in &emfile {
             ids.push((e.stack_id, false));
             ids.extend(e.holders.iter().map(|h| (h.stack_id, false)));
@@ -379,6 +416,8 @@ impl Report {
             leaks,
             unknown_leaks,
             exec_leaks,
+            gc_closed,
+            leaks_by_test: Vec::new(),
             emfile,
             fd_set_overflows,
             intervals: cx.intervals,
@@ -389,12 +428,14 @@ impl Report {
         }
     }
 
-    /// Recounts leaks per group after leaks were taken out, and drops the
-    /// groups nothing mentions anymore.
+    /// Recounts leaks per group after leaks were taken out, drops the
+    /// groups nothing mentions anymore, and says which tests the leaks
+    /// came from.
     pub fn regroup(&mut self) {
         let mut mentioned: Vec<u32> = Vec::new();
         mentioned.extend(self.exec_leaks.iter().filter_map(|e| e.stack_id));
         mentioned.extend(self.unknown_leaks.iter().filter_map(|l| l.stack_id));
+        mentioned.extend(self.gc_closed.iter().filter_map(|g| g.stack_id));
         for e in &self.emfile {
             mentioned.extend(e.stack_id);
             mentioned.extend(e.holders.iter().filter_map(|h| h.stack_id));
@@ -413,6 +454,9 @@ impl Report {
         self.groups
             .retain(|g| g.count > 0 || mentioned.contains(&g.stack_id));
         self.groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+        let cwd = std::env::current_dir().ok();
+        self.leaks_by_test =
+            by_test::leaks_by_test(self, cwd.as_deref(), &mut by_test::read_source);
     }
 
     /// The command line of a process, or its executable when unknown.
@@ -430,6 +474,7 @@ impl Report {
             Finding::Leak => !self.leaks.is_empty(),
             Finding::ExecLeak => !self.exec_leaks.is_empty(),
             Finding::Emfile => !self.emfile.is_empty(),
+            Finding::GcClosed => !self.gc_closed.is_empty(),
         }
     }
 
@@ -473,15 +518,15 @@ pub fn own_code(frame: &FrameEntry) -> bool {
         "/usr/src/",
         "/lib/python",
     ];
-    let module = frame
-        .module
-        .as_deref()
-        .map(|m| m.rsplit('/').next().unwrap_or(m))
-        .unwrap_or("");
+    let module_path = frame.module.as_deref().unwrap_or("");
+    let module = module_path.rsplit('/').next().unwrap_or(module_path);
     let file = frame.file.as_deref().unwrap_or("");
     // `<frozen os>`, `<string>`: the interpreter's own or generated code.
+    // A C extension under a Python library directory (`_socket` in
+    // lib-dynload, a package's in site-packages) is not the user's either.
     !file.starts_with('<')
         && !RUNTIME_MODULES.iter().any(|m| module.starts_with(m))
+        && !module_path.contains("/lib/python")
         && !RUNTIME_FILES
             .iter()
             .any(|f| file.starts_with(f) || (f.starts_with('/') && file.contains(f)))
@@ -570,6 +615,7 @@ pub(crate) mod tests {
             age_ms: 3,
             stack_id: Some(1),
             still_running: false,
+            closed_at_shutdown: false,
         }
     }
 
@@ -598,6 +644,8 @@ pub(crate) mod tests {
             }],
             leaks: vec![leak(3, "/tmp/a.log"), leak(4, "/tmp/b.log")],
             exec_leaks: vec![],
+            gc_closed: vec![],
+            leaks_by_test: vec![],
             emfile: vec![],
             fd_set_overflows: vec![],
             intervals: vec![],
@@ -650,6 +698,7 @@ pub(crate) mod tests {
                 seen_ns: 400,
                 stack: None,
                 still_running: false,
+                closed_at_shutdown: false,
             });
         }
         let cx = |last_drop_ns: Option<u64>| Context {

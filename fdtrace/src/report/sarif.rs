@@ -34,7 +34,7 @@ fn log(report: &Report, root: &Path) -> Value {
                 "id": r.id(),
                 "shortDescription": { "text": r.title() },
                 "fullDescription": { "text": r.description() },
-                "defaultConfiguration": { "level": "error" },
+                "defaultConfiguration": { "level": r.level() },
             })
         })
         .collect();
@@ -91,7 +91,7 @@ fn result(report: &Report, a: &Annotation<'_>, root: &Path) -> Value {
     let mut result = json!({
         "ruleId": a.rule.id(),
         "ruleIndex": rule_index,
-        "level": "error",
+        "level": a.rule.level(),
         "message": { "text": a.message },
         "properties": { "count": a.count, "pids": a.pids },
     });

@@ -76,6 +76,33 @@ pub fn by_process(report: &Report, style: Style, out: &mut impl Write) -> io::Re
     Ok(())
 }
 
+/// Which tests the leaks came from (a pytest or unittest test in their
+/// Python stacks), most first, named so `pytest NAME` runs just that test.
+pub fn by_test(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
+    if report.leaks_by_test.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(out, "{}", style.bold("Leaks by test:"))?;
+    for t in report.leaks_by_test.iter().take(MAX_PROCESSES) {
+        let kinds: Vec<String> = t
+            .kinds
+            .iter()
+            .map(|k| format!("{} {}", k.count, k.kind))
+            .collect();
+        let line = format!("  {:>5}  {}  ({})", t.count, t.test, kinds.join(", "));
+        writeln!(out, "{}", fit(&line, WIDTH))?;
+    }
+    if report.leaks_by_test.len() > MAX_PROCESSES {
+        writeln!(
+            out,
+            "  ... and {} more",
+            report.leaks_by_test.len() - MAX_PROCESSES
+        )?;
+    }
+    Ok(())
+}
+
 /// What each rule suppressed, and the rules that matched nothing.
 pub fn suppressions(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
     if report.suppressions.is_empty() {
@@ -149,6 +176,37 @@ Leaks by process:
       2 x file in leak_it (leak.c:12)
   [8] ./app --test two
       1 x pipe
+"
+        );
+    }
+
+    #[test]
+    fn lists_the_tests_leaks_came_from() {
+        let mut r = sample_report();
+        r.leaks_by_test = vec![crate::report::by_test::TestLeaks {
+            test: "tests/test_cache.py::test_leaky_cache".into(),
+            file: "/src/app/tests/test_cache.py".into(),
+            line: Some(10),
+            count: 2,
+            kinds: vec![
+                crate::report::KindCount {
+                    kind: "file",
+                    count: 1,
+                },
+                crate::report::KindCount {
+                    kind: "socket",
+                    count: 1,
+                },
+            ],
+            stack_ids: vec![1],
+        }];
+        let mut out = Vec::new();
+        by_test(&r, Style::default(), &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "
+Leaks by test:
+      2  tests/test_cache.py::test_leaky_cache  (1 file, 1 socket)
 "
         );
     }

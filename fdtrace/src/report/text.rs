@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::{ExecLeakEntry, FrameEntry, Group, LeakEntry, Report, live, sections};
+use super::{ExecLeakEntry, FrameEntry, GcClosedEntry, Group, LeakEntry, Report, live, sections};
 
 pub use sections::stale_suppressions;
 
@@ -99,6 +99,7 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
             }
         }
     }
+    gc_closed(report, style, out)?;
     if !report.unknown_leaks.is_empty() {
         writeln!(out)?;
         let n = report.unknown_leaks.len();
@@ -143,6 +144,7 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
         live::emfile(report, index, style, out)?;
     }
     sections::by_process(report, style, out)?;
+    sections::by_test(report, style, out)?;
     sections::suppressions(report, style, out)?;
     headroom(report, style, out)
 }
@@ -304,6 +306,15 @@ fn leak_group(
         who.join(", ")
     );
     writeln!(out, "{}", style.bold(&fit(&head, WIDTH)))?;
+    let at_shutdown = leaks.iter().filter(|l| l.closed_at_shutdown).count();
+    if at_shutdown > 0 {
+        let line = if at_shutdown == leaks.len() {
+            "  closed only at interpreter shutdown: still held when Python exited".to_owned()
+        } else {
+            format!("  {at_shutdown} of them closed only at interpreter shutdown")
+        };
+        writeln!(out, "{}", fit(&line, WIDTH))?;
+    }
     let running = |l: &LeakEntry| {
         if l.still_running {
             " (still running)"
@@ -319,6 +330,57 @@ fn leak_group(
         Some(g) => frames(g, out),
         None => writeln!(out, "  (no stack captured)"),
     }
+}
+
+/// Descriptors closed only by CPython's cyclic garbage collector, grouped
+/// by the stack that opened them, with how long they lived.
+fn gc_closed(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
+    if report.gc_closed.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{}",
+        style.red("Closed only by the garbage collector (held in reference cycles):")
+    )?;
+    let mut groups: Vec<Vec<&GcClosedEntry>> = Vec::new();
+    for g in &report.gc_closed {
+        match groups
+            .iter_mut()
+            .find(|group| group[0].stack_id == g.stack_id)
+        {
+            Some(group) => group.push(g),
+            None => groups.push(vec![g]),
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        let first = group[0];
+        let youngest = group.iter().map(|g| g.age_ms).min().unwrap_or(0);
+        let oldest = group.iter().map(|g| g.age_ms).max().unwrap_or(0);
+        let ages = if youngest == oldest {
+            format!("after {oldest} ms")
+        } else {
+            format!("after {youngest} to {oldest} ms")
+        };
+        let head = format!(
+            "{}, opened by {} in {}, closed {ages}",
+            what(group.iter().map(|g| g.kind)),
+            first.opened_by,
+            process_name(report, first.pid)
+        );
+        writeln!(out, "{}", style.bold(&fit(&head, WIDTH)))?;
+        samples(group.iter().map(|g| (g.fd, g.target.as_str(), "")), out)?;
+        match first.stack_id.and_then(|id| report.group(id)) {
+            Some(g) => frames(g, out)?,
+            None => writeln!(out, "  (no stack captured)")?,
+        }
+    }
+    Ok(())
 }
 
 /// "3 x file", or "4 descriptors (2 pipe, 2 file)" for mixed kinds.
@@ -488,6 +550,7 @@ pub(super) mod tests {
             age_ms: 3,
             stack_id: Some(0),
             still_running: false,
+            closed_at_shutdown: false,
         }
     }
 
@@ -525,6 +588,8 @@ pub(super) mod tests {
                 opened_by: "openat",
                 stack_id: Some(0),
             }],
+            gc_closed: vec![],
+            leaks_by_test: vec![],
             emfile: vec![],
             notes: vec![],
             suppressed: 0,

@@ -38,7 +38,8 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Exit with --leak-exit-code when the report has any of these findings
-    /// (after suppressions): leak, exec-leak, emfile; comma-separated.
+    /// (after suppressions): leak, exec-leak, emfile, gc-closed;
+    /// comma-separated.
     #[arg(long, value_enum, value_name = "LIST", value_delimiter = ',')]
     pub fail_on: Vec<FailOn>,
     /// Same as --fail-on leak.

@@ -505,6 +505,7 @@ impl Tracer {
         let t = &self.table;
         let mut refs: Vec<StackRef> = t.leaks.iter().filter_map(|l| l.stack).collect();
         refs.extend(t.exec_leaks.iter().filter_map(|e| e.stack));
+        refs.extend(t.gc_closed.iter().filter_map(|g| g.stack));
         for e in &t.exhaustions {
             refs.extend(e.stack);
             refs.extend(e.holders.iter().filter_map(|h| h.stack));

@@ -310,6 +310,42 @@ pub fn interpreters() -> Vec<(PathBuf, (u32, u32))> {
     found
 }
 
+/// The interpreters fdtrace walks (3.8 to 3.14) among [`interpreters`], as
+/// (path, version); at least one, or the test fails.
+pub fn supported_pythons() -> Vec<(String, (u32, u32))> {
+    let found: Vec<(String, (u32, u32))> = interpreters()
+        .into_iter()
+        .filter(|(_, v)| (3, 8) <= *v && *v <= (3, 14))
+        .map(|(p, v)| (p.to_string_lossy().into_owned(), v))
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no CPython 3.8-3.14 found (python3 is needed for the Python tests)"
+    );
+    found
+}
+
+/// (function, file name, line) of a stack's Python frames, innermost first.
+pub fn python_frames(t: &Trace, stack_id: &Value) -> Vec<(String, String, u64)> {
+    t.frames(stack_id)
+        .iter()
+        .filter(|f| f["lang"] == "python")
+        .map(|f| {
+            let file = f["file"].as_str().unwrap_or("?");
+            (
+                f["function"].as_str().unwrap_or("?").to_owned(),
+                file.rsplit('/').next().unwrap_or(file).to_owned(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The Python frame expected at `marker`'s line in fixture `file`.
+pub fn python_frame(function: &str, file: &str, marker: &str) -> (String, String, u64) {
+    (function.into(), file.into(), marker_line(file, marker))
+}
+
 /// Waits for a fixture that prints "ready" once it is running.
 pub fn wait_until_ready(child: &mut std::process::Child) {
     use std::io::BufRead as _;

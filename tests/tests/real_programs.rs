@@ -15,6 +15,7 @@ fn findings(t: &Trace) -> String {
         ("leak", "leaks"),
         ("exec-leak", "exec_leaks"),
         ("unknown", "unknown_leaks"),
+        ("gc-closed", "gc_closed"),
     ] {
         for f in t.report[key].as_array().into_iter().flatten() {
             lines.push(format!(
@@ -38,7 +39,8 @@ fn assert_clean(what: &str, t: &Trace) {
         && t.exec_leaks().is_empty()
         && t.report["unknown_leaks"]
             .as_array()
-            .is_some_and(Vec::is_empty);
+            .is_some_and(Vec::is_empty)
+        && t.report["gc_closed"].as_array().is_some_and(Vec::is_empty);
     assert!(
         clean,
         "{what} must report nothing; it reported:\n{}\nstderr: {}",
@@ -128,6 +130,17 @@ fn a_bash_script_run_by_path_and_a_pyenv_style_shim_report_nothing() {
         leaks[0].1.iter().any(|f| f == "move_to_high_fd"),
         "{leaks:?}"
     );
+
+    // Debian's /bin/sh (dash) keeps its script open too, above fd 10.
+    write(
+        &dir,
+        "script-sh.sh",
+        "#!/bin/sh\necho hi >/dev/null\nx=$(cat /etc/hostname)\ntrue\n",
+    );
+    let sh_script = dir.join("script-sh.sh");
+    make_executable(&sh_script);
+    let t = trace(&[], &[sh_script.to_str().unwrap()]);
+    assert_clean("a /bin/sh script", &t);
 
     // A shim like pyenv's: a bash script that execs Python, which runs a
     // child with redirected output.
@@ -387,6 +400,33 @@ fn pytest_on_a_clean_suite_reports_nothing_and_finds_the_one_leaking_test() {
             .contains(&"test_keeps_a_descriptor".to_owned()),
         "{:?}",
         t.functions(&leak["stack_id"])
+    );
+}
+
+#[test]
+fn a_multiprocessing_pool_reports_nothing() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let dir = scratch_dir("multiprocessing");
+    write(
+        &dir,
+        "pool.py",
+        "import multiprocessing\n\n\
+         def main():\n    with multiprocessing.Pool(2) as pool:\n        assert pool.map(abs, [1, -2]) == [1, 2]\n\n\
+         if __name__ == '__main__':\n    main()\n",
+    );
+    let script = dir.join("pool.py");
+    let t = trace(&[], &["python3", script.to_str().unwrap()]);
+    assert_eq!(t.code(), Some(0), "{}", t.stderr());
+    assert_clean("a multiprocessing pool", &t);
+    // Each worker's /dev/null stdin: a built-in rule says so.
+    let taken = built_in_matches(&t);
+    assert!(
+        taken
+            .iter()
+            .any(|(r, n)| r.starts_with("a multiprocessing child") && *n == 2),
+        "{taken:?}"
     );
 }
 

@@ -27,27 +27,38 @@ pub fn run() -> Result<()> {
     system_tool("tar", "tar")?;
     system_tool("bash", "bash")?;
     system_tool("go", "golang-go")?;
-    python_module("pytest")?;
+    // pytest under every interpreter the Python tests run (3.8 to 3.14).
+    python_module("python3", "pytest")?;
+    for (interpreter, version) in fdtrace_tests::interpreters() {
+        if ((3, 8)..=(3, 14)).contains(&version) {
+            python_module(&interpreter.to_string_lossy(), "pytest")?;
+        }
+    }
     Ok(())
 }
 
-/// A Python package the tests run (`python3 -m NAME`), installed with pip
-/// for the `python3` on PATH when missing.
-fn python_module(name: &str) -> Result<()> {
-    if succeeds(command("python3").args(["-m", name, "--version"])) {
-        println!("ok: python3 -m {name}");
+/// A Python package the tests run (`PYTHON -m NAME`), installed when
+/// missing: for Debian's own interpreters as Debian's `python3-NAME`
+/// package (pip may not touch them), for any other with pip.
+fn python_module(python: &str, name: &str) -> Result<()> {
+    if succeeds(command(python).args(["-m", name, "--version"])) {
+        println!("ok: {python} -m {name}");
         return Ok(());
     }
-    println!("installing: {name} (python3 -m pip install {name})");
-    process::run(
-        "pip install",
-        command("python3").args(["-m", "pip", "install", "--quiet", name]),
-    )
-    .with_context(|| {
-        format!("install {name} with pip: run `python3 -m pip install {name}`, then rerun `cargo xtask setup`")
-    })?;
-    if !succeeds(command("python3").args(["-m", name, "--version"])) {
-        bail!("installed {name} but `python3 -m {name} --version` still fails");
+    if python.starts_with("/usr/bin/") {
+        system_tool_package(python, &format!("python3-{name}"))?;
+    } else {
+        println!("installing: {name} ({python} -m pip install {name})");
+        process::run(
+            "pip install",
+            command(python).args(["-m", "pip", "install", "--quiet", name]),
+        )
+        .with_context(|| {
+            format!("install {name} with pip: run `{python} -m pip install {name}`, then rerun `cargo xtask setup`")
+        })?;
+    }
+    if !succeeds(command(python).args(["-m", name, "--version"])) {
+        bail!("installed {name} but `{python} -m {name} --version` still fails");
     }
     Ok(())
 }
@@ -154,9 +165,18 @@ fn system_tool(tool: &str, apt_package: &str) -> Result<()> {
         println!("ok: {tool}");
         return Ok(());
     }
+    system_tool_package(tool, apt_package)?;
+    if !succeeds(command(tool).arg(version)) {
+        bail!("installed {apt_package} but `{tool} {version}` still fails: check PATH");
+    }
+    Ok(())
+}
+
+/// Installs Debian's `apt_package` (which provides `tool`), as root.
+fn system_tool_package(tool: &str, apt_package: &str) -> Result<()> {
     if !is_root() {
         bail!(
-            "`{tool} {version}` failed: install it (e.g. `sudo apt-get install -y \
+            "`{tool}` lacks {apt_package}: install it (e.g. `sudo apt-get install -y \
              {apt_package}`), then rerun `cargo xtask setup`"
         );
     }
@@ -168,8 +188,5 @@ fn system_tool(tool: &str, apt_package: &str) -> Result<()> {
         command("apt-get").args(["install", "-y", apt_package]),
     )
     .with_context(|| format!("install {apt_package} with apt-get"))?;
-    if !succeeds(command(tool).arg(version)) {
-        bail!("installed {apt_package} but `{tool} {version}` still fails: check PATH");
-    }
     Ok(())
 }

@@ -141,7 +141,8 @@ impl Python {
             tgid,
             format!(
                 "process {tgid} runs Python{version} ({}), which fdtrace cannot walk \
-                 (3.8 to 3.14 are supported): its stacks are native only",
+                 (3.8 to 3.14 are supported): its stacks are native only, and closes \
+                 at interpreter shutdown are not told apart from the program's",
                 path.display()
             ),
         );

@@ -15,6 +15,7 @@ class Report:
     def __init__(self, path, sources):
         with open(path) as f:
             self.r = json.load(f)
+        self.path = path
         self.sources = sources
 
     def frames(self, stack_id):
@@ -111,6 +112,18 @@ def python_line(t):
         check(got[0].endswith("fill") and got[1] == want, f"innermost Python frame {got}, expected fill:{want}")
 
 
+def python_shutdown(t):
+    """Closes by CPython's shutdown and collector (python_shutdown.rs)."""
+    leaks = t.r["leaks"]
+    check(len(leaks) == 6, f"expected 6 leaks, got {len(leaks)}")
+    check(all(l["closed_at_shutdown"] for l in leaks), f"not all closed at shutdown: {leaks}")
+    with open(t.path.replace("python-shutdown.json", "python-gc.json")) as f:
+        gc = json.load(f)
+    check(gc["leaks"] == [], f"pygc.py leaks: {gc['leaks']}")
+    closed = [(g["fd"], g["kind"]) for g in gc["gc_closed"]]
+    check(closed == [(3, "socket")], f"gc_closed: {closed}")
+
+
 def scm_rights(t):
     """Descriptors received over a unix socket (families.rs)."""
     for function, syscall in (("make_recvmsg", "recvmsg"), ("make_recvmmsg", "recvmmsg")):
@@ -150,6 +163,7 @@ CHECKS = {
     "emfile": emfile,
     "attach-growth": attach_growth,
     "python-line": python_line,
+    "python-shutdown": python_shutdown,
     "scm-rights": scm_rights,
     "exec-leak": exec_leak,
     "handover": handover,

@@ -180,6 +180,13 @@ if trace python-line -- "$PY" "$SOURCES/pykeep.py"; then
     verdict python-line
 fi
 
+# python-shutdown: what only interpreter shutdown closed is a leak; what
+# only the garbage collector closed is its own finding.
+if trace python-shutdown -- "$PY" "$SOURCES/pyshutdown.py" &&
+    trace python-gc -- "$PY" "$SOURCES/pygc.py"; then
+    verdict python-shutdown
+fi
+
 # scm-rights: descriptors received over a unix socket (recvmsg, recvmmsg).
 if trace scm-rights -- "$FIXTURES/families" leak; then
     verdict scm-rights

@@ -95,8 +95,7 @@ pub fn leaks_by_test(
             entry.stack_ids.push(id);
         }
     }
-    // Stable: equal counts keep the order leaks were found in.
-    out.sort_by_key(|t| std::cmp::Reverse(t.count));
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.test.cmp(&b.test)));
     out
 }
 

@@ -233,6 +233,14 @@ fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()
         )
     };
     writeln!(out, "{}", if leaked == 0 { line } else { style.red(&line) })?;
+    let collected = report.gc_closed.len();
+    if collected > 0 {
+        let line = format!(
+            "{collected} {} closed only by the garbage collector.",
+            plural(collected, "descriptor", "descriptors")
+        );
+        writeln!(out, "{}", style.red(&line))?;
+    }
     let dropped = format!("Dropped events: {}", report.dropped_events);
     if report.incomplete {
         writeln!(
@@ -633,6 +641,60 @@ Processes (peak open descriptors / soft limit):
 ";
         assert_eq!(text, expected);
         assert!(text.lines().all(|l| l.chars().count() <= WIDTH));
+    }
+
+    #[test]
+    fn python_shutdown_and_collector_closes_are_said_as_such() {
+        let mut r = report();
+        r.exec_leaks.clear();
+        r.leaks.iter_mut().for_each(|l| l.closed_at_shutdown = true);
+        r.gc_closed = vec![
+            GcClosedEntry {
+                pid: 42,
+                fd: 5,
+                kind: "socket",
+                target: "inet udp".into(),
+                opened_by: "socket",
+                age_ms: 7,
+                stack_id: Some(0),
+            },
+            GcClosedEntry {
+                pid: 42,
+                fd: 6,
+                kind: "socket",
+                target: "inet udp".into(),
+                opened_by: "socket",
+                age_ms: 900,
+                stack_id: Some(0),
+            },
+        ];
+        let mut out = Vec::new();
+        render(&r, Style::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let expected = "\
+fdtrace: ./leaky exited with status 0
+2 descriptors never closed, from 1 stack, in 1 process.
+2 descriptors closed only by the garbage collector.
+Dropped events: 0.
+
+2 x file, opened by openat in leaky[42]
+  closed only at interpreter shutdown: still held when Python exited
+    fd 3    /tmp/a
+    fd 4    /tmp/b
+  #0  open_config                      leaky.c:12
+  #1  main                             leaky.c:30
+
+Closed only by the garbage collector (held in reference cycles):
+2 x socket, opened by socket in leaky[42], closed after 7 to 900 ms
+    fd 5    inet udp
+    fd 6    inet udp
+  #0  open_config                      leaky.c:12
+  #1  main                             leaky.c:30
+
+Processes (peak open descriptors / soft limit):
+  leaky[42]  6 / 1024, exit 0
+";
+        assert_eq!(text, expected);
     }
 
     #[test]

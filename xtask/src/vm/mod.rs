@@ -30,6 +30,7 @@ const CHECKS: &[&str] = &[
     "emfile",
     "attach-growth",
     "python-line",
+    "python-shutdown",
     "scm-rights",
     "exec-leak",
     "handover",

@@ -5,7 +5,7 @@
 //! frame of the user's own code, or on the line of the test a leak came
 //! from.
 
-use super::{FrameEntry, Report, by_test::test_frame, text::what, user_frame};
+use super::{FrameEntry, Report, by_stack, by_test::test_frame, text::what, user_frame};
 
 /// What an annotation reports; also its SARIF rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,15 +138,7 @@ pub fn annotations(report: &Report) -> Vec<Annotation<'_>> {
         }
         out.push(annotation);
     }
-    let mut gc_groups: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
-    for (i, g) in report.gc_closed.iter().enumerate() {
-        match gc_groups.iter_mut().find(|(id, _)| *id == g.stack_id) {
-            Some((_, members)) => members.push(i),
-            None => gc_groups.push((g.stack_id, vec![i])),
-        }
-    }
-    for (id, members) in gc_groups {
-        let closed: Vec<_> = members.iter().map(|&i| &report.gc_closed[i]).collect();
+    for (id, closed) in by_stack(&report.gc_closed, |g| g.stack_id) {
         let pids = distinct(closed.iter().map(|g| g.pid));
         let message = format!(
             "{} closed only by the garbage collector, opened by {}{} ({})",
@@ -164,15 +156,7 @@ pub fn annotations(report: &Report) -> Vec<Annotation<'_>> {
             pids,
         ));
     }
-    let mut exec_groups: Vec<(Option<u32>, Vec<usize>)> = Vec::new();
-    for (i, e) in report.exec_leaks.iter().enumerate() {
-        match exec_groups.iter_mut().find(|(id, _)| *id == e.stack_id) {
-            Some((_, members)) => members.push(i),
-            None => exec_groups.push((e.stack_id, vec![i])),
-        }
-    }
-    for (id, members) in exec_groups {
-        let leaks: Vec<_> = members.iter().map(|&i| &report.exec_leaks[i]).collect();
+    for (id, leaks) in by_stack(&report.exec_leaks, |e| e.stack_id) {
         let first = leaks[0];
         let pids = distinct(leaks.iter().map(|e| e.pid));
         let message = format!(

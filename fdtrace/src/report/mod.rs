@@ -492,6 +492,23 @@ impl Report {
     }
 }
 
+/// `items` grouped by the stack that opened them, in order of first
+/// appearance.
+pub fn by_stack<T>(
+    items: &[T],
+    stack_id: impl Fn(&T) -> Option<u32>,
+) -> Vec<(Option<u32>, Vec<&T>)> {
+    let mut groups: Vec<(Option<u32>, Vec<&T>)> = Vec::new();
+    for item in items {
+        let id = stack_id(item);
+        match groups.iter_mut().find(|(g, _)| *g == id) {
+            Some((_, members)) => members.push(item),
+            None => groups.push((id, vec![item])),
+        }
+    }
+    groups
+}
+
 /// Whether a frame is the user's own code rather than the C library, the
 /// dynamic loader, a language runtime or its standard library.
 pub fn own_code(frame: &FrameEntry) -> bool {

@@ -352,16 +352,10 @@ fn gc_closed(report: &Report, style: Style, out: &mut impl Write) -> io::Result<
         "{}",
         style.red("Closed only by the garbage collector (held in reference cycles):")
     )?;
-    let mut groups: Vec<Vec<&GcClosedEntry>> = Vec::new();
-    for g in &report.gc_closed {
-        match groups
-            .iter_mut()
-            .find(|group| group[0].stack_id == g.stack_id)
-        {
-            Some(group) => group.push(g),
-            None => groups.push(vec![g]),
-        }
-    }
+    let mut groups: Vec<Vec<&GcClosedEntry>> = super::by_stack(&report.gc_closed, |g| g.stack_id)
+        .into_iter()
+        .map(|(_, members)| members)
+        .collect();
     groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
     for (i, group) in groups.iter().enumerate() {
         if i > 0 {

@@ -84,6 +84,9 @@ pub enum EventKind {
     /// The process used descriptor `args[0]`, which it inherited across its
     /// last exec, for the first time (see [`INHERITED_FDS`]).
     Use = 8,
+    /// A [`KeptRecord`]: a creation the kernel kept, handed over just
+    /// before the close that makes it a finding.
+    Kept = 9,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -127,15 +130,14 @@ pub const FLAG_STACK_END: u32 = 2;
 pub const FLAG_FDS_TRUNCATED: u32 = 4;
 /// Flag: no stack sample because the ring buffer was filling up.
 pub const FLAG_STACK_SKIPPED: u32 = 8;
-/// Flag: the process runs CPython and its interpreter was finalizing
-/// (`Py_FinalizeEx` past its exit handlers): on a close, the descriptor
-/// was closed by interpreter shutdown; on a creation, it was opened during it.
+/// Flag: the process runs CPython, and the calling thread is finalizing
+/// the interpreter (`Py_FinalizeEx` past its exit handlers): a close was
+/// interpreter shutdown's doing; a creation was made during it.
 pub const FLAG_PY_SHUTDOWN: u32 = 16;
-/// Flag of a close: CPython's cyclic garbage collector was running.
+/// Flag: the process runs CPython, and its cyclic garbage collector was
+/// running (the calling thread being a Python thread): a close was the
+/// collector's doing; a creation was made during a collection.
 pub const FLAG_PY_GC: u32 = 32;
-/// Flag of a close: the descriptor's creation is kept in the kernel
-/// ([`DEFERRED_MAP`]); userspace claims it before applying the close.
-pub const FLAG_KEPT: u32 = 64;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]
@@ -403,6 +405,7 @@ impl TryFrom<u32> for EventKind {
             6 => Ok(EventKind::File),
             7 => Ok(EventKind::PyCode),
             8 => Ok(EventKind::Use),
+            9 => Ok(EventKind::Kept),
             other => Err(other),
         }
     }
@@ -578,6 +581,22 @@ impl DeferredFd {
         }
     }
 }
+
+/// A kept creation ([`DeferredFd`]) of descriptor `fd`, written by the
+/// kernel when CPython's shutdown or collector closes it, right before that
+/// close's record: the kernel deleted the entry, so this record is the only
+/// owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KeptRecord {
+    /// [`EventKind::Kept`]; first, as in [`EventHeader`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: i32,
+    pub _pad: u32,
+    pub entry: DeferredFd,
+}
+const _: () = assert!(size_of::<KeptRecord>() == 16 + size_of::<DeferredFd>());
 
 pub const CLOEXEC_UNCHANGED: u32 = 0;
 pub const CLOEXEC_SET: u32 = 1;

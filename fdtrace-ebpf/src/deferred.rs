@@ -10,10 +10,15 @@
 //! whichever side deletes first owns the descriptor, so a close is either
 //! silent here or written for userspace, never both and never neither.
 
-use aya_ebpf::{helpers::bpf_probe_read_user_str_bytes, macros::map, maps::HashMap};
-use fdtrace_common::{
-    CLOEXEC_CLEARED, CLOEXEC_SET, DEFERRED_ENTRIES, DeferredFd, Syscall, TEXT_LEN,
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP, helpers::bpf_probe_read_user_str_bytes, macros::map, maps::HashMap,
 };
+use fdtrace_common::{
+    CLOEXEC_CLEARED, CLOEXEC_SET, DEFERRED_ENTRIES, DeferredFd, EventKind, KeptRecord, Syscall,
+    TEXT_LEN,
+};
+
+use crate::EVENTS;
 
 /// Preallocated, as tracing programs' hash maps should be (older kernels
 /// warn in dmesg otherwise). `keep` writes an entry's time last and
@@ -113,10 +118,38 @@ pub fn forget(tgid: u32, fd: u64) -> bool {
     DEFERRED.remove(key(tgid, fd)).is_ok()
 }
 
-/// Whether the creation of `fd` is kept here (left for userspace to claim).
-#[inline(always)]
-pub fn is_kept(tgid: u32, fd: u64) -> bool {
-    DEFERRED.get_ptr(key(tgid, fd)).is_some()
+/// CPython's shutdown or collector is closing `fd`, a finding: if its
+/// creation is kept here, write it to the ring ([`KeptRecord`]) before the
+/// close is written, deleting the entry. Whichever side deletes it owns
+/// it: if userspace claimed it meanwhile, the record is discarded.
+#[inline(never)]
+pub fn hand_over(tgid: u32, fd: u64) {
+    let key = key(tgid, fd);
+    let Some(entry) = DEFERRED.get_ptr(key) else {
+        return;
+    };
+    let Some(mut record) = EVENTS.reserve::<KeptRecord>(0) else {
+        // The finding is lost, counted; what was kept goes with it.
+        crate::dropped();
+        let _ = DEFERRED.remove(key);
+        return;
+    };
+    let rec = record.as_mut_ptr();
+    // SAFETY: `rec` is a live reservation of a whole KeptRecord and `entry`
+    // a live map value of the same plain-old-data type, copied in place.
+    unsafe {
+        (*rec).kind = EventKind::Kept as u32;
+        (*rec).tgid = tgid;
+        (*rec).fd = fd as i32;
+        (*rec)._pad = 0;
+        core::ptr::copy_nonoverlapping(entry, &raw mut (*rec).entry, 1);
+    }
+    if DEFERRED.remove(key).is_ok() {
+        // The close that follows decides whether to wake userspace.
+        record.submit(BPF_RB_NO_WAKEUP.into());
+    } else {
+        record.discard(0);
+    }
 }
 
 /// F_SETFD or FIOCLEX/FIONCLEX on `fd`.

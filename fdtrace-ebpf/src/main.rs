@@ -35,9 +35,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_KEPT, FLAG_PY_SHUTDOWN,
-    FLAG_STACK_SKIPPED, FLAG_STOPPED, FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall,
-    SyscallArgs, nr,
+    COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
+    FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall, SyscallArgs, nr,
 };
 
 #[map]
@@ -240,12 +239,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
             if python == 0 && deferred::forget(tgid, a[0]) {
                 return Ok(());
             }
-            let kept = if python != 0 && deferred::is_kept(tgid, a[0]) {
-                FLAG_KEPT
-            } else {
-                0
-            };
-            emit_now(syscall, tgid, tid, &args, python | kept)
+            if python != 0 {
+                deferred::hand_over(tgid, a[0]);
+            }
+            emit_now(syscall, tgid, tid, &args, python)
         }
         Syscall::ExitGroup => emit_now(syscall, tgid, tid, &args, 0),
         Syscall::Ioctl if a[1] == FIOCLEX || a[1] == FIONCLEX => {
@@ -379,17 +376,17 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // failures always get theirs.
     // SAFETY: the helper takes no arguments and touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    // Opened while a CPython interpreter was shutting down: its close then
-    // is that code's own business, not a leak.
-    let opened_at_shutdown = if creates && ok {
-        python::fdtrace_python_state(tgid) & FLAG_PY_SHUTDOWN
+    // Opened by CPython's own cleanup (shutdown, or a finalizer the
+    // collector ran): its close then is that code's business, not a finding.
+    let in_cleanup = if creates && ok {
+        python::fdtrace_python_state(tgid)
     } else {
         0
     };
     let busy = creates && !failed_for_lack_of_fds && ring_half_full();
     if busy
         && ok
-        && opened_at_shutdown == 0
+        && in_cleanup == 0
         && deferred::can_defer(syscall, &pending.args.args)
         && deferred::keep(ids_word(tgid, tid), syscall, ret, &pending.args.args, ts_ns)
     {
@@ -430,7 +427,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         (*header).ts_ns = ts_ns;
         (*header).ret = ret;
         (*header).args = pending.args.args;
-        (*header).flags |= opened_at_shutdown;
+        (*header).flags |= in_cleanup;
     }
     if busy {
         // SAFETY: the header was initialised above.

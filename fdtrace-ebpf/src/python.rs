@@ -139,18 +139,7 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
         (*rec).flags = 0;
         (*rec)._pad = 0;
         let me = fs_base();
-        let interp: u64 = read(walk.runtime + u64::from(walk.interp_head));
-        let mut thread: u64 = if interp == 0 {
-            0
-        } else {
-            read(interp + u64::from(walk.threads_head))
-        };
-        for _ in 0..MAX_THREADS {
-            if thread == 0 || read::<u64>(thread + u64::from(walk.thread_id)) == me {
-                break;
-            }
-            thread = read(thread + u64::from(walk.thread_next));
-        }
+        let thread = thread_state(walk, me);
         if thread == 0 || me == 0 {
             // Not a thread Python knows: an empty record.
             entry.submit(0);
@@ -222,12 +211,15 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
     entry.submit(0);
 }
 
-/// What the interpreter of process `tgid` is doing right now, as
-/// `FLAG_PY_*` bits: finalizing ([`FLAG_PY_SHUTDOWN`]: `Py_FinalizeEx` has
-/// run the exit handlers and set `_PyRuntime`'s finalizing thread) or
-/// collecting cyclic garbage ([`FLAG_PY_GC`]). 0 for a process not running
-/// a CPython fdtrace knows. A global function: verified once, and cheap to
-/// call from both syscall programs.
+/// What the interpreter of process `tgid` is doing to the calling thread
+/// right now, as `FLAG_PY_*` bits: finalizing on this thread
+/// ([`FLAG_PY_SHUTDOWN`]: `Py_FinalizeEx` has run the exit handlers and
+/// set `_PyRuntime`'s finalizing thread state, this one's) or collecting
+/// cyclic garbage while this is a Python thread ([`FLAG_PY_GC`]). 0 for a
+/// process not running a CPython fdtrace knows, before the interpreter
+/// exists and after it is gone (C `atexit` handlers, an embedding program
+/// going on), and for threads Python does not know. A global function:
+/// verified once, and cheap to call from both syscall programs.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn fdtrace_python_state(tgid: u32) -> u32 {
@@ -239,19 +231,52 @@ pub extern "C" fn fdtrace_python_state(tgid: u32) -> u32 {
     if walk.finalizing == PY_ABSENT {
         return 0;
     }
-    if read::<u64>(walk.runtime + u64::from(walk.finalizing)) != 0 {
-        return FLAG_PY_SHUTDOWN;
+    let head: u64 = read(walk.runtime + u64::from(walk.interp_head));
+    if head == 0 {
+        return 0;
     }
+    let me = fs_base();
+    let finalizing: u64 = read(walk.runtime + u64::from(walk.finalizing));
+    if finalizing != 0 {
+        let thread: u64 = read(finalizing + u64::from(walk.thread_id));
+        return if me != 0 && thread == me {
+            FLAG_PY_SHUTDOWN
+        } else {
+            0
+        };
+    }
+    // The main interpreter: `interpreters.main` follows `interpreters.head`
+    // in every supported version.
     let base: u64 = if walk.gc_in_runtime != 0 {
         walk.runtime
     } else {
-        read(walk.runtime + u64::from(walk.interp_head))
+        read(walk.runtime + u64::from(walk.interp_head) + 8)
     };
-    if base != 0 && read::<i32>(base + u64::from(walk.gc_collecting)) != 0 {
-        FLAG_PY_GC
-    } else {
-        0
+    if base == 0 || read::<i32>(base + u64::from(walk.gc_collecting)) == 0 {
+        return 0;
     }
+    if me == 0 || thread_state(walk, me) == 0 {
+        return 0;
+    }
+    FLAG_PY_GC
+}
+
+/// The `PyThreadState` of the thread whose `pthread_self()` is `me`, or 0.
+#[inline(always)]
+fn thread_state(walk: &PyWalk, me: u64) -> u64 {
+    let interp: u64 = read(walk.runtime + u64::from(walk.interp_head));
+    let mut thread: u64 = if interp == 0 {
+        0
+    } else {
+        read(interp + u64::from(walk.threads_head))
+    };
+    for _ in 0..MAX_THREADS {
+        if thread == 0 || read::<u64>(thread + u64::from(walk.thread_id)) == me {
+            break;
+        }
+        thread = read(thread + u64::from(walk.thread_next));
+    }
+    thread
 }
 
 /// Copies the code object at `code` (tagged `tag`) and the objects
@@ -358,9 +383,14 @@ unsafe fn read_into(dst: *mut u8, len: u64, addr: u64) -> bool {
 /// A forked child runs the same interpreter at the same addresses.
 #[inline(always)]
 pub fn fork(parent: u32, child: u32) {
-    // SAFETY: plain-old-data map value, copied out.
-    if let Some(walk) = (unsafe { PYTHON.get(parent) }).copied() {
-        let _ = PYTHON.insert(child, walk, 0);
+    if let Some(walk) = PYTHON.get_ptr(parent) {
+        // SAFETY: the helper copies the live map value; nothing is copied
+        // onto the stack.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "the borrow hands the helper the map value's own address"
+        )]
+        let _ = PYTHON.insert(child, unsafe { &*walk }, 0);
     }
 }
 

@@ -5,8 +5,8 @@
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
-    FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_KEPT,
-    FLAG_PY_GC, FLAG_PY_SHUTDOWN, FLAG_STOPPED, FileRecord, FileUse, MAX_EVENT_FDS, MAX_PY_SLOTS,
+    FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_PY_GC,
+    FLAG_PY_SHUTDOWN, FLAG_STOPPED, FileRecord, FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS,
     PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
     PyCodeRecord, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
 };
@@ -115,8 +115,9 @@ pub struct Creation {
     /// Peer address written by accept().
     pub peer: Option<String>,
     pub stack: Option<StackSample>,
-    /// Opened while the process's CPython interpreter was shutting down.
-    pub at_shutdown: bool,
+    /// Opened by CPython's own cleanup: during interpreter shutdown, or by
+    /// a finalizer the garbage collector ran.
+    pub in_cleanup: bool,
 }
 
 /// Who closed a descriptor, as far as the kernel could tell.
@@ -138,8 +139,6 @@ pub enum Action {
     Close {
         fd: Fd,
         by: Closer,
-        /// Its creation is kept in the kernel: claim it first.
-        kept: bool,
     },
     /// `close_range(first, last, flags)`; with `cloexec_only` it only marks.
     CloseRange {
@@ -286,6 +285,9 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     if u32::from_ne_bytes(kind) == EventKind::PyCode as u32 {
         return decode_py_code(bytes);
     }
+    if u32::from_ne_bytes(kind) == EventKind::Kept as u32 {
+        return decode_kept(bytes);
+    }
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
         bail!(
@@ -301,6 +303,31 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         .get(header_len..header_len + stack_len)
         .ok_or_else(|| anyhow!("record shorter than its stack sample"))?;
     decode_header(&header, stack_bytes, stack_mode)
+}
+
+/// A [`KeptRecord`]: the creation the kernel kept, handed over before the
+/// close by CPython's shutdown or collector that follows it, as one
+/// creation event with the close-on-exec state it had by then.
+fn decode_kept(bytes: &[u8]) -> Result<Event> {
+    if bytes.len() < size_of::<KeptRecord>() {
+        bail!("short kept record: {} bytes", bytes.len());
+    }
+    // SAFETY: the length was checked; the record is plain integers and
+    // arrays of integers, so any bit pattern is a valid value.
+    let record: KeptRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let mut events = decode_deferred(record.tgid, record.fd, &record.entry)?;
+    let mut event = events.swap_remove(0);
+    if let (
+        Action::Create(c),
+        Some(Event {
+            action: Action::SetCloexec { on, .. },
+            ..
+        }),
+    ) = (&mut event.action, events.first())
+    {
+        c.cloexec = *on;
+    }
+    Ok(event)
 }
 
 /// The creation the kernel kept for descriptor `fd` of `tgid` instead of
@@ -339,6 +366,7 @@ fn decode_header(header: &EventHeader, stack_bytes: &[u8], stack_mode: StackMode
             fd: Fd::try_from(header.args[0])?,
         },
         EventKind::PyStack | EventKind::PyCode => bail!("a Python record with an event header"),
+        EventKind::Kept => bail!("a kept creation with an event header"),
         EventKind::File => bail!("a file record with an event header"),
         EventKind::Syscall => {
             let syscall =
@@ -591,7 +619,7 @@ fn syscall_action(
         socket: None,
         peer: None,
         stack: stack_sample(h, stack, mode),
-        at_shutdown: h.flags & FLAG_PY_SHUTDOWN != 0,
+        in_cleanup: h.flags & (FLAG_PY_SHUTDOWN | FLAG_PY_GC) != 0,
     };
     let action = match syscall {
         Syscall::Open | Syscall::Creat => Action::Create(Creation {
@@ -705,7 +733,6 @@ fn syscall_action(
             } else {
                 Closer::Program
             },
-            kept: h.flags & FLAG_KEPT != 0,
         },
         Syscall::CloseRange => Action::CloseRange {
             first: u32::try_from(a[0] & 0xffff_ffff)?,
@@ -878,16 +905,10 @@ mod tests {
                 .unwrap()
                 .action
         };
-        let by = |by: Closer, kept: bool| Action::Close { fd: 3, by, kept };
-        assert_eq!(close(0), by(Closer::Program, false));
-        assert_eq!(
-            close(FLAG_PY_SHUTDOWN),
-            by(Closer::InterpreterShutdown, false)
-        );
-        assert_eq!(
-            close(FLAG_PY_GC | FLAG_KEPT),
-            by(Closer::GarbageCollector, true)
-        );
+        let by = |by: Closer| Action::Close { fd: 3, by };
+        assert_eq!(close(0), by(Closer::Program));
+        assert_eq!(close(FLAG_PY_SHUTDOWN), by(Closer::InterpreterShutdown));
+        assert_eq!(close(FLAG_PY_GC), by(Closer::GarbageCollector));
         let open = |flags: u32| match decode_header(
             &header(Syscall::Openat, 3, flags),
             &[],
@@ -896,11 +917,58 @@ mod tests {
         .unwrap()
         .action
         {
-            Action::Create(c) => c.at_shutdown,
+            Action::Create(c) => c.in_cleanup,
             other => panic!("{other:?}"),
         };
         assert!(open(FLAG_PY_SHUTDOWN));
+        assert!(open(FLAG_PY_GC));
         assert!(!open(0));
+    }
+
+    #[test]
+    fn a_kept_creation_handed_over_decodes_as_one_creation_with_its_cloexec() {
+        let mut entry = DeferredFd {
+            ts_ns: 42,
+            tid: 8,
+            syscall: Syscall::Socket as u32,
+            args: [2, 2, 0, 0, 0, 0],
+            cloexec: CLOEXEC_SET,
+            text_len: 0,
+            text: [0; TEXT_LEN],
+        };
+        let bytes = |entry: &DeferredFd| {
+            let record = KeptRecord {
+                kind: EventKind::Kept as u32,
+                tgid: 7,
+                fd: 9,
+                _pad: 0,
+                entry: *entry,
+            };
+            // SAFETY: KeptRecord is plain integers, read as its bytes.
+            unsafe {
+                std::slice::from_raw_parts(
+                    (&raw const record).cast::<u8>(),
+                    size_of::<KeptRecord>(),
+                )
+            }
+            .to_vec()
+        };
+        let event = decode(&bytes(&entry), StackMode::Dwarf).unwrap();
+        assert_eq!((event.tgid, event.tid, event.ts_ns), (7, 8, 42));
+        let Action::Create(c) = &event.action else {
+            panic!("{event:?}")
+        };
+        assert_eq!(
+            (c.fds.as_slice(), c.kind, c.cloexec, c.stack.is_none()),
+            (&[9][..], FdKind::Socket, true, true)
+        );
+        entry.cloexec = fdtrace_common::CLOEXEC_UNCHANGED;
+        let event = decode(&bytes(&entry), StackMode::Dwarf).unwrap();
+        assert!(matches!(
+            event.action,
+            Action::Create(Creation { cloexec: false, .. })
+        ));
+        assert!(decode(&bytes(&entry)[..40], StackMode::Dwarf).is_err());
     }
 
     #[test]

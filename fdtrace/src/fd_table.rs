@@ -60,8 +60,9 @@ pub struct OpenFd {
     /// The open file description it refers to (the [`OpenFd::id`] of the
     /// fd that opened it): shared by dup'd copies and fork copies.
     pub file: u64,
-    /// Opened while the process's CPython interpreter was shutting down.
-    pub at_shutdown: bool,
+    /// Opened by CPython's own cleanup (shutdown, a finalizer the
+    /// collector ran): its close by them is not a finding.
+    pub in_cleanup: bool,
 }
 
 impl OpenFd {
@@ -296,7 +297,7 @@ impl FdTable {
                         forked_from: None,
                         crossed: None,
                         file: id,
-                        at_shutdown: false,
+                        in_cleanup: false,
                     },
                 )
             })
@@ -493,7 +494,7 @@ impl FdTable {
                 forked_from: None,
                 crossed: None,
                 file: id,
-                at_shutdown: c.at_shutdown,
+                in_cleanup: c.in_cleanup,
             };
             match (&like, c.kind) {
                 // accept(): a new socket of the listener's family and local address.
@@ -537,7 +538,7 @@ impl FdTable {
     }
 
     /// `fd` was closed. By CPython's shutdown or garbage collector, a
-    /// descriptor the process opened itself (before shutdown began) is a
+    /// descriptor the process opened itself (not in such cleanup) is a
     /// finding: nothing the program ran let go of it.
     fn close(&mut self, event: &Event, fd: Fd, by: Closer, used: &mut StackUse) {
         let tgid = event.tgid;
@@ -557,7 +558,7 @@ impl FdTable {
         else {
             return;
         };
-        let own = creator == tgid && !is_standard_stream(fd) && !f.at_shutdown;
+        let own = creator == tgid && !is_standard_stream(fd) && !f.in_cleanup;
         match by {
             Closer::InterpreterShutdown if own => self.leaks.push(Leak {
                 tgid,
@@ -855,7 +856,7 @@ mod tests {
                 socket: None,
                 peer: None,
                 stack: None,
-                at_shutdown: false,
+                in_cleanup: false,
             }),
         )
     }
@@ -865,7 +866,6 @@ mod tests {
         Action::Close {
             fd,
             by: Closer::Program,
-            kept: false,
         }
     }
 
@@ -1344,11 +1344,7 @@ mod tests {
     }
 
     fn closed_by(fd: Fd, by: Closer) -> Action {
-        Action::Close {
-            fd,
-            by,
-            kept: false,
-        }
+        Action::Close { fd, by }
     }
 
     #[test]
@@ -1417,7 +1413,7 @@ mod tests {
         // Opened by a finalizer during shutdown, closed by it.
         let mut late = open(100, 3, "/var/log/last-word", true);
         if let Action::Create(c) = &mut late.action {
-            c.at_shutdown = true;
+            c.in_cleanup = true;
         }
         t.apply(&late, Some(StackRef(1)), &mut NoProc);
         // stdout reopened by the program (pytest's capture does this).

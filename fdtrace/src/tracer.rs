@@ -294,16 +294,10 @@ impl Tracer {
             self.stacks.add(tgid, s, python, event.ts_ns)
         });
         // What the kernel kept for this process must be in the table
-        // before its fork (the child's copy), exec, close_range or exit,
-        // and before a close the kernel wrote although it kept the creation
-        // (CPython's shutdown or collector closing it is a finding).
+        // before its fork (the child's copy), exec, close_range or exit.
         if matches!(
             event.action,
-            Action::Fork { .. }
-                | Action::Exec { .. }
-                | Action::Exit
-                | Action::CloseRange { .. }
-                | Action::Close { kept: true, .. }
+            Action::Fork { .. } | Action::Exec { .. } | Action::Exit | Action::CloseRange { .. }
         ) {
             self.claim_deferred(Some(tgid), event.ts_ns);
         }

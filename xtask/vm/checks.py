@@ -123,6 +123,9 @@ def python_shutdown(t):
     # The guest may hand Python more descriptors than fds 0-2: no fd number.
     closed = [(g["kind"], g["target"]) for g in gc["gc_closed"]]
     check(closed == [("socket", "inet udp")], f"gc_closed: {closed}")
+    with open(t.path.replace("python-shutdown.json", "python-clean.json")) as f:
+        clean = json.load(f)
+    check(clean["leaks"] == [] and clean["gc_closed"] == [], f"pyclean.py: {clean['leaks']} {clean['gc_closed']}")
 
 
 def scm_rights(t):

@@ -183,7 +183,8 @@ fi
 # python-shutdown: what only interpreter shutdown closed is a leak; what
 # only the garbage collector closed is its own finding.
 if trace python-shutdown -- "$PY" "$SOURCES/pyshutdown.py" &&
-    trace python-gc -- "$PY" "$SOURCES/pygc.py"; then
+    trace python-gc -- "$PY" "$SOURCES/pygc.py" &&
+    trace python-clean -- "$PY" "$SOURCES/pyclean.py"; then
     verdict python-shutdown
 fi
 

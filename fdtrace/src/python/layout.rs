@@ -425,6 +425,11 @@ pub(crate) mod tests {
             (344, 136),
             (352, 68),
             (384, 208),
+            // Distinct stand-ins: where the lifecycle words sit is what
+            // this checks.
+            (32, 1000),
+            (88, 2000),
+            (656, 300),
         ] {
             words[byte / 8] = v;
         }
@@ -438,8 +443,14 @@ pub(crate) mod tests {
         assert_eq!(l.walk.code_mask, !3);
         assert_eq!(l.code.bytecode, Some(208));
         assert_eq!(l.code.first_traceable, Some(192));
+        assert_eq!(l.walk.finalizing, 1000);
+        assert_eq!((l.walk.gc_collecting, l.walk.gc_in_runtime), (2300, 0));
         // Without a finalizing offset, no close is judged by its timing.
-        assert_eq!(l.walk.finalizing, PY_ABSENT);
+        words[32 / 8] = 0;
+        assert_eq!(
+            from_debug_offsets(&words).unwrap().walk.finalizing,
+            PY_ABSENT
+        );
         // A development build with 3.13's layout is refused.
         words[248 / 8] = 0;
         assert_eq!(from_debug_offsets(&words), None);

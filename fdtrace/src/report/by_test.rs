@@ -183,20 +183,54 @@ fn enclosing_classes(text: &str, line: u32, name: &str) -> Vec<String> {
     classes
 }
 
-/// Reads a test file named by a traced program's code object, safely: as
-/// root, never blocking on a FIFO or device, only a regular file, at most
-/// 4 MiB.
+/// Reads a test file named by a traced program's code object. fdtrace
+/// runs as root and the name is the traced program's to choose, so: only
+/// an absolute path whose last component is not a symlink, opened first
+/// with `O_PATH` (which runs no device's open), only a regular file of at
+/// most 4 MiB on a real filesystem (not procfs, sysfs and the like), then
+/// reopened through that descriptor to read, never blocking.
 pub fn read_source(path: &str) -> Option<String> {
     const MAX: u64 = 4 << 20;
-    let file = fs::OpenOptions::new()
+    /// `statfs.f_type` of filesystems whose regular files are not files
+    /// (include/uapi/linux/magic.h): proc, sysfs, debugfs, tracefs,
+    /// securityfs, cgroup2, bpffs, configfs, efivarfs.
+    const PSEUDO: [i64; 9] = [
+        0x9fa0,
+        0x6265_6572,
+        0x6462_6720,
+        0x7472_6163,
+        0x7363_6673,
+        0x6367_7270,
+        0xcafe_4a11,
+        0x6265_6570,
+        0xde5e_81e4,
+    ];
+    if !path.starts_with('/') {
+        return None;
+    }
+    let handle = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(path)
         .ok()?;
-    let meta = file.metadata().ok()?;
+    let meta = handle.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX {
         return None;
     }
+    // SAFETY: an all-zero statfs is a valid value for the call to fill.
+    let mut fs_info: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a statfs we own.
+    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&handle), &raw mut fs_info) } != 0
+        || PSEUDO.contains(&fs_info.f_type)
+    {
+        return None;
+    }
+    let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(reopen)
+        .ok()?;
     let mut text = String::new();
     file.take(MAX).read_to_string(&mut text).ok()?;
     Some(text)
@@ -326,17 +360,28 @@ mod tests {
     }
 
     #[test]
-    fn a_fifo_named_like_a_test_is_never_read() {
+    fn only_a_real_file_named_by_its_own_path_is_read() {
         let dir = std::env::temp_dir().join(format!("fdtrace-bytest-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("test_fifo.py");
-        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-        assert_eq!(read_source(fifo.to_str().unwrap()), None);
         let file = dir.join("test_file.py");
         fs::write(&file, "def test_x():\n    pass\n").unwrap();
         assert!(read_source(file.to_str().unwrap()).is_some());
+        // A FIFO would block; a link could point anywhere; a device's open
+        // has effects; procfs files are not files.
+        let fifo = dir.join("test_fifo.py");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let link = dir.join("test_link.py");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let proc_link = dir.join("test_proc.py");
+        std::os::unix::fs::symlink("/proc/self/environ", &proc_link).unwrap();
+        for refused in [&fifo, &link, &proc_link] {
+            assert_eq!(read_source(refused.to_str().unwrap()), None, "{refused:?}");
+        }
+        for refused in ["/dev/null", "/proc/self/status", "test_file.py"] {
+            assert_eq!(read_source(refused), None, "{refused}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -63,6 +63,10 @@ pub struct OpenFd {
     /// Opened by CPython's own cleanup (shutdown, a finalizer the
     /// collector ran): its close by them is not a finding.
     pub in_cleanup: bool,
+    /// Its close-on-exec flag was cleared explicitly (`F_SETFD`,
+    /// `FIONCLEX`): passed to the next program on purpose, as
+    /// `subprocess`'s `pass_fds` and `posix_spawn`'s file actions do.
+    pub passed: bool,
 }
 
 impl OpenFd {
@@ -298,6 +302,7 @@ impl FdTable {
                         crossed: None,
                         file: id,
                         in_cleanup: false,
+                        passed: false,
                     },
                 )
             })
@@ -401,6 +406,7 @@ impl FdTable {
                     .and_then(|p| p.fds.get_mut(fd))
                 {
                     f.cloexec = *on;
+                    f.passed |= !*on;
                 }
             }
             Action::Address { fd, side, address } => {
@@ -495,6 +501,7 @@ impl FdTable {
                 crossed: None,
                 file: id,
                 in_cleanup: c.in_cleanup,
+                passed: false,
             };
             match (&like, c.kind) {
                 // accept(): a new socket of the listener's family and local address.
@@ -682,6 +689,7 @@ impl FdTable {
                 && !is_standard_stream(fd)
                 && fd < WATCHED_FDS
                 && !standard.contains(&f.file)
+                && !f.passed
             {
                 // An exec-leak unless the new program uses it (decided
                 // when the process exits).
@@ -1482,5 +1490,44 @@ mod tests {
         t.apply(&ev(100, 14, close(3)), None, &mut NoProc);
         t.apply(&ev(100, 15, Action::Exit), None, &mut NoProc);
         assert!(t.leaks.is_empty());
+    }
+
+    #[test]
+    fn a_descriptor_whose_cloexec_was_cleared_on_purpose_is_passed_not_leaked() {
+        let mut t = FdTable::default();
+        t.add_root(100, "/usr/bin/python3", vec![]);
+        // pass_fds: opened with O_CLOEXEC, cleared in the child before exec.
+        t.apply(
+            &open(100, 3, "/etc/hostname", true),
+            Some(StackRef(1)),
+            &mut NoProc,
+        );
+        t.apply(
+            &open(100, 4, "/etc/passwd", false),
+            Some(StackRef(2)),
+            &mut NoProc,
+        );
+        t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+        t.apply(
+            &ev(101, 12, Action::SetCloexec { fd: 3, on: false }),
+            None,
+            &mut NoProc,
+        );
+        t.apply(
+            &ev(
+                101,
+                13,
+                Action::Exec {
+                    filename: "/usr/bin/worker".into(),
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        t.apply(&ev(101, 14, Action::Exit), None, &mut NoProc);
+        t.finish(20);
+        // fd 4 was never meant to cross (no CLOEXEC from the start).
+        let crossed: Vec<_> = t.exec_leaks.iter().map(|e| (e.tgid, e.fd)).collect();
+        assert_eq!(crossed, [(101, 4)]);
     }
 }

@@ -32,6 +32,11 @@ const UNWIND_AFTER: Duration = Duration::from_millis(200);
 /// How often the ring buffer is drained without a wakeup from the kernel
 /// (which only wakes us for an EMFILE stop and a filling ring).
 const TICK: Duration = Duration::from_millis(10);
+/// After CMD exits, how long descendants still running get to exit too: a
+/// helper that notices its parent's exit (multiprocessing's resource
+/// tracker and fork server read end of file on a pipe) is on its way out.
+/// Whoever still runs after it is reported as still running.
+const DESCENDANTS_GRACE: Duration = Duration::from_millis(500);
 
 /// The outcome of a session.
 pub struct Outcome {
@@ -217,6 +222,15 @@ fn final_report(
     report
 }
 
+/// Every process the table knows has exited.
+fn all_exited(tracer: &Tracer) -> bool {
+    tracer
+        .table
+        .processes
+        .values()
+        .all(|p| p.exited_ns.is_some())
+}
+
 /// What ends a session.
 enum Watch {
     /// `run`: the command's exit.
@@ -310,9 +324,17 @@ impl LoopState<'_> {
         let start_ns = monotonic_ns();
         let every = intervals.as_ref().map_or(Duration::MAX, |i| i.every);
         let mut next_interval = start + every.min(Duration::from_secs(1 << 30));
+        let mut command_exit: Option<(i32, Instant)> = None;
         loop {
             let reason = match &watch {
-                Watch::Child(pid) => try_wait(*pid).map(Reason::CommandExited),
+                Watch::Child(pid) => {
+                    if command_exit.is_none() {
+                        command_exit = try_wait(*pid).map(|status| (status, Instant::now()));
+                    }
+                    command_exit
+                        .filter(|(_, at)| at.elapsed() >= DESCENDANTS_GRACE || all_exited(tracer))
+                        .map(|(status, _)| Reason::CommandExited(status))
+                }
                 Watch::Attached(pids) => pids
                     .iter()
                     .all(|p| {

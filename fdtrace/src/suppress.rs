@@ -55,7 +55,8 @@ pub struct Rule {
     pub source: String,
     /// Glob on any frame's function name.
     pub function: Option<String>,
-    /// Glob on any frame's module (full path or base name).
+    /// Glob on any frame's module (full path or base name); a Python
+    /// frame's module is its `.py` file.
     pub module: Option<String>,
     /// Glob on the descriptor's target (`/dev/urandom`, `*.log`).
     pub target: Option<String>,
@@ -252,9 +253,13 @@ impl Rule {
             })
             && self.module.as_ref().is_none_or(|g| {
                 frames().any(|f| {
-                    f.module
-                        .as_deref()
-                        .is_some_and(|m| glob(g, m) || glob(g, base_name(m)))
+                    // A Python frame's module is its source file.
+                    let module = if f.lang == "python" {
+                        f.file.as_deref()
+                    } else {
+                        f.module.as_deref()
+                    };
+                    module.is_some_and(|m| glob(g, m) || glob(g, base_name(m)))
                 })
             })
     }

@@ -404,30 +404,42 @@ fn pytest_on_a_clean_suite_reports_nothing_and_finds_the_one_leaking_test() {
 }
 
 #[test]
-fn a_multiprocessing_pool_reports_nothing() {
+fn multiprocessing_pools_of_every_start_method_report_nothing_in_every_version() {
     if !bpf_or_skip() {
         return;
     }
     let dir = scratch_dir("multiprocessing");
     write(
         &dir,
-        "pool.py",
+        "pools.py",
         "import multiprocessing\n\n\
-         def main():\n    with multiprocessing.Pool(2) as pool:\n        assert pool.map(abs, [1, -2]) == [1, 2]\n\n\
-         if __name__ == '__main__':\n    main()\n",
+         def run(method):\n    ctx = multiprocessing.get_context(method)\n    with ctx.Pool(2) as pool:\n        assert pool.map(abs, [1, -2]) == [1, 2]\n        pool.close()\n        pool.join()\n\n\
+         if __name__ == '__main__':\n    for method in ('fork', 'spawn', 'forkserver'):\n        run(method)\n",
     );
-    let script = dir.join("pool.py");
-    let t = trace(&[], &["python3", script.to_str().unwrap()]);
-    assert_eq!(t.code(), Some(0), "{}", t.stderr());
-    assert_clean("a multiprocessing pool", &t);
-    // Each worker's /dev/null stdin: a built-in rule says so.
-    let taken = built_in_matches(&t);
-    assert!(
-        taken
-            .iter()
-            .any(|(r, n)| r.starts_with("a multiprocessing child") && *n == 2),
-        "{taken:?}"
-    );
+    let script = dir.join("pools.py");
+    for (interpreter, (major, minor)) in fdtrace_tests::supported_pythons() {
+        let version = format!("{major}.{minor} ({interpreter})");
+        let t = trace(&[], &[&interpreter, script.to_str().unwrap()]);
+        assert_eq!(t.code(), Some(0), "{version}: {}", t.stderr());
+        assert_clean(&format!("multiprocessing pools under {version}"), &t);
+        // What the pools keep for life on purpose, each by its built-in rule:
+        // workers' /dev/null stdin, the resource tracker's and fork server's
+        // pipes to their parent, spawned and fork-server children's copies
+        // of theirs, the fork server's wakeup pipe.
+        let taken = built_in_matches(&t);
+        for rule in [
+            "a multiprocessing child",
+            "multiprocessing's resource tracker",
+            "a multiprocessing spawn child",
+            "a multiprocessing fork-server child",
+            "multiprocessing's fork server keeps",
+        ] {
+            assert!(
+                taken.iter().any(|(r, n)| r.starts_with(rule) && *n > 0),
+                "{version}: {rule}: {taken:?}"
+            );
+        }
+    }
 }
 
 #[test]

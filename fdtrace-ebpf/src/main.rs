@@ -233,7 +233,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         // Known from the arguments alone: write the record now, unless the
         // descriptor's whole life stayed in the kernel. A close by CPython's
         // shutdown or garbage collector is always written: it is a finding,
-        // and userspace claims a kept creation first.
+        // and a kept creation is handed over just before it.
         Syscall::Close => {
             let python = python::fdtrace_python_state(tgid);
             if python == 0 && deferred::forget(tgid, a[0]) {

@@ -380,6 +380,12 @@ impl LoopState<'_> {
                 }
                 _ = sigint.recv() => {
                     interrupts += 1;
+                    // CMD already reaped (its descendants' grace): its pid
+                    // may be another process's by now; stop waiting instead.
+                    if let Some((status, _)) = command_exit {
+                        self.drain(ring.get_mut(), tracer);
+                        return Ok(Ending { reason: Reason::CommandExited(status), intervals: std::mem::take(&mut self.intervals) });
+                    }
                     match &watch {
                         Watch::Child(pid) => forward(*pid, if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT }),
                         Watch::Attached(_) => {
@@ -389,6 +395,10 @@ impl LoopState<'_> {
                     }
                 }
                 _ = sigterm.recv() => match &watch {
+                    Watch::Child(_) if let Some((status, _)) = command_exit => {
+                        self.drain(ring.get_mut(), tracer);
+                        return Ok(Ending { reason: Reason::CommandExited(status), intervals: std::mem::take(&mut self.intervals) });
+                    }
                     Watch::Child(pid) => forward(*pid, libc::SIGTERM),
                     Watch::Attached(_) => {
                         self.drain(ring.get_mut(), tracer);

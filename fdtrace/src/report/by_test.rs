@@ -194,7 +194,7 @@ pub fn read_source(path: &str) -> Option<String> {
     /// `statfs.f_type` of filesystems whose regular files are not files
     /// (include/uapi/linux/magic.h): proc, sysfs, debugfs, tracefs,
     /// securityfs, cgroup2, bpffs, configfs, efivarfs.
-    const PSEUDO: [i64; 9] = [
+    const PSEUDO: [i128; 9] = [
         0x9fa0,
         0x6265_6572,
         0x6462_6720,
@@ -221,7 +221,8 @@ pub fn read_source(path: &str) -> Option<String> {
     let mut fs_info: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor and a pointer to a statfs we own.
     if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&handle), &raw mut fs_info) } != 0
-        || PSEUDO.contains(&fs_info.f_type)
+        // `f_type` is signed in glibc's statfs, unsigned in musl's.
+        || PSEUDO.contains(&i128::from(fs_info.f_type))
     {
         return None;
     }

@@ -231,15 +231,15 @@ pub extern "C" fn fdtrace_python_state(tgid: u32) -> u32 {
     if walk.finalizing == PY_ABSENT {
         return 0;
     }
-    let head: u64 = read(walk.runtime + u64::from(walk.interp_head));
-    if head == 0 {
-        return 0;
-    }
-    let me = fs_base();
+    // The common case (running, not collecting) costs two reads.
     let finalizing: u64 = read(walk.runtime + u64::from(walk.finalizing));
     if finalizing != 0 {
+        // It stays set once finalization is over: the interpreter must
+        // still exist, and this be its finalizing thread.
+        let head: u64 = read(walk.runtime + u64::from(walk.interp_head));
         let thread: u64 = read(finalizing + u64::from(walk.thread_id));
-        return if me != 0 && thread == me {
+        let me = fs_base();
+        return if head != 0 && me != 0 && thread == me {
             FLAG_PY_SHUTDOWN
         } else {
             0
@@ -255,6 +255,7 @@ pub extern "C" fn fdtrace_python_state(tgid: u32) -> u32 {
     if base == 0 || read::<i32>(base + u64::from(walk.gc_collecting)) == 0 {
         return 0;
     }
+    let me = fs_base();
     if me == 0 || thread_state(walk, me) == 0 {
         return 0;
     }

@@ -856,17 +856,24 @@ mod tests {
         .to_vec()
     }
 
-    #[test]
-    fn a_creation_the_kernel_kept_decodes_like_its_record_with_later_cloexec() {
-        let mut kept = DeferredFd {
+    /// A creation the kernel kept: thread 8 at time 42, close-on-exec set
+    /// since, no text.
+    fn kept_creation(syscall: Syscall, args: [u64; 6]) -> DeferredFd {
+        DeferredFd {
             ts_ns: 42,
             tid: 8,
-            syscall: Syscall::Openat as u32,
-            args: [u64::MAX - 99, 0, O_DIRECTORY, 0, 0, 0],
+            syscall: syscall as u32,
+            args,
             cloexec: CLOEXEC_SET,
-            text_len: 4,
+            text_len: 0,
             text: [0; TEXT_LEN],
-        };
+        }
+    }
+
+    #[test]
+    fn a_creation_the_kernel_kept_decodes_like_its_record_with_later_cloexec() {
+        let mut kept = kept_creation(Syscall::Openat, [u64::MAX - 99, 0, O_DIRECTORY, 0, 0, 0]);
+        kept.text_len = 4;
         kept.text[..4].copy_from_slice(b"/var");
         let events = decode_deferred(7, 5, &kept).unwrap();
         let Action::Create(c) = &events[0].action else {
@@ -886,16 +893,7 @@ mod tests {
     #[test]
     fn a_close_says_whether_pythons_shutdown_or_collector_made_it() {
         let header = |syscall: Syscall, ret: i64, flags: u32| {
-            let mut h = DeferredFd {
-                ts_ns: 1,
-                tid: 8,
-                syscall: syscall as u32,
-                args: [3, 0, 0, 0, 0, 0],
-                cloexec: 0,
-                text_len: 0,
-                text: [0; TEXT_LEN],
-            }
-            .to_header(7, 3);
+            let mut h = kept_creation(syscall, [3, 0, 0, 0, 0, 0]).to_header(7, 3);
             h.ret = ret;
             h.flags = flags;
             h
@@ -927,15 +925,7 @@ mod tests {
 
     #[test]
     fn a_kept_creation_handed_over_decodes_as_one_creation_with_its_cloexec() {
-        let mut entry = DeferredFd {
-            ts_ns: 42,
-            tid: 8,
-            syscall: Syscall::Socket as u32,
-            args: [2, 2, 0, 0, 0, 0],
-            cloexec: CLOEXEC_SET,
-            text_len: 0,
-            text: [0; TEXT_LEN],
-        };
+        let mut entry = kept_creation(Syscall::Socket, [2, 2, 0, 0, 0, 0]);
         let bytes = |entry: &DeferredFd| {
             let record = KeptRecord {
                 kind: EventKind::Kept as u32,

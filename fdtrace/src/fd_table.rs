@@ -377,7 +377,7 @@ impl FdTable {
                 used.held.extend(stack);
             }
             Action::Create(creation) => self.create(event, creation, stack, describe, &mut used),
-            Action::Close { fd, by, .. } => self.close(event, *fd, *by, &mut used),
+            Action::Close { fd, by } => self.close(event, *fd, *by, &mut used),
             Action::CloseRange {
                 first,
                 last,
@@ -567,19 +567,13 @@ impl FdTable {
         };
         let own = creator == tgid && !is_standard_stream(fd) && !f.in_cleanup;
         match by {
-            Closer::InterpreterShutdown if own => self.leaks.push(Leak {
-                tgid,
-                fd,
-                kind: f.kind,
-                target: f.describe(),
-                cloexec: f.cloexec,
-                opened_by: syscall,
-                opened_ns,
-                seen_ns: event.ts_ns,
-                stack,
-                still_running: false,
-                closed_at_shutdown: true,
-            }),
+            Closer::InterpreterShutdown if own => {
+                self.leaks
+                    .extend(leak_of(tgid, fd, &f, event.ts_ns).map(|l| Leak {
+                        closed_at_shutdown: true,
+                        ..l
+                    }));
+            }
             Closer::GarbageCollector if own => self.gc_closed.push(GcClosed {
                 tgid,
                 fd,
@@ -718,8 +712,8 @@ impl FdTable {
             let Origin::Created {
                 tgid: creator,
                 syscall,
-                ts_ns: opened_ns,
                 stack,
+                ..
             } = f.origin
             else {
                 continue;
@@ -746,19 +740,8 @@ impl FdTable {
                 }
             }
             if leaked {
-                self.leaks.push(Leak {
-                    tgid,
-                    fd,
-                    kind: f.kind,
-                    target: f.describe(),
-                    cloexec: f.cloexec,
-                    opened_by: syscall,
-                    opened_ns,
-                    seen_ns: ts_ns,
-                    stack,
-                    still_running,
-                    closed_at_shutdown: false,
-                });
+                self.leaks
+                    .extend(leak_of(tgid, fd, &f, ts_ns).map(|l| Leak { still_running, ..l }));
                 continue;
             }
             used.released.extend(stack_of(&f));
@@ -783,6 +766,33 @@ impl FdTable {
             .extend(pending.into_iter().map(|(_, (leak, _))| leak));
         used
     }
+}
+
+/// Descriptor `fd` of `tgid` as a leak seen at `seen_ns`, if it was created
+/// during the trace.
+fn leak_of(tgid: u32, fd: Fd, f: &OpenFd, seen_ns: u64) -> Option<Leak> {
+    let Origin::Created {
+        syscall,
+        ts_ns,
+        stack,
+        ..
+    } = f.origin
+    else {
+        return None;
+    };
+    Some(Leak {
+        tgid,
+        fd,
+        kind: f.kind,
+        target: f.describe(),
+        cloexec: f.cloexec,
+        opened_by: syscall,
+        opened_ns: ts_ns,
+        seen_ns,
+        stack,
+        still_running: false,
+        closed_at_shutdown: false,
+    })
 }
 
 fn stack_of(f: &OpenFd) -> Option<StackRef> {

@@ -10,10 +10,25 @@
 
 /// Name of the ring buffer map.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the array of per-CPU scratch records `sys_exit` builds its
+/// records in before copying them into the ring at their exact length;
+/// userspace gives it one entry per possible CPU.
+pub const SCRATCH_MAP: &str = "SCRATCH";
 /// Name of the per-CPU drop counter map (one `u64` slot per [`Counter`]).
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the map holding the thread-group ids being traced.
 pub const TRACED_MAP: &str = "TRACED";
+/// Name of the array that answers "not traced" without a hash lookup: slot
+/// `tgid % TRACED_SLOT_COUNT` holds 0 while no traced process has ever used it,
+/// else a traced tgid or [`TRACED_SLOT_USED`]. Only a slot equal to the
+/// caller's tgid, or one that is neither 0 nor it, sends the program on
+/// to [`TRACED_MAP`]; nobody ever writes 0 back, so a traced process never
+/// finds 0 in its slot.
+pub const TRACED_SLOTS_MAP: &str = "TRACED_SLOTS";
+/// Slots of [`TRACED_SLOTS_MAP`] (a power of two).
+pub const TRACED_SLOT_COUNT: u32 = 65536;
+/// A slot whose traced process exited: the hash decides.
+pub const TRACED_SLOT_USED: u32 = u32::MAX;
 
 /// Global set by userspace before load: which kind of stack to capture.
 pub const STACK_MODE_GLOBAL: &str = "STACK_MODE";
@@ -138,6 +153,9 @@ pub const FLAG_PY_SHUTDOWN: u32 = 16;
 /// running (the calling thread being a Python thread): a close was the
 /// collector's doing; a creation was made during a collection.
 pub const FLAG_PY_GC: u32 = 32;
+/// Flag: the stack sample starts at sp itself, not at the page holding it
+/// (a main thread's stack, copied exactly up to `mm->start_stack`).
+pub const FLAG_STACK_FROM_SP: u32 = 64;
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]
@@ -468,6 +486,13 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 32 + 48 + 24 + 8 + 64 + 8 + TEXT_LEN + 16);
 
+/// Bytes of an [`EventHeader`] up to and including `stack_len`: records
+/// that carry nothing after it (a close, exit_group, close-on-exec change,
+/// fork, exit, first use) are written this long, a quarter of the whole
+/// header; the reader takes the rest as zero, with no descriptors.
+pub const SHORT_HEADER: usize = core::mem::offset_of!(EventHeader, fds);
+const _: () = assert!(SHORT_HEADER == 112);
+
 /// Member offsets of kernel structs, from the running kernel's BTF, in the
 /// order of [`KERNEL_OFFSETS_GLOBAL`]'s array.
 #[repr(u32)]
@@ -525,9 +550,11 @@ pub enum KernelOffset {
     SignalLive,
     /// `fdtable.open_fds`: the bitmap of open descriptors.
     FdtableOpenFds,
+    /// `mm_struct.start_stack`: where the main thread's stack began (argc).
+    MmStartStack,
 }
 /// Number of [`KernelOffset`]s.
-pub const KERNEL_OFFSET_COUNT: usize = 26;
+pub const KERNEL_OFFSET_COUNT: usize = 27;
 
 /// Creations the kernel keeps instead of writing them while the ring buffer
 /// is busy: key `(tgid << 32) | fd`, value [`DeferredFd`]. A close finds

@@ -7,14 +7,17 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{
-        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-        bpf_send_signal, generated::bpf_probe_read_user as read_user_raw,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes, bpf_send_signal,
+        generated::bpf_probe_read_user as read_user_raw,
     },
+    macros::map,
+    maps::Array,
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    Counter, EventHeader, EventKind, FLAG_FDS_TRUNCATED, FLAG_STACK_END, FLAG_STOPPED,
-    MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, StackMode, TEXT_LEN,
+    Counter, EventHeader, EventKind, FLAG_FDS_TRUNCATED, FLAG_STACK_END, FLAG_STACK_FROM_SP,
+    FLAG_STOPPED, MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, SHORT_HEADER, StackMode, TEXT_LEN,
 };
 
 use core::mem::offset_of;
@@ -38,6 +41,63 @@ const CMSG_HEADER: u64 = 16;
 const MAX_CMSGS: usize = 4;
 const MAX_MMSGS: i64 = 4;
 const PAGE: u64 = 4096;
+/// The largest main-thread stack (8 MiB, the usual RLIMIT_STACK) within
+/// which sp is taken to be on it.
+const MAIN_STACK_MAX: u64 = 8 << 20;
+
+/// The first [`SHORT_HEADER`] bytes of an [`EventHeader`]: the whole record
+/// for events that carry nothing after `stack_len`.
+#[repr(C)]
+pub struct ShortHeader {
+    pub kind: u32,
+    pub syscall: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub ret: i64,
+    pub args: [u64; 6],
+    pub regs: [u64; 3],
+    pub flags: u32,
+    pub stack_len: u32,
+}
+const _: () = assert!(size_of::<ShortHeader>() == SHORT_HEADER);
+const _: () =
+    assert!(core::mem::offset_of!(ShortHeader, args) == core::mem::offset_of!(EventHeader, args));
+const _: () =
+    assert!(core::mem::offset_of!(ShortHeader, flags) == core::mem::offset_of!(EventHeader, flags));
+
+/// Reserves and fills a short record of `kind`; `args` and `flags` as
+/// given, the rest zero. Submitted by the caller.
+#[inline(always)]
+pub fn short_record(
+    kind: EventKind,
+    syscall: u32,
+    tgid: u32,
+    tid: u32,
+    args: [u64; 6],
+    flags: u32,
+) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ShortHeader>> {
+    let Some(mut entry) = crate::EVENTS.reserve::<ShortHeader>(0) else {
+        crate::dropped();
+        return None;
+    };
+    let h = entry.as_mut_ptr();
+    // SAFETY: a live reservation the size of `ShortHeader`; the helper
+    // takes no arguments.
+    unsafe {
+        (*h).kind = kind as u32;
+        (*h).syscall = syscall;
+        (*h).tgid = tgid;
+        (*h).tid = tid;
+        (*h).ts_ns = bpf_ktime_get_ns();
+        (*h).ret = 0;
+        (*h).args = args;
+        (*h).regs = [0; 3];
+        (*h).flags = flags;
+        (*h).stack_len = 0;
+    }
+    Some(entry)
+}
 
 /// # Safety
 /// `header` must point to writable memory the size of `EventHeader`.
@@ -68,6 +128,52 @@ pub unsafe fn init_header(
     }
 }
 
+/// The largest record `sys_exit` writes: a header and the largest sample.
+const RECORD_MAX: usize = HEADER + MAX_SAMPLE;
+/// The largest sample: whole pages of the largest copy, or fp frames.
+const MAX_SAMPLE: usize = (MAX_STACK_BYTES / PAGE as usize + 1) * PAGE as usize;
+const _: () = assert!(MAX_FP_FRAMES * 8 <= MAX_SAMPLE);
+
+/// One record under construction per CPU (userspace sizes the map to the
+/// possible CPUs). Only `sys_exit` uses it, and a program does not run
+/// twice at once on one CPU (the kernel skips a nested run of the same
+/// program; `output` also checks that the record is still this thread's).
+#[map]
+static SCRATCH: Array<[u8; RECORD_MAX]> = Array::with_max_entries(1, 0);
+
+/// This CPU's scratch record, or None if the map has no slot for it.
+#[inline(always)]
+pub fn scratch() -> Option<*mut u8> {
+    // SAFETY: the helper takes no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    SCRATCH.get_ptr_mut(cpu).map(|p| p.cast::<u8>())
+}
+
+/// Copies the scratch `record` (header and `stack_len` bytes of sample)
+/// into the ring buffer. False, counted as dropped, if the ring is full or
+/// another thread's record took its place.
+///
+/// # Safety
+/// `record` must come from [`scratch`] with an initialised header.
+#[inline(always)]
+pub unsafe fn output(record: *mut u8, tid: u32, flags: u64) -> bool {
+    let header = record.cast::<EventHeader>();
+    // SAFETY: guaranteed by the caller.
+    let (owner, sample) = unsafe { ((*header).tid, (*header).stack_len as usize) };
+    if owner != tid {
+        crate::dropped();
+        return false;
+    }
+    let len = HEADER + sample.min(MAX_SAMPLE);
+    // SAFETY: `len` is at most the scratch record's size.
+    let bytes = unsafe { core::slice::from_raw_parts(record, len) };
+    if crate::EVENTS.output::<[u8]>(bytes, flags).is_err() {
+        crate::dropped();
+        return false;
+    }
+    true
+}
+
 /// Pages of user stack copied per event: enough whole pages, from the one
 /// holding `sp`, to cover STACK_BYTES above `sp`.
 #[inline(always)]
@@ -85,20 +191,6 @@ fn stack_pages() -> u64 {
     }
     let bytes = u64::from(bytes).min(MAX_STACK_BYTES as u64);
     bytes.div_ceil(PAGE) + 1
-}
-
-/// Size of a record that carries a stack sample; a constant for the
-/// verifier, since it only depends on read-only globals.
-#[inline(always)]
-pub fn stack_record_size() -> usize {
-    // SAFETY: plain read of a read-only global.
-    let mode = unsafe { core::ptr::read_volatile(&STACK_MODE) };
-    let sample = if mode == StackMode::FramePointer as u32 {
-        (MAX_FP_FRAMES * 8) as u64
-    } else {
-        stack_pages() * PAGE
-    };
-    HEADER + sample as usize
 }
 
 /// # Safety
@@ -285,7 +377,7 @@ pub unsafe fn stop(header: *mut EventHeader) {
 /// `record`. Returns the sample's length.
 ///
 /// # Safety
-/// `record` must be a reservation of `stack_record_size()` bytes whose
+/// `record` must be a [`scratch`] record whose
 /// header has been initialised.
 #[inline(always)]
 pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8) -> u32 {
@@ -319,6 +411,31 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8) -> u32 {
         // SAFETY: as above.
         unsafe { (*header).stack_len = got };
         return got;
+    }
+    // A main thread's frames all lie between sp and where its stack began
+    // (`mm->start_stack`): copy exactly those bytes, often a few hundred
+    // instead of three pages. A thread stack or an alternate signal stack
+    // is elsewhere, and falls through to whole pages.
+    // SAFETY: plain read of a read-only global.
+    let budget =
+        u64::from(unsafe { core::ptr::read_volatile(&STACK_BYTES) }).min(MAX_STACK_BYTES as u64);
+    let top = crate::files::start_stack();
+    if sp < top && top - sp <= MAIN_STACK_MAX {
+        let len = (top - sp).min(budget);
+        // SAFETY: `len` is at most the sample's reserved size; the source
+        // is only read through the checked helper.
+        let ret = unsafe { read_user_raw(sample.cast(), len as u32, sp as *const _) };
+        if ret == 0 {
+            // SAFETY: `header` is valid per the caller.
+            unsafe {
+                (*header).flags |= FLAG_STACK_FROM_SP;
+                if len == top - sp {
+                    (*header).flags |= FLAG_STACK_END;
+                }
+                (*header).stack_len = len as u32;
+            }
+            return len as u32;
+        }
     }
     // Whole pages from the one holding sp: constant offsets and sizes the
     // verifier can check, and a copy that ends cleanly where the stack's

@@ -11,7 +11,10 @@
 //! silent here or written for userspace, never both and never neither.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP, helpers::bpf_probe_read_user_str_bytes, macros::map, maps::HashMap,
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::bpf_probe_read_user_str_bytes,
+    macros::map,
+    maps::{Array, HashMap},
 };
 use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DEFERRED_ENTRIES, DeferredFd, EventKind, KeptRecord, Syscall,
@@ -26,6 +29,15 @@ use crate::EVENTS;
 /// element still being written.
 #[map]
 static DEFERRED: HashMap<u64, DeferredFd> = HashMap::with_max_entries(DEFERRED_ENTRIES, 0);
+
+/// Slot 0 is 1 once anything was ever kept: until then a close or a
+/// reused number needs no hash lookup to know nothing is kept for it.
+#[map]
+static ANY_KEPT: Array<u32> = Array::with_max_entries(1, 0);
+
+fn any_kept() -> bool {
+    ANY_KEPT.get(0).is_some_and(|v| *v != 0)
+}
 
 static EMPTY: DeferredFd = DeferredFd {
     ts_ns: 0,
@@ -77,6 +89,10 @@ pub fn can_defer(syscall: Syscall, args: &[u64; 6]) -> bool {
 pub fn keep(ids: u64, syscall: Syscall, fd: i64, args: &[u64; 6], ts_ns: u64) -> bool {
     let (tgid, tid) = ((ids >> 32) as u32, ids as u32);
     let key = key(tgid, fd as u64);
+    if let Some(flag) = ANY_KEPT.get_ptr_mut(0) {
+        // SAFETY: a live array value; set before the entry exists.
+        unsafe { *flag = 1 };
+    }
     #[expect(
         clippy::needless_borrows_for_generic_args,
         reason = "the static's address, not a copy on the stack"
@@ -115,7 +131,7 @@ pub fn keep(ids: u64, syscall: Syscall, fd: i64, args: &[u64; 6], ts_ns: u64) ->
 /// case nothing needs writing.
 #[inline(always)]
 pub fn forget(tgid: u32, fd: u64) -> bool {
-    DEFERRED.remove(key(tgid, fd)).is_ok()
+    any_kept() && DEFERRED.remove(key(tgid, fd)).is_ok()
 }
 
 /// CPython's shutdown or collector is closing `fd`, a finding: if its
@@ -155,6 +171,9 @@ pub fn hand_over(tgid: u32, fd: u64) {
 /// F_SETFD or FIOCLEX/FIONCLEX on `fd`.
 #[inline(always)]
 pub fn set_cloexec(tgid: u32, fd: u64, on: bool) {
+    if !any_kept() {
+        return;
+    }
     if let Some(entry) = DEFERRED.get_ptr_mut(key(tgid, fd)) {
         // SAFETY: a live map value.
         unsafe { (*entry).cloexec = if on { CLOEXEC_SET } else { CLOEXEC_CLEARED } };

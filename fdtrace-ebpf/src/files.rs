@@ -115,6 +115,17 @@ pub fn inode_number(file: u64) -> u64 {
     read(inode + offset(KernelOffset::InodeIno))
 }
 
+/// Where the current process's main-thread stack began (`mm->start_stack`,
+/// the address of argc), 0 without an mm.
+#[inline(always)]
+pub fn start_stack() -> u64 {
+    let mm: u64 = read(current_task() + offset(KernelOffset::TaskMm));
+    if mm == 0 {
+        return 0;
+    }
+    read(mm + offset(KernelOffset::MmStartStack))
+}
+
 /// RLIMIT_NOFILE (soft, hard) of the current process.
 #[inline(always)]
 pub fn nofile_limit() -> [u64; 2] {

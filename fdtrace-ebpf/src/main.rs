@@ -2,15 +2,20 @@
 //!
 //! Only processes whose thread-group id is in `TRACED` produce events;
 //! children are added here, at fork, so a child's first syscall is never
-//! missed. The raw `sys_enter` program stashes the arguments of the calls we
-//! follow per thread; `sys_exit` reads them back, adds the result (and for
-//! descriptor creations and EMFILE/ENFILE failures a stack sample) and
-//! writes one record. Every failed ring-buffer write bumps a counter that
-//! the report prints.
+//! missed. `sys_exit` reads a call's arguments from the user registers
+//! saved at entry, adds the result (and for descriptor creations and
+//! EMFILE/ENFILE failures a stack sample) and writes one record; `sys_enter`
+//! records only what must be seen before the call runs (close, exit_group,
+//! close-on-exec changes) and first uses of inherited descriptors. Every
+//! failed ring-buffer write bumps a counter that the report prints.
 //!
 //! Raw syscall tracepoints rather than one `syscalls/sys_*_<name>` event per
-//! call: two attachments instead of ~80, and detaching a perf tracepoint
-//! costs a ~70 ms RCU grace period each, which made every run 6 s longer.
+//! call (measured on 6.18): detaching a perf tracepoint waits for a grace
+//! period under the kernel's `event_mutex` (~40 ms each, serialised even
+//! from parallel threads), so the ~135 events fdtrace follows took 5 s to
+//! detach, and each per-syscall run costs more than a raw one. The price of
+//! raw tracepoints is that both programs run for every syscall on the
+//! machine; `TRACED_SLOTS` makes the untraced answer one inlined array read.
 #![no_std]
 #![no_main]
 
@@ -31,12 +36,13 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall, SyscallArgs, nr,
+    FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall, SyscallArgs, TRACED_SLOT_COUNT,
+    TRACED_SLOT_USED, nr,
 };
 
 #[map]
@@ -50,9 +56,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 #[map]
 static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Arguments from `sys_enter_*`, keyed by thread id.
+/// The fast "not traced" answer (`fdtrace_common::TRACED_SLOTS_MAP`): an
+/// array lookup the verifier inlines, where most of the host's processes
+/// stop. Both raw syscall programs run for every syscall on the machine.
 #[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(65536, 0);
+static TRACED_SLOTS: Array<u32> = Array::with_max_entries(TRACED_SLOT_COUNT, 0);
 
 /// Set by userspace before load (`fdtrace_common::STACK_MODE_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -74,16 +82,6 @@ static TASK_FSBASE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static EMFILE_STOP: u32 = 0;
 
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Pending {
-    syscall: u32,
-    _pad: u32,
-    /// The raw syscall number, checked against `orig_rax` at exit.
-    nr: u64,
-    args: SyscallArgs,
-}
-
 const EMFILE: i64 = 24;
 const ENFILE: i64 = 23;
 const EINPROGRESS: i64 = 115;
@@ -95,9 +93,6 @@ const FIONCLEX: u64 = 0x5450;
 const FIOCLEX: u64 = 0x5451;
 const PROT_EXEC: u64 = 4;
 const MAP_ANONYMOUS: u64 = 0x20;
-/// `Pending::syscall` of an executable mmap (not a [`Syscall`]: it creates
-/// no descriptor, it only changes the address space).
-const PENDING_MMAP: u32 = 0x1000;
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
@@ -114,9 +109,47 @@ fn ids() -> (u32, u32) {
     ((pid_tgid >> 32) as u32, pid_tgid as u32)
 }
 
+#[inline(always)]
 fn is_traced(tgid: u32) -> bool {
+    let slot = TRACED_SLOTS
+        .get(tgid & (TRACED_SLOT_COUNT - 1))
+        .copied()
+        .unwrap_or(0);
+    if slot == 0 {
+        return false;
+    }
+    if slot == tgid {
+        return true;
+    }
     // SAFETY: the value is a plain u32 and is only read for presence.
     unsafe { TRACED.get(tgid).is_some() }
+}
+
+/// `tgid` is traced from now on: the hash says so, and its slot stops
+/// saying "nobody" (a slot another traced process holds is left to it).
+fn start_tracing(tgid: u32) -> bool {
+    if let Some(slot) = TRACED_SLOTS.get_ptr_mut(tgid & (TRACED_SLOT_COUNT - 1)) {
+        // SAFETY: a live array value; a plain store, never of 0.
+        unsafe {
+            if *slot == 0 || *slot == TRACED_SLOT_USED {
+                *slot = tgid;
+            }
+        }
+    }
+    TRACED.insert(tgid, 1, 0).is_ok()
+}
+
+fn stop_tracing(tgid: u32) {
+    let _ = TRACED.remove(tgid);
+    if let Some(slot) = TRACED_SLOTS.get_ptr_mut(tgid & (TRACED_SLOT_COUNT - 1)) {
+        // SAFETY: as above. Not 0: a process that found this slot taken
+        // is only in the hash, and must not be told it is untraced.
+        unsafe {
+            if *slot == tgid {
+                *slot = TRACED_SLOT_USED;
+            }
+        }
+    }
 }
 
 /// Userspace is woken only when a process waits for it (stopped) or the
@@ -216,17 +249,17 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let nr: u64 = ctx.arg(1);
     uses::syscall(ctx, tgid, tid, nr)?;
-    if nr == nr::MMAP {
-        // New code: its mapping is recorded at exit, once its address is known.
-        let args = syscall_args(ctx)?;
-        if args.args[2] & PROT_EXEC != 0 {
-            stash(tid, PENDING_MMAP, nr, args);
-        }
-        return Ok(());
-    }
+    // Only what must be seen before the call runs; everything else is
+    // recorded at its exit, from the same saved registers.
     let Some(syscall) = Syscall::from_x86_64(nr) else {
         return Ok(());
     };
+    if !matches!(
+        syscall,
+        Syscall::Close | Syscall::ExitGroup | Syscall::Ioctl | Syscall::Fcntl
+    ) {
+        return Ok(());
+    }
     let args = syscall_args(ctx)?;
     let a = &args.args;
     match syscall {
@@ -253,25 +286,21 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
             deferred::set_cloexec(tgid, a[0], a[2] & FD_CLOEXEC != 0);
             emit_now(syscall, tgid, tid, &args, 0)
         }
-        Syscall::Ioctl | Syscall::Fcntl if a[1] != F_DUPFD && a[1] != F_DUPFD_CLOEXEC => Ok(()),
-        // Only a set larger than FD_SETSIZE is worth a record (and a stack).
-        Syscall::Select | Syscall::Pselect6 if a[0] <= FD_SETSIZE => Ok(()),
-        _ => {
-            stash(tid, syscall as u32, nr, args);
-            Ok(())
-        }
+        _ => Ok(()),
     }
 }
 
-fn stash(tid: u32, syscall: u32, nr: u64, args: SyscallArgs) {
-    let pending = Pending {
-        syscall,
-        _pad: 0,
-        nr,
-        args,
-    };
-    if PENDING.insert(tid, pending, 0).is_err() {
-        lost(Counter::DroppedArgs);
+/// The [`Syscall`] (as its wire value) whose exit `sys_exit` records for
+/// x86_64 syscall `nr`, 0 for the rest (close, exit_group and ioctl are
+/// recorded at entry). A global function: the verifier checks it once and
+/// sees one unknown result, instead of following the rest of `sys_exit`
+/// once per syscall the match could have produced.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fdtrace_exit_syscall(nr: u64) -> u32 {
+    match Syscall::from_x86_64(nr) {
+        None | Some(Syscall::Close | Syscall::ExitGroup | Syscall::Ioctl) => 0,
+        Some(syscall) => syscall as u32,
     }
 }
 
@@ -302,18 +331,16 @@ fn emit_now(
     args: &SyscallArgs,
     flags: u32,
 ) -> Result<(), i64> {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        crate::dropped();
-        return Ok(());
-    };
-    let header = entry.as_mut_ptr();
-    // SAFETY: the entry is a live reservation the size of `EventHeader`.
-    unsafe {
-        capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
-        (*header).args = args.args;
-        (*header).flags = flags;
+    if let Some(entry) = capture::short_record(
+        EventKind::Syscall,
+        syscall as u32,
+        tgid,
+        tid,
+        args.args,
+        flags,
+    ) {
+        entry.submit(wakeup(false));
     }
-    entry.submit(wakeup(false));
     Ok(())
 }
 
@@ -331,29 +358,34 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !is_traced(tgid) {
         return Ok(());
     }
-    // SAFETY: plain-old-data value; copied out before removal.
-    let Some(mut pending) = (unsafe { PENDING.get(tid) }).copied() else {
-        return Ok(());
-    };
-    let _ = PENDING.remove(tid);
-    if user_reg(ctx, offset_of!(pt_regs, orig_rax))? != pending.nr {
-        // A stale stash (its exit was never seen): ignore it.
-        return Ok(());
-    }
-    if pending.syscall == PENDING_MMAP {
-        mmap_exit(tgid, tid, &pending.args, ctx.arg(1));
-        return Ok(());
-    }
-    let Ok(syscall) = Syscall::try_from(pending.syscall) else {
-        return Ok(());
-    };
+    // The arguments are still in the registers saved at entry: no
+    // program at entry, no per-thread map entry.
+    let nr = user_reg(ctx, offset_of!(pt_regs, orig_rax))?;
     let ret: i64 = ctx.arg(1);
+    if nr == nr::MMAP {
+        let args = syscall_args(ctx)?;
+        // New code: its mapping, now that its address is known.
+        if args.args[2] & PROT_EXEC != 0 {
+            mmap_exit(tgid, tid, &args, ret);
+        }
+        return Ok(());
+    }
+    let Ok(syscall) = Syscall::try_from(fdtrace_exit_syscall(nr)) else {
+        return Ok(());
+    };
+    let mut args = syscall_args(ctx)?;
+    let a = &args.args;
+    match syscall {
+        Syscall::Fcntl if a[1] != F_DUPFD && a[1] != F_DUPFD_CLOEXEC => return Ok(()),
+        // Only a set larger than FD_SETSIZE is worth a record (and a stack).
+        Syscall::Select | Syscall::Pselect6 if a[0] <= FD_SETSIZE => return Ok(()),
+        _ => {}
+    }
     if syscall == Syscall::Openat2 {
         // Userspace reads open flags from args[2]; for openat2 they live in
         // `struct open_how` (first field), which may be gone once we return.
         // SAFETY: user pointer read with the checked helper.
-        pending.args.args[2] =
-            unsafe { bpf_probe_read_user(pending.args.args[2] as *const u64) }.unwrap_or(0);
+        args.args[2] = unsafe { bpf_probe_read_user(args.args[2] as *const u64) }.unwrap_or(0);
     }
     let failed_for_lack_of_fds = ret == -EMFILE || ret == -ENFILE;
     let ok = match syscall {
@@ -387,8 +419,8 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if busy
         && ok
         && in_cleanup == 0
-        && deferred::can_defer(syscall, &pending.args.args)
-        && deferred::keep(ids_word(tgid, tid), syscall, ret, &pending.args.args, ts_ns)
+        && deferred::can_defer(syscall, &args.args)
+        && deferred::keep(ids_word(tgid, tid), syscall, ret, &args.args, ts_ns)
     {
         count(Counter::Deferred);
         return Ok(());
@@ -404,36 +436,34 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // recvmsg without a control buffer carries no descriptors: its record
     // is discarded below, so don't walk for it.
     let may_create = match syscall {
-        Syscall::Recvmsg => capture::has_control(pending.args.args[1]),
+        Syscall::Recvmsg => capture::has_control(args.args[1]),
         _ => true,
     };
     if wants_stack && may_create && stack_mode != StackMode::None as u32 {
         python::record(tgid, tid, ts_ns);
     }
-    let entry = if wants_stack {
-        EVENTS.reserve_bytes(capture::stack_record_size(), 0)
-    } else {
-        EVENTS.reserve_bytes(size_of::<EventHeader>(), 0)
-    };
-    let Some(mut entry) = entry else {
+    // Built in this CPU's scratch record and copied into the ring at its
+    // exact length: a few hundred bytes of stack, not a reservation sized
+    // for the largest sample (ring memory is cold; every byte reserved is
+    // a byte written and read again).
+    let Some(record) = capture::scratch() else {
         crate::dropped();
         return Ok(());
     };
-    let record = entry.as_mut_ptr();
     let header = record.cast::<EventHeader>();
-    // SAFETY: the reservation is at least as large as the header.
+    // SAFETY: the scratch record is at least as large as the header.
     unsafe {
         capture::init_header(header, EventKind::Syscall, syscall as u32, tgid, tid);
         (*header).ts_ns = ts_ns;
         (*header).ret = ret;
-        (*header).args = pending.args.args;
+        (*header).args = args.args;
         (*header).flags |= in_cleanup;
     }
     if busy {
         // SAFETY: the header was initialised above.
         unsafe { (*header).flags |= FLAG_STACK_SKIPPED };
     }
-    let args = &pending.args.args;
+    let args = &args.args;
     if ok {
         // SAFETY: `header` points into the reservation; user pointers are
         // only read through bpf_probe_read_user.
@@ -460,7 +490,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
                 _ => {}
             }
             if matches!(syscall, Syscall::Recvmsg | Syscall::Recvmmsg) && (*header).nfds == 0 {
-                entry.discard(0);
                 return Ok(());
             }
             // The kernel just handed out these numbers: whatever was kept
@@ -495,7 +524,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
     }
     if wants_stack {
-        // SAFETY: the reservation is `stack_record_size()` bytes, header initialised.
+        // SAFETY: the scratch record holds the largest sample, header initialised.
         unsafe { capture::stack(ctx, record) };
     }
     if failed_for_lack_of_fds {
@@ -511,6 +540,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     // SAFETY: the header was initialised above.
     let stopped = unsafe { (*header).flags } & FLAG_STOPPED != 0;
+    // SAFETY: as above; the record is the scratch record, whole.
+    if !unsafe { capture::output(record, tid, wakeup(stopped)) } {
+        return Ok(());
+    }
     // What a descriptor that arrived whole refers to, recorded now: by the
     // time userspace could look in /proc it may be closed or replaced.
     let received = ok
@@ -519,9 +552,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             Syscall::Recvmsg | Syscall::Recvmmsg | Syscall::PidfdGetfd | Syscall::OpenByHandleAt
         );
     if received {
-        // Reserved after this record, so read after it. Read from the
-        // reservation in place: a copy would sit on the shared stack.
-        // SAFETY: the header was initialised above and is not yet submitted.
+        // Written after this record, so read after it. Read from the
+        // scratch record in place: a copy would sit on the shared stack.
+        // SAFETY: the header was initialised above.
         let nfds = unsafe { (*header).nfds };
         if nfds == 0 {
             describe_received(tgid, tid, ret);
@@ -534,7 +567,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             describe_received(tgid, tid, i64::from(unsafe { (*header).fds[i] }));
         }
     }
-    entry.submit(wakeup(stopped));
     Ok(())
 }
 
@@ -575,22 +607,15 @@ fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let child = child_pid as u32;
     // Added here, before the child runs, so none of its events are missed.
-    if TRACED.insert(child, 1, 0).is_err() {
+    if !start_tracing(child) {
         count(Counter::DroppedArgs);
     }
     python::fork(tgid, child);
     uses::fork(tgid, child);
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        crate::dropped();
-        return Ok(());
-    };
-    let header = entry.as_mut_ptr();
-    // SAFETY: live reservation the size of `EventHeader`.
-    unsafe {
-        capture::init_header(header, EventKind::Fork, 0, tgid, tid);
-        (*header).args[0] = u64::from(child);
+    let args = [u64::from(child), 0, 0, 0, 0, 0];
+    if let Some(entry) = capture::short_record(EventKind::Fork, 0, tgid, tid, args, 0) {
+        entry.submit(wakeup(false));
     }
-    entry.submit(wakeup(false));
     Ok(())
 }
 
@@ -662,22 +687,17 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 
 fn try_sched_process_exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
-    let _ = PENDING.remove(tid);
     if !is_traced(tgid) {
         return Ok(());
     }
     if !files::group_dead() {
         return Ok(());
     }
-    let _ = TRACED.remove(tgid);
+    stop_tracing(tgid);
     python::forget(tgid);
     uses::exit(tgid);
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        crate::dropped();
-        return Ok(());
-    };
-    // SAFETY: live reservation the size of `EventHeader`.
-    unsafe { capture::init_header(entry.as_mut_ptr(), EventKind::Exit, 0, tgid, tid) };
-    entry.submit(wakeup(false));
+    if let Some(entry) = capture::short_record(EventKind::Exit, 0, tgid, tid, [0; 6], 0) {
+        entry.submit(wakeup(false));
+    }
     Ok(())
 }

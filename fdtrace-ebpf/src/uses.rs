@@ -11,16 +11,12 @@
 //! one failed map lookup per syscall.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel as read_kernel_raw},
-    macros::map,
-    maps::HashMap,
+    helpers::generated::bpf_probe_read_kernel as read_kernel_raw, macros::map, maps::HashMap,
     programs::RawTracePointContext,
 };
-use fdtrace_common::{
-    Counter, EventHeader, EventKind, INHERITED_FDS, INHERITED_WORDS, KernelOffset,
-};
+use fdtrace_common::{Counter, EventKind, INHERITED_FDS, INHERITED_WORDS, KernelOffset};
 
-use crate::{EVENTS, capture, files, lost, syscall_args, wakeup};
+use crate::{capture, files, lost, syscall_args, wakeup};
 
 type Bitmap = [u64; INHERITED_WORDS];
 
@@ -90,14 +86,20 @@ pub fn exit(tgid: u32) {
 /// Syscall `nr` is about to run in `tgid`.
 #[inline(always)]
 pub fn syscall(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64) -> Result<(), i64> {
-    let Some(bits) = INHERITED.get_ptr_mut(tgid) else {
-        return Ok(());
-    };
     let (first, second) = fd_arguments(nr);
     if first.is_none() {
         return Ok(());
     }
     let args = &syscall_args(ctx)?.args;
+    // Most calls name no inheritable descriptor (AT_FDCWD, a new fd above
+    // the range): no map lookup for them.
+    let in_range = |i: Option<usize>| i.is_some_and(|i| argument(args, i) < INHERITED_FDS as u64);
+    if !in_range(first) && !in_range(second) {
+        return Ok(());
+    }
+    let Some(bits) = INHERITED.get_ptr_mut(tgid) else {
+        return Ok(());
+    };
     if let Some(i) = first {
         check(bits, tgid, tid, argument(args, i));
     }
@@ -130,20 +132,13 @@ fn check(bits: *mut Bitmap, tgid: u32, tid: u32, fd: u64) {
     if unsafe { (*bits)[word] } & mask == 0 {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        // The bit stays: the next use is reported instead.
-        crate::dropped();
+    // A failed write leaves the bit: the next use is reported instead.
+    let Some(entry) = capture::short_record(EventKind::Use, 0, tgid, tid, [fd, 0, 0, 0, 0, 0], 0)
+    else {
         return;
     };
     // SAFETY: as above.
     unsafe { (*bits)[word] &= !mask };
-    let header = entry.as_mut_ptr();
-    // SAFETY: live reservation the size of `EventHeader`.
-    unsafe {
-        capture::init_header(header, EventKind::Use, 0, tgid, tid);
-        (*header).ts_ns = bpf_ktime_get_ns();
-        (*header).args[0] = fd;
-    }
     entry.submit(wakeup(false));
 }
 

@@ -6,9 +6,10 @@ use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
     FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_PY_GC,
-    FLAG_PY_SHUTDOWN, FLAG_STOPPED, FileRecord, FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS,
-    PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
-    PyCodeRecord, PyFrameSlot, PyStackRecord, StackMode, Syscall, TEXT_LEN,
+    FLAG_PY_SHUTDOWN, FLAG_STACK_FROM_SP, FLAG_STOPPED, FileRecord, FileUse, KeptRecord,
+    MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME,
+    PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot, PyStackRecord, SHORT_HEADER,
+    StackMode, Syscall, TEXT_LEN,
 };
 
 use crate::procfs::classify_link;
@@ -290,10 +291,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     }
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
-        bail!(
-            "short record: {} bytes, header is {header_len}",
-            bytes.len()
-        );
+        return decode_short(bytes, stack_mode);
     }
     // SAFETY: the length was checked; EventHeader is plain integers and
     // arrays of integers, so any bit pattern is a valid value.
@@ -303,6 +301,25 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         .get(header_len..header_len + stack_len)
         .ok_or_else(|| anyhow!("record shorter than its stack sample"))?;
     decode_header(&header, stack_bytes, stack_mode)
+}
+
+/// A record cut after `stack_len` ([`SHORT_HEADER`] bytes): the rest of
+/// the header is zero, with no descriptors and no stack.
+fn decode_short(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
+    if bytes.len() < SHORT_HEADER {
+        bail!(
+            "short record: {} bytes, the shortest header is {SHORT_HEADER}",
+            bytes.len()
+        );
+    }
+    let mut whole = [0u8; size_of::<EventHeader>()];
+    whole[..SHORT_HEADER].copy_from_slice(&bytes[..SHORT_HEADER]);
+    // SAFETY: `whole` is a whole header's bytes; EventHeader is plain
+    // integers and arrays of integers, so any bit pattern is valid.
+    let mut header: EventHeader = unsafe { std::ptr::read_unaligned(whole.as_ptr().cast()) };
+    header.stack_len = 0;
+    header.fds = [-1; MAX_EVENT_FDS];
+    decode_header(&header, &[], stack_mode)
 }
 
 /// A [`KeptRecord`]: the creation the kernel kept, handed over before the
@@ -567,9 +584,13 @@ fn stack_sample(header: &EventHeader, bytes: &[u8], mode: StackMode) -> Option<S
             ))
         }
         StackMode::Dwarf => {
-            // The copy starts at the page holding sp.
+            // The copy starts at sp, or at the page holding it.
             let sp = header.regs[1];
-            let skip = usize::try_from(sp & (PAGE_SIZE - 1)).ok()?;
+            let skip = if header.flags & FLAG_STACK_FROM_SP != 0 {
+                0
+            } else {
+                usize::try_from(sp & (PAGE_SIZE - 1)).ok()?
+            };
             Some(StackSample::Raw {
                 ip: header.regs[0],
                 sp,
@@ -888,6 +909,28 @@ mod tests {
         assert_eq!(events[1].action, Action::SetCloexec { fd: 5, on: true });
         kept.cloexec = fdtrace_common::CLOEXEC_UNCHANGED;
         assert_eq!(decode_deferred(7, 5, &kept).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_short_record_decodes_as_its_whole_header_would() {
+        let mut h = kept_creation(Syscall::Close, [9, 0, 0, 0, 0, 0]).to_header(7, 3);
+        h.flags = FLAG_PY_GC;
+        // SAFETY: EventHeader is plain integers, read as its bytes.
+        let whole = unsafe {
+            std::slice::from_raw_parts((&raw const h).cast::<u8>(), size_of::<EventHeader>())
+        };
+        let short = decode(&whole[..SHORT_HEADER], StackMode::Dwarf).unwrap();
+        assert_eq!(
+            short.action,
+            Action::Close {
+                fd: 9,
+                by: Closer::GarbageCollector
+            }
+        );
+        assert_eq!((short.tgid, short.tid, short.ts_ns), (7, 8, 42));
+        assert_eq!(short, decode(whole, StackMode::Dwarf).unwrap());
+        let cut = decode(&whole[..SHORT_HEADER - 1], StackMode::Dwarf).unwrap_err();
+        assert!(cut.to_string().contains("short record"), "{cut}");
     }
 
     #[test]

@@ -11,15 +11,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf},
     programs::{Program, ProgramError, ProgramInfo},
 };
 use fdtrace_common::{
     BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, DEFERRED_ENTRIES,
     DEFERRED_MAP, DeferredFd, EMFILE_STOP_GLOBAL, EVENTS_MAP, KERNEL_OFFSET_COUNT,
     KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk,
-    STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
-    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    SCRATCH_MAP, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
+    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP, TRACED_SLOT_COUNT,
+    TRACED_SLOT_USED, TRACED_SLOTS_MAP,
 };
 
 use crate::{
@@ -153,6 +154,7 @@ pub struct Probes {
     _ebpf: Ebpf,
     events: Option<RingBuf<MapData>>,
     traced: HashMap<MapData, u32, u32>,
+    traced_slots: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     python: Option<HashMap<MapData, u32, [u8; PyWalk::SIZE]>>,
     python_binaries: Option<HashMap<MapData, [u8; PyFile::SIZE], [u8; PyBinary::SIZE]>>,
@@ -180,6 +182,9 @@ impl Probes {
         let fsbase = btf.member_offset("task_struct", "thread")?
             + btf.member_offset("thread_struct", "fsbase")?;
         let kernel_offsets = kernel_offsets(&btf)?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::anyhow!("read {path}: {e}"))
+            .and_then(|n| Ok(u32::try_from(n)?))?;
         let mut ebpf = EbpfLoader::new()
             .override_global(STACK_MODE_GLOBAL, &(options.stack_mode as u32), true)
             .override_global(STACK_BYTES_GLOBAL, &options.stack_bytes, true)
@@ -190,6 +195,7 @@ impl Probes {
             .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
             .override_global(EMFILE_STOP_GLOBAL, &u32::from(options.stop_at_emfile), true)
             .map_max_entries(EVENTS_MAP, RING_BYTES)
+            .map_max_entries(SCRATCH_MAP, cpus)
             // Errors and statistics only: a failed load is verified twice
             // (aya retries once with a log buffer), never more, and the
             // log stays short enough to quote.
@@ -203,6 +209,7 @@ impl Probes {
         attach_all(&mut ebpf)?;
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let traced = HashMap::try_from(take_map(&mut ebpf, TRACED_MAP)?)?;
+        let traced_slots = Array::try_from(take_map(&mut ebpf, TRACED_SLOTS_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         let python = HashMap::try_from(take_map(&mut ebpf, PYTHON_MAP)?)?;
         let python_binaries = HashMap::try_from(take_map(&mut ebpf, PYTHON_BINARIES_MAP)?)?;
@@ -212,6 +219,7 @@ impl Probes {
             _ebpf: ebpf,
             events: Some(events),
             traced,
+            traced_slots,
             counters,
             python: Some(python),
             python_binaries: Some(python_binaries),
@@ -276,6 +284,15 @@ impl Probes {
 
     /// Starts tracing `tgid`; its future children are added by the kernel.
     pub fn trace(&mut self, tgid: u32) -> Result<()> {
+        // The slot first: the hash alone would be ignored while the slot
+        // still says nobody is traced there (see TRACED_SLOTS_MAP).
+        let index = tgid & (TRACED_SLOT_COUNT - 1);
+        let slot = self.traced_slots.get(&index, 0).unwrap_or(0);
+        if slot == 0 || slot == TRACED_SLOT_USED {
+            self.traced_slots
+                .set(index, tgid, 0)
+                .with_context(|| format!("mark process {tgid} as traced"))?;
+        }
         self.traced
             .insert(tgid, 1, 0)
             .with_context(|| format!("add process {tgid} to the traced set"))
@@ -337,6 +354,7 @@ fn kernel_offsets(btf: &Btf) -> Result<[u32; KERNEL_OFFSET_COUNT]> {
         (K::MmArgEnd, "mm_struct", "arg_end"),
         (K::SignalLive, "signal_struct", "live"),
         (K::FdtableOpenFds, "fdtable", "open_fds"),
+        (K::MmStartStack, "mm_struct", "start_stack"),
     ];
     let mut offsets = [0; KERNEL_OFFSET_COUNT];
     for (which, strukt, member) in fields {
@@ -350,45 +368,68 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
-/// Attaches each program to the raw tracepoint its name gives (`sys_enter`
-/// and `sys_exit` of raw_syscalls, `sched_process_*` of sched). Raw, not
-/// perf tracepoints: detaching a perf tracepoint waits for an RCU grace
-/// period (~70 ms each), which made every run visibly slower to end.
+/// Loads every program, then attaches each to the raw tracepoint its name
+/// gives (`sys_enter` and `sys_exit` of raw_syscalls, `sched_process_*` of
+/// sched). Raw, not perf tracepoints: detaching a perf tracepoint waits for
+/// an RCU grace period (~40-70 ms each, one at a time), which made every
+/// run visibly slower to end.
+///
+/// The programs are verified in parallel, one thread each: verification is
+/// most of fdtrace's fixed cost, the kernel verifies privileged loads
+/// concurrently, and the largest program alone takes most of the time.
 fn attach_all(ebpf: &mut Ebpf) -> Result<()> {
-    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
-    for name in names {
-        let category = if name.starts_with("sys_") {
+    let category = |name: &str| {
+        if name.starts_with("sys_") {
             "raw_syscalls"
         } else {
             "sched"
-        };
-        let format = Path::new(TRACEFS).join("events").join(category).join(&name);
+        }
+    };
+    for (name, _) in ebpf.programs() {
+        let format = Path::new(TRACEFS)
+            .join("events")
+            .join(category(name))
+            .join(name);
         if !format.exists() {
             bail!(
-                "this kernel has no tracepoint {category}/{name} ({} is missing)",
+                "this kernel has no tracepoint {}/{name} ({} is missing)",
+                category(name),
                 format.display()
             );
         }
-        let program = ebpf
-            .program_mut(&name)
-            .with_context(|| format!("program {name}"))?;
-        let started = std::time::Instant::now();
-        match program {
-            Program::RawTracePoint(raw) => {
-                raw.load().map_err(|e| rejected(&name, e))?;
-                report_load(&name, started, raw.info().ok());
-                raw.attach(&name)
-                    .with_context(|| format!("attach raw tracepoint {category}/{name}"))?;
-            }
-            Program::TracePoint(tp) => {
-                tp.load().map_err(|e| rejected(&name, e))?;
-                report_load(&name, started, tp.info().ok());
-                tp.attach(category, &name)
-                    .with_context(|| format!("attach tracepoint {category}/{name}"))?;
-            }
-            _ => bail!("program {name} is neither a tracepoint nor a raw tracepoint"),
-        }
     }
+    let loaded: Vec<Result<()>> = std::thread::scope(|scope| {
+        let loads: Vec<_> = ebpf
+            .programs_mut()
+            .map(|(name, program)| (name.to_owned(), scope.spawn(move || load(name, program))))
+            .collect();
+        loads
+            .into_iter()
+            .map(|(name, load)| {
+                load.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("loading program {name} panicked")))
+            })
+            .collect()
+    });
+    loaded.into_iter().collect::<Result<Vec<()>>>()?;
+    for (name, program) in ebpf.programs_mut() {
+        let Program::RawTracePoint(raw) = program else {
+            bail!("program {name} is not a raw tracepoint");
+        };
+        raw.attach(name)
+            .with_context(|| format!("attach raw tracepoint {}/{name}", category(name)))?;
+    }
+    Ok(())
+}
+
+/// Hands one program to the verifier.
+fn load(name: &str, program: &mut Program) -> Result<()> {
+    let started = std::time::Instant::now();
+    let Program::RawTracePoint(raw) = program else {
+        bail!("program {name} is not a raw tracepoint");
+    };
+    raw.load().map_err(|e| rejected(name, e))?;
+    report_load(name, started, raw.info().ok());
     Ok(())
 }
 

@@ -104,7 +104,8 @@ fn attach_ends_when_the_process_exits_and_reports_its_leaks() {
     let mut svc = service();
     let pid = svc.id();
     let killer = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(1500));
+        // Long enough for ten leaks after attaching, even on a loaded machine.
+        thread::sleep(Duration::from_millis(2500));
         svc.kill().unwrap();
         svc.wait().unwrap();
     });

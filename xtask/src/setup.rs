@@ -158,7 +158,7 @@ fn tracefs() -> Result<()> {
 /// A tool the end-to-end tests use to build and run fixtures (`cc`,
 /// `python3`) or trace as real programs (`make`, `go`...), installed with
 /// apt when missing and running as root.
-fn system_tool(tool: &str, apt_package: &str) -> Result<()> {
+pub fn system_tool(tool: &str, apt_package: &str) -> Result<()> {
     // Go says `go version`; everything else `--version`.
     let version = if tool == "go" { "version" } else { "--version" };
     if succeeds(command(tool).arg(version)) {

@@ -1,189 +1,69 @@
-//! `cargo xtask bench`: fdtrace against the same workloads run untraced.
-//!
-//! Traced and untraced runs alternate (so drift in the machine hits both
-//! alike); medians and traced/untraced ratios go to stdout as a table and
-//! to `target/bench.json`. Also measured: the highest paced event rate with
-//! no dropped event and no skipped stack, userspace peak RSS while 100,000
-//! descriptors are live, and the time from `fdtrace attach` to ready.
+//! How each figure is taken. Workloads run under `bench time`, which writes
+//! the command's own wall time to a file: fdtrace's start and end (load,
+//! attach, report) are measured once, by `startup`, not in every ratio.
+//! Every comparison alternates its sides run by run, so drift in the
+//! machine hits both alike, and reports medians.
 
 use std::{
     fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::{
-    process::{command, run, target_dir, workspace_root},
-    setup,
-};
+use super::workloads::Workload;
 
-const MODES: [&str; 4] = ["untraced", "none", "fp", "dwarf"];
-/// Paced rates tried, in events per second (an open/close pair is two).
-const RATES: [u64; 5] = [25_000, 50_000, 100_000, 200_000, 400_000];
-
-struct Workload {
-    name: &'static str,
-    about: &'static str,
-    command: Vec<String>,
+pub struct Paths {
+    pub fdtrace: PathBuf,
+    pub bench: PathBuf,
+    pub report: PathBuf,
+    pub elapsed: PathBuf,
 }
 
-struct Paths {
-    fdtrace: PathBuf,
-    bench: PathBuf,
-    report: PathBuf,
+/// How a workload is run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Untraced,
+    Fdtrace(&'static str),
+    /// The bpftrace script of issue #14: a `ustack` per live descriptor.
+    Bpftrace,
+    Valgrind,
 }
 
-pub fn bench(runs: usize) -> Result<()> {
-    if runs < 1 {
-        bail!("--runs must be at least 1");
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Fdtrace(stack) => stack,
+            Mode::Bpftrace => "bpftrace",
+            Mode::Valgrind => "valgrind",
+        }
     }
-    setup::run()?;
-    if !setup::is_root() {
-        bail!("the benchmark loads BPF programs: run it as root (sudo -E cargo xtask bench)");
-    }
-    println!("step: cargo build --release -p fdtrace");
-    run(
-        "cargo build",
-        command("cargo").args(["build", "--release", "--locked", "-p", "fdtrace"]),
-    )?;
-    let dir = target_dir().join("bench");
-    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let paths = Paths {
-        fdtrace: target_dir().join("release/fdtrace"),
-        bench: dir.join("bench"),
-        report: dir.join("report.json"),
-    };
-    let source = workspace_root().join("tests/fixtures/bench.c");
-    run(
-        "cc",
-        command("cc")
-            .args(["-O2", "-o"])
-            .arg(&paths.bench)
-            .arg(&source),
-    )?;
-    let bench = paths.bench.to_string_lossy().into_owned();
-    let tar_out = dir.join("tree.tar").to_string_lossy().into_owned();
-    let workloads = [
-        Workload {
-            name: "startup",
-            about: "/bin/true: fdtrace's fixed cost (load, attach, spawn, detach)",
-            command: vec!["/bin/true".into()],
-        },
-        Workload {
-            name: "openclose",
-            about: "C loop, 200,000 open/close pairs",
-            command: vec![bench.clone(), "openclose".into(), "200000".into()],
-        },
-        Workload {
-            name: "tcp",
-            about: "loopback TCP connect/accept/close x 20,000",
-            command: vec![bench.clone(), "tcp".into(), "20000".into()],
-        },
-        Workload {
-            name: "tar",
-            about: "tar of /usr/include + /usr/lib/python3.11 (~9,000 files)",
-            command: [
-                "tar",
-                "-cf",
-                &tar_out,
-                "-C",
-                "/usr",
-                "include",
-                "lib/python3.11",
-            ]
-            .map(String::from)
-            .to_vec(),
-        },
-        Workload {
-            name: "python",
-            about: "CPython 3.11 loop, 50,000 open/close pairs (Python frames walked)",
-            command: [
-                "/usr/bin/python3",
-                "-c",
-                "for _ in range(50000): open('/etc/hostname').close()",
-            ]
-            .map(String::from)
-            .to_vec(),
-        },
-    ];
-    let mut results = Vec::new();
-    println!();
-    println!(
-        "{:<10} {:>9} {:>15} {:>15} {:>15}  dropped",
-        "workload", "untraced", "none", "fp", "dwarf"
-    );
-    for w in &workloads {
-        let row = measure(w, runs, &paths)?;
-        let base = row.medians[0];
-        let cells: Vec<String> = row.medians[1..]
-            .iter()
-            .map(|m| format!("{:.3}s {:>5.2}x", m, m / base))
-            .collect();
-        println!(
-            "{:<10} {:>8.3}s {:>15} {:>15} {:>15}  {}",
-            w.name, base, cells[0], cells[1], cells[2], row.dropped
-        );
-        results.push(json!({
-            "workload": w.name,
-            "about": w.about,
-            "runs": runs,
-            "median_seconds": MODES.iter().zip(&row.medians).map(|(m, s)| (m.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
-            "ratio": MODES[1..].iter().zip(&row.medians[1..]).map(|(m, s)| (m.to_string(), json!(s / base))).collect::<serde_json::Map<_, _>>(),
-            "dropped_events": row.dropped,
-            "skipped_stacks": row.skipped,
-        }));
-    }
-    let rates = rate_sweep(&paths)?;
-    let best = rates
-        .iter()
-        .filter(|r| r.1 == 0 && r.2 == 0)
-        .map(|r| r.0)
-        .max();
-    println!();
-    for (rate, dropped, skipped) in &rates {
-        println!("paced {rate:>7} events/s (dwarf): dropped {dropped}, stacks skipped {skipped}");
-    }
-    let rss = peak_rss(&paths)?;
-    println!(
-        "peak RSS with 100,000 live fds (dwarf): {:.1} MB",
-        rss as f64 / 1024.0
-    );
-    let ready = attach_ready(&paths, runs)?;
-    println!(
-        "attach to ready (median of {runs}): {:.0} ms",
-        ready.as_secs_f64() * 1000.0
-    );
-    let out = json!({
-        "workloads": results,
-        "rates": rates.iter().map(|(r, d, s)| json!({"events_per_second": r, "dropped_events": d, "skipped_stacks": s})).collect::<Vec<_>>(),
-        "max_rate_without_loss": best,
-        "peak_rss_kb_100k_fds": rss,
-        "attach_ready_ms": ready.as_secs_f64() * 1000.0,
-    });
-    let path = target_dir().join("bench.json");
-    fs::write(&path, serde_json::to_string_pretty(&out)?)
-        .with_context(|| format!("write {}", path.display()))?;
-    println!("\nwrote {}", path.display());
-    Ok(())
 }
 
-struct Row {
-    medians: Vec<f64>,
-    dropped: u64,
-    skipped: u64,
+/// The peer script: what a bcc/bpftrace user writes for fd leaks. Keyed by
+/// pid and fd, filtered on the workload's command name.
+const BPFTRACE_SCRIPT: &str = "tracepoint:syscalls:sys_exit_openat /comm == \"bench\" && args->ret >= 0/ { @live[pid, args->ret] = ustack; } \
+     tracepoint:syscalls:sys_enter_close /comm == \"bench\"/ { delete(@live[pid, args->fd]); } \
+     END { clear(@live); }";
+
+pub struct Row {
+    pub medians: Vec<f64>,
+    pub dropped: u64,
+    pub skipped: u64,
 }
 
-fn measure(w: &Workload, runs: usize, paths: &Paths) -> Result<Row> {
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+pub fn workload(w: &Workload, modes: &[Mode], runs: usize, paths: &Paths) -> Result<Row> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let (mut dropped, mut skipped) = (0, 0);
     for _ in 0..runs {
-        for (i, mode) in MODES.iter().enumerate() {
-            let (seconds, report) = timed(w, mode, paths)?;
+        for (i, mode) in modes.iter().enumerate() {
+            let (seconds, report) = timed(&w.command, *mode, paths)
+                .with_context(|| format!("{} ({})", w.name, mode.label()))?;
             times[i].push(seconds);
             if let Some(r) = report {
                 dropped += r["dropped_events"].as_u64().unwrap_or(0);
@@ -198,84 +78,179 @@ fn measure(w: &Workload, runs: usize, paths: &Paths) -> Result<Row> {
     })
 }
 
-/// Wall time of one run, and fdtrace's report when traced.
-fn timed(w: &Workload, mode: &str, paths: &Paths) -> Result<(f64, Option<Value>)> {
-    let mut cmd = traced(mode, &w.command, paths);
-    let started = Instant::now();
+/// The command's own time under `mode`, and fdtrace's report if traced.
+fn timed(command: &[String], mode: Mode, paths: &Paths) -> Result<(f64, Option<Value>)> {
+    let _ = fs::remove_file(&paths.elapsed);
+    let mut inner = vec![
+        paths.bench.to_string_lossy().into_owned(),
+        "time".into(),
+        paths.elapsed.to_string_lossy().into_owned(),
+    ];
+    let mut cmd = match mode {
+        Mode::Untraced => plain(&inner, command),
+        Mode::Fdtrace(stack) => {
+            let mut cmd = Command::new(&paths.fdtrace);
+            cmd.args(["run", "--stack", stack, "--format", "json", "-o"])
+                .arg(&paths.report)
+                .arg("--")
+                .args(&inner)
+                .args(command);
+            cmd
+        }
+        Mode::Bpftrace => {
+            inner.extend(command.iter().cloned());
+            let mut cmd = Command::new("bpftrace");
+            cmd.args(["-e", BPFTRACE_SCRIPT, "-c", &inner.join(" ")]);
+            cmd
+        }
+        Mode::Valgrind => {
+            inner.extend(["valgrind", "-q", "--track-fds=yes"].map(String::from));
+            plain(&inner, command)
+        }
+    };
     let status = cmd
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .with_context(|| format!("run {}", w.name))?;
-    let seconds = started.elapsed().as_secs_f64();
+        .context("start")?;
     if !status.success() {
-        bail!("{} ({mode}) failed: {status}", w.name);
+        bail!("failed: {status}");
     }
-    let report = (mode != "untraced")
+    let seconds = read_seconds(&paths.elapsed)?;
+    let report = matches!(mode, Mode::Fdtrace(_))
         .then(|| read_report(&paths.report))
         .transpose()?;
     Ok((seconds, report))
 }
 
-fn traced(mode: &str, workload: &[String], paths: &Paths) -> Command {
-    if mode == "untraced" {
-        let mut cmd = Command::new(&workload[0]);
-        cmd.args(&workload[1..]);
-        return cmd;
-    }
-    let mut cmd = Command::new(&paths.fdtrace);
-    cmd.args(["run", "--stack", mode, "--format", "json", "-o"])
-        .arg(&paths.report)
-        .arg("--")
-        .args(workload);
+fn plain(prefix: &[String], command: &[String]) -> Command {
+    let mut cmd = Command::new(&prefix[0]);
+    cmd.args(&prefix[1..]).args(command);
     cmd
 }
 
-fn read_report(path: &Path) -> Result<Value> {
+fn read_seconds(path: &Path) -> Result<f64> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("parse {}", path.display()))
+}
+
+pub fn read_report(path: &Path) -> Result<Value> {
     let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-/// (rate, dropped events, skipped stacks) for 2 s of paced open/close.
-fn rate_sweep(paths: &Paths) -> Result<Vec<(u64, u64, u64)>> {
-    let mut rows = Vec::new();
-    for rate in RATES {
-        let workload = [
-            paths.bench.to_string_lossy().into_owned(),
-            "rate".into(),
-            rate.to_string(),
-            "2".into(),
-        ];
-        let status = traced("dwarf", &workload, paths)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("paced run at {rate}/s failed: {status}");
-        }
-        let r = read_report(&paths.report)?;
-        rows.push((
-            rate,
-            r["dropped_events"].as_u64().unwrap_or(0),
-            r["skipped_stacks"].as_u64().unwrap_or(0),
-        ));
+/// fdtrace's fixed cost: wall time of `fdtrace run -- /bin/true` minus that
+/// of `/bin/true`, medians, in seconds.
+pub fn startup(runs: usize, paths: &Paths) -> Result<(f64, f64)> {
+    let (mut plain_runs, mut traced_runs) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(5) {
+        let started = Instant::now();
+        quiet(Command::new("/bin/true"))?;
+        plain_runs.push(started.elapsed().as_secs_f64());
+        let mut cmd = Command::new(&paths.fdtrace);
+        cmd.args(["run", "--format", "json", "-o"])
+            .arg(&paths.report)
+            .args(["--", "/bin/true"]);
+        let started = Instant::now();
+        quiet(cmd)?;
+        traced_runs.push(started.elapsed().as_secs_f64());
     }
-    Ok(rows)
+    Ok((median(&mut plain_runs), median(&mut traced_runs)))
+}
+
+fn quiet(mut cmd: Command) -> Result<()> {
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("start")?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The tax on processes fdtrace does not trace: `command` alone, then while
+/// fdtrace (dwarf) is attached to an unrelated sleeping process; medians of
+/// each, in seconds.
+pub fn untraced_tax(command: &[String], runs: usize, paths: &Paths) -> Result<(f64, f64)> {
+    let mut sleeper = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .context("start sleep")?;
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let result = (|| -> Result<()> {
+        for _ in 0..runs {
+            alone.push(timed(command, Mode::Untraced, paths)?.0);
+            let tracer = attach(paths, sleeper.id())?;
+            let measured = timed(command, Mode::Untraced, paths);
+            stop(tracer)?;
+            beside.push(measured?.0);
+        }
+        Ok(())
+    })();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    result?;
+    Ok((median(&mut alone), median(&mut beside)))
+}
+
+/// `fdtrace attach -p PID`, returned once it says it is attached.
+fn attach(paths: &Paths, pid: u32) -> Result<Child> {
+    let mut child = Command::new(&paths.fdtrace)
+        .args(["attach", "-p", &pid.to_string(), "-o"])
+        .arg(&paths.report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start fdtrace attach")?;
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().context("stderr")?).read_line(&mut line)?;
+    if !line.contains("attached") {
+        bail!("fdtrace attach did not report ready: {line}");
+    }
+    Ok(child)
+}
+
+/// Ends an `attach` the way a user does (Ctrl-C) and waits for its report.
+fn stop(mut tracer: Child) -> Result<()> {
+    let pid = libc::pid_t::try_from(tracer.id())?;
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = tracer.wait()?;
+    if !status.success() {
+        bail!("fdtrace attach ended with {status}");
+    }
+    Ok(())
+}
+
+/// (dropped events, skipped stacks, kept in kernel) of one dwarf run.
+pub fn losses(command: &[String], paths: &Paths) -> Result<(u64, u64, u64)> {
+    let (_, report) = timed(command, Mode::Fdtrace("dwarf"), paths)?;
+    let r = report.context("no report")?;
+    Ok((
+        r["dropped_events"].as_u64().unwrap_or(0),
+        r["skipped_stacks"].as_u64().unwrap_or(0),
+        r["kept_in_kernel"].as_u64().unwrap_or(0),
+    ))
 }
 
 /// fdtrace's peak RSS (KiB, from wait4) while the fixture holds 100,000 fds.
-fn peak_rss(paths: &Paths) -> Result<u64> {
-    let workload = [
-        paths.bench.to_string_lossy().into_owned(),
-        "hold".into(),
-        "100000".into(),
-    ];
-    let child = traced("dwarf", &workload, paths)
+pub fn peak_rss(paths: &Paths) -> Result<u64> {
+    let child = Command::new(&paths.fdtrace)
+        .args(["run", "--format", "json", "-o"])
+        .arg(&paths.report)
+        .arg("--")
+        .arg(&paths.bench)
+        .args(["hold", "100000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -291,7 +266,7 @@ fn peak_rss(paths: &Paths) -> Result<u64> {
 }
 
 /// Median time from starting `fdtrace attach` to its "attached" line.
-fn attach_ready(paths: &Paths, runs: usize) -> Result<Duration> {
+pub fn attach_ready(paths: &Paths, runs: usize) -> Result<Duration> {
     let mut target = Command::new("sleep")
         .arg("60")
         .spawn()
@@ -299,26 +274,9 @@ fn attach_ready(paths: &Paths, runs: usize) -> Result<Duration> {
     let mut times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let mut fdtrace = Command::new(&paths.fdtrace)
-            .args([
-                "attach",
-                "--duration",
-                "1s",
-                "-p",
-                &target.id().to_string(),
-                "-o",
-            ])
-            .arg(&paths.report)
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(fdtrace.stderr.take().context("stderr")?).read_line(&mut line)?;
-        let elapsed = started.elapsed();
-        fdtrace.wait()?;
-        if !line.contains("attached") {
-            bail!("attach did not report ready: {line}");
-        }
-        times.push(elapsed.as_secs_f64());
+        let tracer = attach(paths, target.id())?;
+        times.push(started.elapsed().as_secs_f64());
+        stop(tracer)?;
     }
     target.kill()?;
     target.wait()?;

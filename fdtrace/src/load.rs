@@ -175,17 +175,26 @@ impl Probes {
             );
         }
         raise_memlock_limit();
-        let btf = Btf::kernel()?;
-        let task_pid = btf.member_offset("task_struct", "pid")?;
-        let task_tgid = btf.member_offset("task_struct", "tgid")?;
-        let bprm_filename = btf.member_offset("linux_binprm", "filename")?;
-        let fsbase = btf.member_offset("task_struct", "thread")?
-            + btf.member_offset("thread_struct", "fsbase")?;
-        let kernel_offsets = kernel_offsets(&btf)?;
+        // aya's loader parses the kernel's BTF too: both parses at once.
+        let (offsets, mut loader) = std::thread::scope(|scope| {
+            let offsets = scope.spawn(Offsets::read);
+            let loader = EbpfLoader::new();
+            let offsets = offsets
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the kernel's BTF panicked")));
+            (offsets, loader)
+        });
+        let Offsets {
+            task_pid,
+            task_tgid,
+            bprm_filename,
+            fsbase,
+            kernel_offsets,
+        } = offsets?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, e)| anyhow::anyhow!("read {path}: {e}"))
             .and_then(|n| Ok(u32::try_from(n)?))?;
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .override_global(STACK_MODE_GLOBAL, &(options.stack_mode as u32), true)
             .override_global(STACK_BYTES_GLOBAL, &options.stack_bytes, true)
             .override_global(TASK_PID_OFFSET_GLOBAL, &task_pid, true)
@@ -322,6 +331,30 @@ impl Probes {
 }
 
 const _: () = assert!(COUNTER_SLOTS == 6);
+
+/// Every struct member offset the kernel programs are given, from this
+/// kernel's BTF.
+struct Offsets {
+    task_pid: u32,
+    task_tgid: u32,
+    bprm_filename: u32,
+    fsbase: u32,
+    kernel_offsets: [u32; KERNEL_OFFSET_COUNT],
+}
+
+impl Offsets {
+    fn read() -> Result<Offsets> {
+        let btf = Btf::kernel()?;
+        Ok(Offsets {
+            task_pid: btf.member_offset("task_struct", "pid")?,
+            task_tgid: btf.member_offset("task_struct", "tgid")?,
+            bprm_filename: btf.member_offset("linux_binprm", "filename")?,
+            fsbase: btf.member_offset("task_struct", "thread")?
+                + btf.member_offset("thread_struct", "fsbase")?,
+            kernel_offsets: kernel_offsets(&btf)?,
+        })
+    }
+}
 
 /// The struct member offsets the kernel side walks files, mounts, auxv and
 /// limits with, from this kernel's BTF: no layout is assumed.

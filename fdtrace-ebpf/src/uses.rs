@@ -87,27 +87,28 @@ pub fn exit(tgid: u32) {
 #[inline(always)]
 pub fn syscall(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64) -> Result<(), i64> {
     let (first, second) = fd_arguments(nr);
-    if first.is_none() {
+    if first == NO_ARG {
         return Ok(());
     }
     let args = &syscall_args(ctx)?.args;
+    let (first, second) = (argument(args, first), argument(args, second));
     // Most calls name no inheritable descriptor (AT_FDCWD, a new fd above
     // the range): no map lookup for them.
-    let in_range = |i: Option<usize>| i.is_some_and(|i| argument(args, i) < INHERITED_FDS as u64);
-    if !in_range(first) && !in_range(second) {
+    if first >= INHERITED_FDS as u64 && second >= INHERITED_FDS as u64 {
         return Ok(());
     }
     let Some(bits) = INHERITED.get_ptr_mut(tgid) else {
         return Ok(());
     };
-    if let Some(i) = first {
-        check(bits, tgid, tid, argument(args, i));
-    }
-    if let Some(i) = second {
-        check(bits, tgid, tid, argument(args, i));
-    }
+    check(bits, tgid, tid, first);
+    check(bits, tgid, tid, second);
     Ok(())
 }
+
+/// No argument: [`argument`] gives a value past every descriptor. Plain
+/// indexes, not `Option`s: a `None`'s payload is uninitialised stack,
+/// which verifiers before 6.x refuse to let a program read.
+const NO_ARG: usize = 6;
 
 #[inline(always)]
 fn argument(args: &[u64; 6], i: usize) -> u64 {
@@ -147,43 +148,43 @@ fn check(bits: *mut Bitmap, tgid: u32, tid: u32, fd: u64) {
 /// poll/select name theirs in user memory and are left out: a program that
 /// waits on a descriptor goes on to read or write it.
 #[inline(always)]
-fn fd_arguments(nr: u64) -> (Option<usize>, Option<usize>) {
+fn fd_arguments(nr: u64) -> (usize, usize) {
     match nr {
         // read write fstat lseek ioctl pread64 pwrite64 readv writev.
         // Not close: userspace sees it anyway, and a forked child closing
         // what it does not need (before an exec) says nothing of its parent.
-        0 | 1 | 5 | 8 | 16 | 17 | 18 | 19 | 20 => (Some(0), None),
+        0 | 1 | 5 | 8 | 16 | 17 | 18 | 19 | 20 => (0, NO_ARG),
         // mmap's file
-        9 => (Some(4), None),
+        9 => (4, NO_ARG),
         // dup dup2 dup3: the source is handed on (dup2(fd, 0) before exec)
-        32 | 33 | 292 => (Some(0), None),
+        32 | 33 | 292 => (0, NO_ARG),
         // sendfile(out, in), tee(in, out)
-        40 | 276 => (Some(0), Some(1)),
+        40 | 276 => (0, 1),
         // connect accept sendto recvfrom sendmsg recvmsg shutdown bind
         // listen getsockname getpeername setsockopt getsockopt
-        42..=52 | 54 | 55 => (Some(0), None),
+        42..=52 | 54 | 55 => (0, NO_ARG),
         // fcntl flock fsync fdatasync ftruncate getdents fchdir fchmod fchown
-        72..=75 | 77 | 78 | 81 | 91 | 93 => (Some(0), None),
+        72..=75 | 77 | 78 | 81 | 91 | 93 => (0, NO_ARG),
         // fstatfs readahead f{set,get,list,remove}xattr getdents64 fadvise64
-        138 | 187 | 190 | 193 | 196 | 199 | 217 | 221 => (Some(0), None),
+        138 | 187 | 190 | 193 | 196 | 199 | 217 | 221 => (0, NO_ARG),
         // epoll_wait; epoll_ctl(epfd, op, fd)
-        232 => (Some(0), None),
-        233 => (Some(0), Some(2)),
+        232 => (0, NO_ARG),
+        233 => (0, 2),
         // inotify_add_watch inotify_rm_watch, the *at family's directory
-        254 | 255 | 257..=263 | 267..=269 | 280 => (Some(0), None),
+        254 | 255 | 257..=263 | 267..=269 | 280 => (0, NO_ARG),
         // renameat linkat renameat2 splice copy_file_range: two descriptors
-        264 | 265 | 275 | 316 | 326 => (Some(0), Some(2)),
+        264 | 265 | 275 | 316 | 326 => (0, 2),
         // symlinkat(target, newdirfd, linkpath)
-        266 => (Some(1), None),
+        266 => (1, NO_ARG),
         // sync_file_range vmsplice epoll_pwait signalfd fallocate
         // timerfd_settime timerfd_gettime accept4 signalfd4
-        277 | 278 | 281 | 282 | 285..=289 => (Some(0), None),
+        277 | 278 | 281 | 282 | 285..=289 => (0, NO_ARG),
         // preadv pwritev recvmmsg fanotify_mark name_to_handle_at
         // open_by_handle_at syncfs sendmmsg setns execveat
-        295 | 296 | 299 | 301 | 303 | 304 | 306..=308 | 322 => (Some(0), None),
+        295 | 296 | 299 | 301 | 303 | 304 | 306..=308 | 322 => (0, NO_ARG),
         // preadv2 pwritev2 statx pidfd_send_signal io_uring_enter openat2
         // pidfd_getfd faccessat2 epoll_pwait2
-        327 | 328 | 332 | 424 | 426 | 437..=439 | 441 => (Some(0), None),
-        _ => (None, None),
+        327 | 328 | 332 | 424 | 426 | 437..=439 | 441 => (0, NO_ARG),
+        _ => (NO_ARG, NO_ARG),
     }
 }

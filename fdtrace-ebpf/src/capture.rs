@@ -135,9 +135,11 @@ const MAX_SAMPLE: usize = (MAX_STACK_BYTES / PAGE as usize + 1) * PAGE as usize;
 const _: () = assert!(MAX_FP_FRAMES * 8 <= MAX_SAMPLE);
 
 /// One record under construction per CPU (userspace sizes the map to the
-/// possible CPUs). Only `sys_exit` uses it, and a program does not run
-/// twice at once on one CPU (the kernel skips a nested run of the same
-/// program; `output` also checks that the record is still this thread's).
+/// possible CPUs). Only `sys_exit` uses it, and it does not run twice at
+/// once on one CPU: newer kernels skip a nested run of the same program,
+/// and older ones run raw tracepoint programs without preemption on the
+/// kernels distributions ship. A fully preemptible kernel could still
+/// interleave two threads, so `output` checks the record is this thread's.
 #[map]
 static SCRATCH: Array<[u8; RECORD_MAX]> = Array::with_max_entries(1, 0);
 

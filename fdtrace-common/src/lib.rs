@@ -102,6 +102,10 @@ pub enum EventKind {
     /// A [`KeptRecord`]: a creation the kernel kept, handed over just
     /// before the close that makes it a finding.
     Kept = 9,
+    /// A call that takes descriptors failed with EBADF: `syscall` is the
+    /// x86_64 syscall number (not a [`Syscall`]), `args` its arguments,
+    /// with a stack sample. [`fd_arguments`] says which are descriptors.
+    BadFd = 10,
 }
 
 /// How stacks are captured; the value of [`STACK_MODE_GLOBAL`].
@@ -156,6 +160,164 @@ pub const FLAG_PY_GC: u32 = 32;
 /// Flag: the stack sample starts at sp itself, not at the page holding it
 /// (a main thread's stack, copied exactly up to `mm->start_stack`).
 pub const FLAG_STACK_FROM_SP: u32 = 64;
+/// Flag: the stack sample follows the first [`SHORT_HEADER`] bytes, not
+/// the whole header (a close's compact close-site sample).
+pub const FLAG_SAMPLE_AFTER_SHORT: u32 = 128;
+
+/// Bytes of user stack from sp kept with each close (`dwarf` mode): enough
+/// to unwind through libc's `close` into the function that called it and
+/// usually a few callers more, at a fraction of a creation's sample.
+pub const CLOSE_STACK_BYTES: u32 = 1024;
+
+/// "No such argument" in [`fd_arguments`]' result.
+pub const NO_ARG: usize = 6;
+
+/// Which arguments of x86_64 syscall `nr` are descriptors the call reads,
+/// writes, waits on or passes on (arch/x86/entry/syscalls/syscall_64.tbl),
+/// [`NO_ARG`] for none. poll/select name theirs in user memory and are
+/// left out. Not close: its descriptor is the one it ends.
+#[inline(always)]
+pub const fn fd_arguments(nr: u64) -> (usize, usize) {
+    match nr {
+        // read write fstat lseek ioctl pread64 pwrite64 readv writev.
+        0 | 1 | 5 | 8 | 16 | 17 | 18 | 19 | 20 => (0, NO_ARG),
+        // mmap's file
+        9 => (4, NO_ARG),
+        // dup dup2 dup3: the source
+        32 | 33 | 292 => (0, NO_ARG),
+        // sendfile(out, in), tee(in, out)
+        40 | 276 => (0, 1),
+        // connect accept sendto recvfrom sendmsg recvmsg shutdown bind
+        // listen getsockname getpeername setsockopt getsockopt
+        42..=52 | 54 | 55 => (0, NO_ARG),
+        // fcntl flock fsync fdatasync ftruncate getdents fchdir fchmod fchown
+        72..=75 | 77 | 78 | 81 | 91 | 93 => (0, NO_ARG),
+        // fstatfs readahead f{set,get,list,remove}xattr getdents64 fadvise64
+        138 | 187 | 190 | 193 | 196 | 199 | 217 | 221 => (0, NO_ARG),
+        // epoll_wait; epoll_ctl(epfd, op, fd)
+        232 => (0, NO_ARG),
+        233 => (0, 2),
+        // inotify_add_watch inotify_rm_watch, the *at family's directory
+        254 | 255 | 257..=263 | 267..=269 | 280 => (0, NO_ARG),
+        // renameat linkat renameat2 splice copy_file_range: two descriptors
+        264 | 265 | 275 | 316 | 326 => (0, 2),
+        // symlinkat(target, newdirfd, linkpath)
+        266 => (1, NO_ARG),
+        // sync_file_range vmsplice epoll_pwait signalfd fallocate
+        // timerfd_settime timerfd_gettime accept4 signalfd4
+        277 | 278 | 281 | 282 | 285..=289 => (0, NO_ARG),
+        // preadv pwritev recvmmsg fanotify_mark name_to_handle_at
+        // open_by_handle_at syncfs sendmmsg setns execveat
+        295 | 296 | 299 | 301 | 303 | 304 | 306..=308 | 322 => (0, NO_ARG),
+        // preadv2 pwritev2 statx pidfd_send_signal io_uring_enter openat2
+        // pidfd_getfd faccessat2 epoll_pwait2
+        327 | 328 | 332 | 424 | 426 | 437..=439 | 441 => (0, NO_ARG),
+        _ => (NO_ARG, NO_ARG),
+    }
+}
+
+/// The name of x86_64 syscall `nr`, for the calls [`fd_arguments`] and
+/// close cover.
+pub fn fd_syscall_name(nr: u64) -> Option<&'static str> {
+    Some(match nr {
+        0 => "read",
+        1 => "write",
+        3 => "close",
+        5 => "fstat",
+        8 => "lseek",
+        9 => "mmap",
+        16 => "ioctl",
+        17 => "pread64",
+        18 => "pwrite64",
+        19 => "readv",
+        20 => "writev",
+        32 => "dup",
+        33 => "dup2",
+        40 => "sendfile",
+        42 => "connect",
+        43 => "accept",
+        44 => "sendto",
+        45 => "recvfrom",
+        46 => "sendmsg",
+        47 => "recvmsg",
+        48 => "shutdown",
+        49 => "bind",
+        50 => "listen",
+        51 => "getsockname",
+        52 => "getpeername",
+        54 => "setsockopt",
+        55 => "getsockopt",
+        72 => "fcntl",
+        73 => "flock",
+        74 => "fsync",
+        75 => "fdatasync",
+        77 => "ftruncate",
+        78 => "getdents",
+        81 => "fchdir",
+        91 => "fchmod",
+        93 => "fchown",
+        138 => "fstatfs",
+        187 => "readahead",
+        190 => "fsetxattr",
+        193 => "fgetxattr",
+        196 => "flistxattr",
+        199 => "fremovexattr",
+        217 => "getdents64",
+        221 => "fadvise64",
+        232 => "epoll_wait",
+        233 => "epoll_ctl",
+        254 => "inotify_add_watch",
+        255 => "inotify_rm_watch",
+        257 => "openat",
+        258 => "mkdirat",
+        259 => "mknodat",
+        260 => "fchownat",
+        261 => "futimesat",
+        262 => "newfstatat",
+        263 => "unlinkat",
+        264 => "renameat",
+        265 => "linkat",
+        266 => "symlinkat",
+        267 => "readlinkat",
+        268 => "fchmodat",
+        269 => "faccessat",
+        275 => "splice",
+        276 => "tee",
+        277 => "sync_file_range",
+        278 => "vmsplice",
+        280 => "utimensat",
+        281 => "epoll_pwait",
+        282 => "signalfd",
+        285 => "fallocate",
+        286 => "timerfd_settime",
+        287 => "timerfd_gettime",
+        288 => "accept4",
+        289 => "signalfd4",
+        292 => "dup3",
+        295 => "preadv",
+        296 => "pwritev",
+        299 => "recvmmsg",
+        301 => "fanotify_mark",
+        303 => "name_to_handle_at",
+        304 => "open_by_handle_at",
+        306 => "syncfs",
+        307 => "sendmmsg",
+        308 => "setns",
+        316 => "renameat2",
+        322 => "execveat",
+        326 => "copy_file_range",
+        327 => "preadv2",
+        328 => "pwritev2",
+        332 => "statx",
+        424 => "pidfd_send_signal",
+        426 => "io_uring_enter",
+        437 => "openat2",
+        438 => "pidfd_getfd",
+        439 => "faccessat2",
+        441 => "epoll_pwait2",
+        _ => return None,
+    })
+}
 
 /// Syscalls fdtrace follows. Values are ours, not kernel syscall numbers.
 #[repr(u32)]
@@ -305,7 +467,9 @@ impl Syscall {
 /// x86_64 syscall numbers of calls that are not [`Syscall`]s but that the
 /// kernel programs still watch.
 pub mod nr {
+    pub const CLOSE: u64 = 3;
     pub const MMAP: u64 = 9;
+    pub const FCNTL: u64 = 72;
 }
 
 impl Syscall {
@@ -424,6 +588,7 @@ impl TryFrom<u32> for EventKind {
             7 => Ok(EventKind::PyCode),
             8 => Ok(EventKind::Use),
             9 => Ok(EventKind::Kept),
+            10 => Ok(EventKind::BadFd),
             other => Err(other),
         }
     }

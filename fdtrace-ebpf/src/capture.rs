@@ -16,8 +16,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use fdtrace_common::{
-    Counter, EventHeader, EventKind, FLAG_FDS_TRUNCATED, FLAG_STACK_END, FLAG_STACK_FROM_SP,
-    FLAG_STOPPED, MAX_EVENT_FDS, MAX_FP_FRAMES, MAX_STACK_BYTES, SHORT_HEADER, StackMode, TEXT_LEN,
+    CLOSE_STACK_BYTES, Counter, EventHeader, EventKind, FLAG_FDS_TRUNCATED,
+    FLAG_SAMPLE_AFTER_SHORT, FLAG_STACK_END, FLAG_STACK_FROM_SP, FLAG_STOPPED, MAX_EVENT_FDS,
+    MAX_FP_FRAMES, MAX_STACK_BYTES, SHORT_HEADER, StackMode, TEXT_LEN,
 };
 
 use core::mem::offset_of;
@@ -159,6 +160,17 @@ pub fn scratch() -> Option<*mut u8> {
 /// `record` must come from [`scratch`] with an initialised header.
 #[inline(always)]
 pub unsafe fn output(record: *mut u8, tid: u32, flags: u64) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { output_after(record, tid, flags, HEADER) }
+}
+
+/// [`output`] for a record whose sample follows its first `header` bytes
+/// ([`HEADER`] or [`SHORT_HEADER`]).
+///
+/// # Safety
+/// As for [`output`].
+#[inline(always)]
+unsafe fn output_after(record: *mut u8, tid: u32, flags: u64, header_len: usize) -> bool {
     let header = record.cast::<EventHeader>();
     // SAFETY: guaranteed by the caller.
     let (owner, sample) = unsafe { ((*header).tid, (*header).stack_len as usize) };
@@ -166,7 +178,7 @@ pub unsafe fn output(record: *mut u8, tid: u32, flags: u64) -> bool {
         crate::dropped();
         return false;
     }
-    let len = HEADER + sample.min(MAX_SAMPLE);
+    let len = header_len + sample.min(MAX_SAMPLE);
     // SAFETY: `len` is at most the scratch record's size.
     let bytes = unsafe { core::slice::from_raw_parts(record, len) };
     if crate::EVENTS.output::<[u8]>(bytes, flags).is_err() {
@@ -469,4 +481,93 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8) -> u32 {
     copied as u32
 }
 
+/// Writes a close's record: the short header and a compact close-site
+/// sample after it (`fp`: the frame-pointer walk; `dwarf`: at most
+/// [`CLOSE_STACK_BYTES`] from sp, enough to unwind out of libc's `close`
+/// into its caller and a few frames on). Kept by userspace until the
+/// number is reused, so a later double close or use after close can say
+/// where it was closed.
+///
+/// # Safety
+/// `record` must come from [`scratch`] with an initialised header.
+#[inline(always)]
+pub unsafe fn close_site(ctx: &RawTracePointContext, record: *mut u8, tid: u32) -> bool {
+    let header = record.cast::<EventHeader>();
+    // SAFETY: plain read of a global set before load.
+    let mode = unsafe { core::ptr::read_volatile(&STACK_MODE) };
+    if mode != StackMode::None as u32 {
+        let reg = |offset| crate::user_reg(ctx, offset).unwrap_or(0);
+        let (ip, sp, bp) = (
+            reg(offset_of!(pt_regs, rip)),
+            reg(offset_of!(pt_regs, rsp)),
+            reg(offset_of!(pt_regs, rbp)),
+        );
+        // SAFETY: `header` is valid per the caller; the scratch record
+        // holds far more than SHORT_HEADER plus the largest close sample.
+        let sample = unsafe {
+            (*header).regs = [ip, sp, bp];
+            (*header).flags |= FLAG_SAMPLE_AFTER_SHORT;
+            record.add(SHORT_HEADER)
+        };
+        let got = if mode == StackMode::FramePointer as u32 {
+            // SAFETY: the destination holds MAX_FP_FRAMES u64 values.
+            let got = unsafe {
+                bpf_get_stack(
+                    ctx.as_ptr(),
+                    sample.cast(),
+                    (MAX_FP_FRAMES * 8) as u32,
+                    u64::from(BPF_F_USER_STACK),
+                )
+            };
+            if got > 0 { got as u32 } else { 0 }
+        } else {
+            // SAFETY: as above.
+            unsafe { close_window(header, sample, sp) }
+        };
+        // SAFETY: as above.
+        unsafe { (*header).stack_len = got };
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { output_after(record, tid, crate::wakeup(false), SHORT_HEADER) }
+}
+
+/// Up to [`CLOSE_STACK_BYTES`] of user stack from `sp` into `sample`: to
+/// where a main thread's stack began if that is nearer, else to the end
+/// of sp's page if the window runs off the stack's mapping.
+///
+/// # Safety
+/// `header` must be valid and `sample` hold [`CLOSE_STACK_BYTES`].
+#[inline(always)]
+unsafe fn close_window(header: *mut EventHeader, sample: *mut u8, sp: u64) -> u32 {
+    let top = crate::files::start_stack();
+    let mut len = u64::from(CLOSE_STACK_BYTES);
+    let mut end = false;
+    if sp < top && top - sp <= len {
+        len = top - sp;
+        end = true;
+    }
+    // SAFETY: `len` is at most CLOSE_STACK_BYTES; user memory is only read
+    // through the checked helper.
+    let mut ret = unsafe { read_user_raw(sample.cast(), len as u32, sp as *const _) };
+    if ret != 0 {
+        len = (PAGE - (sp & (PAGE - 1))).min(u64::from(CLOSE_STACK_BYTES));
+        end = true;
+        // SAFETY: as above.
+        ret = unsafe { read_user_raw(sample.cast(), len as u32, sp as *const _) };
+    }
+    if ret != 0 {
+        return 0;
+    }
+    // SAFETY: valid per the caller.
+    unsafe {
+        (*header).flags |= FLAG_STACK_FROM_SP;
+        if end {
+            (*header).flags |= FLAG_STACK_END;
+        }
+    }
+    len as u32
+}
+
+const _: () = assert!(SHORT_HEADER + CLOSE_STACK_BYTES as usize <= RECORD_MAX);
+const _: () = assert!(SHORT_HEADER + MAX_FP_FRAMES * 8 <= RECORD_MAX);
 const _: () = assert!(TEXT_LEN as u64 >= SOCKADDR_MAX);

@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FileUse, KernelOffset, MAX_EVENT_FDS, StackMode, Syscall, SyscallArgs, TRACED_SLOT_COUNT,
-    TRACED_SLOT_USED, nr,
+    FileUse, KernelOffset, MAX_EVENT_FDS, NO_ARG, StackMode, Syscall, SyscallArgs,
+    TRACED_SLOT_COUNT, TRACED_SLOT_USED, fd_arguments, nr,
 };
 
 #[map]
@@ -82,11 +82,14 @@ static TASK_FSBASE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static EMFILE_STOP: u32 = 0;
 
+const EBADF: i64 = 9;
 const EMFILE: i64 = 24;
 const ENFILE: i64 = 23;
 const EINPROGRESS: i64 = 115;
 const F_DUPFD: u64 = 0;
+const F_GETFD: u64 = 1;
 const F_SETFD: u64 = 2;
+const F_GETFL: u64 = 3;
 const FD_CLOEXEC: u64 = 1;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 const FIONCLEX: u64 = 0x5450;
@@ -275,7 +278,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
             if python != 0 {
                 deferred::hand_over(tgid, a[0]);
             }
-            emit_now(syscall, tgid, tid, &args, python)
+            close_now(ctx, tgid, tid, &args, python)
         }
         Syscall::ExitGroup => emit_now(syscall, tgid, tid, &args, 0),
         Syscall::Ioctl if a[1] == FIOCLEX || a[1] == FIONCLEX => {
@@ -344,6 +347,76 @@ fn emit_now(
     Ok(())
 }
 
+/// A close's record, with where it was called from (see
+/// [`capture::close_site`]): Python frames first, for a CPython process.
+#[inline(always)]
+fn close_now(
+    ctx: &RawTracePointContext,
+    tgid: u32,
+    tid: u32,
+    args: &SyscallArgs,
+    flags: u32,
+) -> Result<(), i64> {
+    // SAFETY: the helper takes no arguments and touches no memory.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain read of a global set before load.
+    if unsafe { read_volatile(&STACK_MODE) } != StackMode::None as u32 {
+        python::record(tgid, tid, ts_ns);
+    }
+    let Some(record) = capture::scratch() else {
+        crate::dropped();
+        return Ok(());
+    };
+    let header = record.cast::<EventHeader>();
+    // SAFETY: the scratch record is at least as large as the header.
+    unsafe {
+        capture::init_header(header, EventKind::Syscall, Syscall::Close as u32, tgid, tid);
+        (*header).ts_ns = ts_ns;
+        (*header).args = args.args;
+        (*header).flags = flags;
+        capture::close_site(ctx, record, tid);
+    }
+    Ok(())
+}
+
+/// A call given descriptors failed with EBADF: one of them is not open.
+/// Recorded with its stack; userspace tells a double close or a use after
+/// close (the number was closed before) from an invalid descriptor (it
+/// never was open) or a descriptor open in the wrong mode (no finding).
+/// `fcntl(fd, F_GETFD)` and `F_GETFL` are how programs ask whether a
+/// descriptor is open: their EBADF is an answer, not a misuse.
+#[inline(always)]
+fn bad_fd(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64, ret: i64) -> Result<(), i64> {
+    if nr != nr::CLOSE && fd_arguments(nr).0 == NO_ARG {
+        return Ok(());
+    }
+    let args = syscall_args(ctx)?;
+    if nr == nr::FCNTL && (args.args[1] == F_GETFD || args.args[1] == F_GETFL) {
+        return Ok(());
+    }
+    // SAFETY: the helper takes no arguments and touches no memory.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain read of a global set before load.
+    if unsafe { read_volatile(&STACK_MODE) } != StackMode::None as u32 {
+        python::record(tgid, tid, ts_ns);
+    }
+    let Some(record) = capture::scratch() else {
+        crate::dropped();
+        return Ok(());
+    };
+    let header = record.cast::<EventHeader>();
+    // SAFETY: the scratch record holds a header and the largest sample.
+    unsafe {
+        capture::init_header(header, EventKind::BadFd, nr as u32, tgid, tid);
+        (*header).ts_ns = ts_ns;
+        (*header).ret = ret;
+        (*header).args = args.args;
+        capture::stack(ctx, record);
+        capture::output(record, tid, wakeup(false));
+    }
+    Ok(())
+}
+
 /// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)`.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
@@ -362,6 +435,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // program at entry, no per-thread map entry.
     let nr = user_reg(ctx, offset_of!(pt_regs, orig_rax))?;
     let ret: i64 = ctx.arg(1);
+    if ret == -EBADF {
+        return bad_fd(ctx, tgid, tid, nr, ret);
+    }
     if nr == nr::MMAP {
         let args = syscall_args(ctx)?;
         // New code: its mapping, now that its address is known.

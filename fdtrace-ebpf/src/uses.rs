@@ -14,7 +14,9 @@ use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel as read_kernel_raw, macros::map, maps::HashMap,
     programs::RawTracePointContext,
 };
-use fdtrace_common::{Counter, EventKind, INHERITED_FDS, INHERITED_WORDS, KernelOffset};
+use fdtrace_common::{
+    Counter, EventKind, INHERITED_FDS, INHERITED_WORDS, KernelOffset, NO_ARG, fd_arguments,
+};
 
 use crate::{capture, files, lost, syscall_args, wakeup};
 
@@ -105,13 +107,12 @@ pub fn syscall(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64) -> Resu
     Ok(())
 }
 
-/// No argument: [`argument`] gives a value past every descriptor. Plain
-/// indexes, not `Option`s: a `None`'s payload is uninitialised stack,
-/// which verifiers before 6.x refuse to let a program read.
-const NO_ARG: usize = 6;
-
+/// Argument `i` of `args`; for [`NO_ARG`] (or an index no table uses) a
+/// value past every descriptor. Plain indexes, not `Option`s: a `None`'s
+/// payload is uninitialised stack, which verifiers before 6.x refuse to
+/// let a program read.
 #[inline(always)]
-fn argument(args: &[u64; 6], i: usize) -> u64 {
+pub fn argument(args: &[u64; 6], i: usize) -> u64 {
     match i {
         0 => args[0],
         1 => args[1],
@@ -141,50 +142,4 @@ fn check(bits: *mut Bitmap, tgid: u32, tid: u32, fd: u64) {
     // SAFETY: as above.
     unsafe { (*bits)[word] &= !mask };
     entry.submit(wakeup(false));
-}
-
-/// Which arguments of x86_64 syscall `nr` are descriptors the call reads,
-/// writes, waits on or passes on (arch/x86/entry/syscalls/syscall_64.tbl).
-/// poll/select name theirs in user memory and are left out: a program that
-/// waits on a descriptor goes on to read or write it.
-#[inline(always)]
-fn fd_arguments(nr: u64) -> (usize, usize) {
-    match nr {
-        // read write fstat lseek ioctl pread64 pwrite64 readv writev.
-        // Not close: userspace sees it anyway, and a forked child closing
-        // what it does not need (before an exec) says nothing of its parent.
-        0 | 1 | 5 | 8 | 16 | 17 | 18 | 19 | 20 => (0, NO_ARG),
-        // mmap's file
-        9 => (4, NO_ARG),
-        // dup dup2 dup3: the source is handed on (dup2(fd, 0) before exec)
-        32 | 33 | 292 => (0, NO_ARG),
-        // sendfile(out, in), tee(in, out)
-        40 | 276 => (0, 1),
-        // connect accept sendto recvfrom sendmsg recvmsg shutdown bind
-        // listen getsockname getpeername setsockopt getsockopt
-        42..=52 | 54 | 55 => (0, NO_ARG),
-        // fcntl flock fsync fdatasync ftruncate getdents fchdir fchmod fchown
-        72..=75 | 77 | 78 | 81 | 91 | 93 => (0, NO_ARG),
-        // fstatfs readahead f{set,get,list,remove}xattr getdents64 fadvise64
-        138 | 187 | 190 | 193 | 196 | 199 | 217 | 221 => (0, NO_ARG),
-        // epoll_wait; epoll_ctl(epfd, op, fd)
-        232 => (0, NO_ARG),
-        233 => (0, 2),
-        // inotify_add_watch inotify_rm_watch, the *at family's directory
-        254 | 255 | 257..=263 | 267..=269 | 280 => (0, NO_ARG),
-        // renameat linkat renameat2 splice copy_file_range: two descriptors
-        264 | 265 | 275 | 316 | 326 => (0, 2),
-        // symlinkat(target, newdirfd, linkpath)
-        266 => (1, NO_ARG),
-        // sync_file_range vmsplice epoll_pwait signalfd fallocate
-        // timerfd_settime timerfd_gettime accept4 signalfd4
-        277 | 278 | 281 | 282 | 285..=289 => (0, NO_ARG),
-        // preadv pwritev recvmmsg fanotify_mark name_to_handle_at
-        // open_by_handle_at syncfs sendmmsg setns execveat
-        295 | 296 | 299 | 301 | 303 | 304 | 306..=308 | 322 => (0, NO_ARG),
-        // preadv2 pwritev2 statx pidfd_send_signal io_uring_enter openat2
-        // pidfd_getfd faccessat2 epoll_pwait2
-        327 | 328 | 332 | 424 | 426 | 437..=439 | 441 => (0, NO_ARG),
-        _ => (NO_ARG, NO_ARG),
-    }
 }

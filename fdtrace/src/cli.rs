@@ -38,7 +38,7 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Exit with --leak-exit-code when the report has any of these findings
-    /// (after suppressions): leak, exec-leak, emfile, gc-closed;
+    /// (after suppressions): leak, exec-leak, emfile, gc-closed, misuse;
     /// comma-separated.
     #[arg(long, value_enum, value_name = "LIST", value_delimiter = ',')]
     pub fail_on: Vec<FailOn>,
@@ -127,6 +127,8 @@ pub enum FailOn {
     Emfile,
     /// A descriptor closed only by CPython's garbage collector.
     GcClosed,
+    /// A double close, a use after close or an invalid descriptor.
+    Misuse,
 }
 
 impl From<FailOn> for Finding {
@@ -136,6 +138,7 @@ impl From<FailOn> for Finding {
             FailOn::ExecLeak => Finding::ExecLeak,
             FailOn::Emfile => Finding::Emfile,
             FailOn::GcClosed => Finding::GcClosed,
+            FailOn::Misuse => Finding::Misuse,
         }
     }
 }

@@ -6,10 +6,11 @@ use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
     FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_PY_GC,
-    FLAG_PY_SHUTDOWN, FLAG_STACK_FROM_SP, FLAG_STOPPED, FileRecord, FileUse, KeptRecord,
-    MAX_EVENT_FDS, MAX_PY_SLOTS, PAGE_SIZE, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME,
-    PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot, PyStackRecord, SHORT_HEADER,
-    StackMode, Syscall, TEXT_LEN,
+    FLAG_PY_SHUTDOWN, FLAG_SAMPLE_AFTER_SHORT, FLAG_STACK_FROM_SP, FLAG_STOPPED, FileRecord,
+    FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS, NO_ARG, PAGE_SIZE, PY_TRUNCATED,
+    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord,
+    PyFrameSlot, PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN, fd_arguments,
+    fd_syscall_name, nr,
 };
 
 use crate::procfs::classify_link;
@@ -140,6 +141,17 @@ pub enum Action {
     Close {
         fd: Fd,
         by: Closer,
+        /// Where it was called from (a compact sample: see
+        /// `capture::close_site` in the kernel crate).
+        stack: Option<StackSample>,
+    },
+    /// A call given descriptors failed with EBADF: one of `fds` was not
+    /// open (or was open in a mode the call cannot use).
+    BadFd {
+        syscall: &'static str,
+        /// The descriptor arguments, in order (not `AT_FDCWD`).
+        fds: Vec<Fd>,
+        stack: Option<StackSample>,
     },
     /// `close_range(first, last, flags)`; with `cloexec_only` it only marks.
     CloseRange {
@@ -290,6 +302,9 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         return decode_kept(bytes);
     }
     let header_len = size_of::<EventHeader>();
+    if flags_of(bytes) & FLAG_SAMPLE_AFTER_SHORT != 0 {
+        return decode_short(bytes, stack_mode);
+    }
     if bytes.len() < header_len {
         return decode_short(bytes, stack_mode);
     }
@@ -303,8 +318,18 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     decode_header(&header, stack_bytes, stack_mode)
 }
 
+/// The `flags` of a record with an event header, 0 if it is too short.
+fn flags_of(bytes: &[u8]) -> u32 {
+    let at = std::mem::offset_of!(EventHeader, flags);
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
 /// A record cut after `stack_len` ([`SHORT_HEADER`] bytes): the rest of
-/// the header is zero, with no descriptors and no stack.
+/// the header is zero, with no descriptors. Its stack sample, if
+/// [`FLAG_SAMPLE_AFTER_SHORT`] says it has one, follows right there.
 fn decode_short(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     if bytes.len() < SHORT_HEADER {
         bail!(
@@ -317,9 +342,17 @@ fn decode_short(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     // SAFETY: `whole` is a whole header's bytes; EventHeader is plain
     // integers and arrays of integers, so any bit pattern is valid.
     let mut header: EventHeader = unsafe { std::ptr::read_unaligned(whole.as_ptr().cast()) };
-    header.stack_len = 0;
     header.fds = [-1; MAX_EVENT_FDS];
-    decode_header(&header, &[], stack_mode)
+    let sample: &[u8] = if header.flags & FLAG_SAMPLE_AFTER_SHORT != 0 {
+        let len = usize::try_from(header.stack_len)?;
+        bytes
+            .get(SHORT_HEADER..SHORT_HEADER + len)
+            .ok_or_else(|| anyhow!("record shorter than its stack sample"))?
+    } else {
+        header.stack_len = 0;
+        &[]
+    };
+    decode_header(&header, sample, stack_mode)
 }
 
 /// A [`KeptRecord`]: the creation the kernel kept, handed over before the
@@ -385,6 +418,7 @@ fn decode_header(header: &EventHeader, stack_bytes: &[u8], stack_mode: StackMode
         EventKind::PyStack | EventKind::PyCode => bail!("a Python record with an event header"),
         EventKind::Kept => bail!("a kept creation with an event header"),
         EventKind::File => bail!("a file record with an event header"),
+        EventKind::BadFd => bad_fd(&header, stack_bytes, stack_mode)?,
         EventKind::Syscall => {
             let syscall =
                 Syscall::try_from(header.syscall).map_err(|s| anyhow!("unknown syscall id {s}"))?;
@@ -397,6 +431,31 @@ fn decode_header(header: &EventHeader, stack_bytes: &[u8], stack_mode: StackMode
         tid: header.tid,
         stopped: header.flags & FLAG_STOPPED != 0,
         action,
+    })
+}
+
+/// `*at` calls' "the current directory" in place of a directory descriptor.
+const AT_FDCWD: Fd = -100;
+
+/// An EBADF failure of x86_64 syscall `header.syscall`.
+fn bad_fd(header: &EventHeader, stack: &[u8], mode: StackMode) -> Result<Action> {
+    let nr = u64::from(header.syscall);
+    let name = fd_syscall_name(nr).ok_or_else(|| anyhow!("EBADF of unknown syscall {nr}"))?;
+    let (first, second) = if nr == nr::CLOSE {
+        (0, NO_ARG)
+    } else {
+        fd_arguments(nr)
+    };
+    let fds = [first, second]
+        .into_iter()
+        .filter_map(|i| header.args.get(i).copied())
+        .map(fd_arg)
+        .filter(|&fd| fd != AT_FDCWD)
+        .collect();
+    Ok(Action::BadFd {
+        syscall: name,
+        fds,
+        stack: stack_sample(header, stack, mode),
     })
 }
 
@@ -754,6 +813,7 @@ fn syscall_action(
             } else {
                 Closer::Program
             },
+            stack: stack_sample(h, stack, mode),
         },
         Syscall::CloseRange => Action::CloseRange {
             first: u32::try_from(a[0] & 0xffff_ffff)?,
@@ -924,13 +984,100 @@ mod tests {
             short.action,
             Action::Close {
                 fd: 9,
-                by: Closer::GarbageCollector
+                by: Closer::GarbageCollector,
+                stack: None,
             }
         );
         assert_eq!((short.tgid, short.tid, short.ts_ns), (7, 8, 42));
         assert_eq!(short, decode(whole, StackMode::Dwarf).unwrap());
         let cut = decode(&whole[..SHORT_HEADER - 1], StackMode::Dwarf).unwrap_err();
         assert!(cut.to_string().contains("short record"), "{cut}");
+    }
+
+    /// `h`'s first SHORT_HEADER bytes followed by `sample`.
+    fn short_with(h: &EventHeader, sample: &[u8]) -> Vec<u8> {
+        // SAFETY: EventHeader is plain integers, read as its bytes.
+        let whole = unsafe {
+            std::slice::from_raw_parts((&raw const *h).cast::<u8>(), size_of::<EventHeader>())
+        };
+        [&whole[..SHORT_HEADER], sample].concat()
+    }
+
+    #[test]
+    fn a_close_carries_its_compact_sample_right_after_the_short_header() {
+        let mut h = kept_creation(Syscall::Close, [5, 0, 0, 0, 0, 0]).to_header(7, 3);
+        h.flags = FLAG_SAMPLE_AFTER_SHORT | FLAG_STACK_FROM_SP;
+        h.regs = [0x1000, 0x7ffc_0000_0010, 0];
+        h.stack_len = 24;
+        let sample: Vec<u8> = (0..24).collect();
+        let Action::Close { fd, stack, .. } = decode(&short_with(&h, &sample), StackMode::Dwarf)
+            .unwrap()
+            .action
+        else {
+            panic!()
+        };
+        assert_eq!(fd, 5);
+        assert_eq!(
+            stack,
+            Some(StackSample::Raw {
+                ip: 0x1000,
+                sp: 0x7ffc_0000_0010,
+                bp: 0,
+                bytes: sample.clone(),
+            })
+        );
+        // A sample longer than the record is refused, not read past.
+        let cut = decode(&short_with(&h, &sample[..10]), StackMode::Dwarf).unwrap_err();
+        assert!(cut.to_string().contains("stack sample"), "{cut}");
+        // In frame-pointer mode the sample is return addresses.
+        h.stack_len = 16;
+        let frames = [0x40_1000u64, 0x40_2000].map(u64::to_ne_bytes).concat();
+        let Action::Close { stack, .. } = decode(&short_with(&h, &frames), StackMode::FramePointer)
+            .unwrap()
+            .action
+        else {
+            panic!()
+        };
+        assert_eq!(
+            stack,
+            Some(StackSample::FramePointer(vec![0x40_1000, 0x40_2000]))
+        );
+    }
+
+    #[test]
+    fn an_ebadf_names_the_call_and_its_descriptor_arguments() {
+        let bad = |nr: u64, args: [u64; 6]| {
+            let mut h = kept_creation(Syscall::Close, args).to_header(7, 3);
+            h.kind = EventKind::BadFd as u32;
+            h.syscall = u32::try_from(nr).unwrap();
+            h.ret = -9;
+            decode_header(&h, &[], StackMode::None).unwrap().action
+        };
+        let minus = |n: i64| u64::from_ne_bytes(n.to_ne_bytes());
+        let expect = |syscall: &'static str, fds: Vec<Fd>| Action::BadFd {
+            syscall,
+            fds,
+            stack: None,
+        };
+        assert_eq!(bad(3, [minus(-1), 0, 0, 0, 0, 0]), expect("close", vec![-1]));
+        assert_eq!(bad(0, [4, 0x1000, 8, 0, 0, 0]), expect("read", vec![4]));
+        // dup2(old, new): only the source can be "not open".
+        assert_eq!(bad(33, [7, 1, 0, 0, 0, 0]), expect("dup2", vec![7]));
+        // epoll_ctl(epfd, op, fd): both.
+        assert_eq!(bad(233, [5, 1, 6, 0, 0, 0]), expect("epoll_ctl", vec![5, 6]));
+        // openat(AT_FDCWD, ...) names no descriptor.
+        assert_eq!(bad(257, [minus(-100), 0, 0, 0, 0, 0]), expect("openat", vec![]));
+        assert!(decode_header(
+            &{
+                let mut h = kept_creation(Syscall::Close, [0; 6]).to_header(7, 3);
+                h.kind = EventKind::BadFd as u32;
+                h.syscall = 9999;
+                h
+            },
+            &[],
+            StackMode::None
+        )
+        .is_err());
     }
 
     #[test]
@@ -946,7 +1093,11 @@ mod tests {
                 .unwrap()
                 .action
         };
-        let by = |by: Closer| Action::Close { fd: 3, by };
+        let by = |by: Closer| Action::Close {
+            fd: 3,
+            by,
+            stack: None,
+        };
         assert_eq!(close(0), by(Closer::Program));
         assert_eq!(close(FLAG_PY_SHUTDOWN), by(Closer::InterpreterShutdown));
         assert_eq!(close(FLAG_PY_GC), by(Closer::GarbageCollector));

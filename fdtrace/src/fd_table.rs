@@ -12,7 +12,10 @@
 
 use hashbrown::HashMap;
 
-use crate::events::{Action, Closer, Creation, Event, Fd, FdKind, Side, socket_family};
+use crate::{
+    events::{Action, Closer, Creation, Event, Fd, FdKind, Side, socket_family},
+    misuse::{self, ClosedFd, Misuse},
+};
 
 /// Opaque handle to a captured stack, owned by the caller's stack store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +106,10 @@ pub struct Process {
     /// until then); a fork starts with its parent's.
     pub cmdline: Vec<String>,
     pub fds: HashMap<Fd, OpenFd>,
+    /// Numbers this process closed (or inherited closed from its parent)
+    /// that nobody reopened since, with where: what a later EBADF on them
+    /// means. Never an open number.
+    pub closed: HashMap<Fd, ClosedFd>,
     /// Status passed to exit_group, if it got that far.
     pub exit_status: Option<i32>,
     pub exited_ns: Option<u64>,
@@ -255,6 +262,8 @@ pub struct FdTable {
     pub gc_closed: Vec<GcClosed>,
     pub exhaustions: Vec<Exhaustion>,
     pub fd_set_overflows: Vec<FdSetOverflow>,
+    /// Double closes, uses after close and invalid descriptors.
+    pub misuses: Vec<Misuse>,
     /// Order in which processes appeared, for stable reports.
     pub order: Vec<u32>,
     /// Last [`OpenFd::id`] handed out.
@@ -277,6 +286,7 @@ pub fn is_standard_stream(fd: Fd) -> bool {
 /// crossing is not judged.
 const WATCHED_FDS: Fd = 1024;
 
+const EBADF: i32 = 9;
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
 
@@ -377,7 +387,10 @@ impl FdTable {
                 used.held.extend(stack);
             }
             Action::Create(creation) => self.create(event, creation, stack, describe, &mut used),
-            Action::Close { fd, by } => self.close(event, *fd, *by, &mut used),
+            Action::Close { fd, by, .. } => self.close(event, *fd, *by, stack, &mut used),
+            Action::BadFd { syscall, fds, .. } => {
+                self.bad_fd(event, syscall, fds, stack, &mut used);
+            }
             Action::CloseRange {
                 first,
                 last,
@@ -395,6 +408,12 @@ impl FdTable {
                         let doomed: Vec<Fd> = p.fds.keys().copied().filter(in_range).collect();
                         for fd in doomed {
                             release(p.fds.remove(&fd), &mut used);
+                            let at = ClosedFd {
+                                tid: event.tid,
+                                ts_ns: event.ts_ns,
+                                stack: None,
+                            };
+                            forget_closed(p.closed.insert(fd, at), &mut used);
                         }
                     }
                 }
@@ -538,24 +557,43 @@ impl FdTable {
             // dup2/dup3 onto an open fd closes it first; any other creation
             // landing on a known fd means its close was not seen.
             release(p.fds.insert(fd, new), used);
+            forget_closed(p.closed.remove(&fd), used);
             used.held.extend(stack);
         }
         p.peak_fds = p.peak_fds.max(p.fds.len());
         self.last_id = id;
     }
 
-    /// `fd` was closed. By CPython's shutdown or garbage collector, a
-    /// descriptor the process opened itself (not in such cleanup) is a
-    /// finding: nothing the program ran let go of it.
-    fn close(&mut self, event: &Event, fd: Fd, by: Closer, used: &mut StackUse) {
+    /// `fd` was closed, at `site`. By CPython's shutdown or garbage
+    /// collector, a descriptor the process opened itself (not in such
+    /// cleanup) is a finding: nothing the program ran let go of it.
+    ///
+    /// Only the close of an open number is remembered as where it was
+    /// closed: a close of a number already closed fails (the kernel's
+    /// EBADF record that follows is the double close), and must not take
+    /// the place of the close that worked.
+    fn close(
+        &mut self,
+        event: &Event,
+        fd: Fd,
+        by: Closer,
+        site: Option<StackRef>,
+        used: &mut StackUse,
+    ) {
         let tgid = event.tgid;
-        let Some(f) = self
-            .processes
-            .get_mut(&tgid)
-            .and_then(|p| p.fds.remove(&fd))
-        else {
+        let Some(p) = self.processes.get_mut(&tgid) else {
             return;
         };
+        let Some(f) = p.fds.remove(&fd) else {
+            return;
+        };
+        let at = ClosedFd {
+            tid: event.tid,
+            ts_ns: event.ts_ns,
+            stack: site,
+        };
+        used.held.extend(site);
+        forget_closed(p.closed.insert(fd, at), used);
         let Origin::Created {
             tgid: creator,
             syscall,
@@ -586,6 +624,42 @@ impl FdTable {
             }),
             _ => used.released.extend(stack),
         }
+    }
+
+    /// A call given `fds` failed with EBADF at `stack`.
+    fn bad_fd(
+        &mut self,
+        event: &Event,
+        syscall: &'static str,
+        fds: &[Fd],
+        stack: Option<StackRef>,
+        used: &mut StackUse,
+    ) {
+        let Some(p) = self.processes.get(&event.tgid) else {
+            return;
+        };
+        let Some((kind, fd, closed)) = misuse::classify(
+            syscall,
+            fds,
+            |fd| p.fds.contains_key(&fd),
+            |fd| p.closed.get(&fd).copied(),
+        ) else {
+            return;
+        };
+        // The report holds both stacks for as long as it lives.
+        used.held.extend(stack);
+        used.held.extend(closed.and_then(|c| c.stack));
+        self.misuses.push(Misuse {
+            kind,
+            tgid: event.tgid,
+            tid: event.tid,
+            fd,
+            syscall,
+            errno: EBADF,
+            ts_ns: event.ts_ns,
+            stack,
+            closed,
+        });
     }
 
     /// The process used `fd`: if it crossed an exec, it was meant for this
@@ -631,6 +705,9 @@ impl FdTable {
         };
         // The copies hold the stacks too: each is released on its own.
         used.held.extend(p.fds.values().filter_map(stack_of));
+        // What the parent had closed is closed in the child too.
+        used.held.extend(p.closed.values().filter_map(|c| c.stack));
+        let closed = p.closed.clone();
         let mut id = self.last_id;
         let fds = p
             .fds
@@ -656,6 +733,7 @@ impl FdTable {
             exe: p.exe.clone(),
             cmdline: p.cmdline.clone(),
             fds,
+            closed,
             ..Default::default()
         };
         self.insert_process(copy);
@@ -690,6 +768,10 @@ impl FdTable {
                 f.crossed = Some(filename.to_owned());
             }
         }
+        // The new program never had what the old one closed.
+        for (_, c) in p.closed.drain() {
+            used.released.extend(c.stack);
+        }
         p.exe = filename.to_owned();
         p.comm = base_name(filename);
         p.cmdline.clear();
@@ -706,6 +788,9 @@ impl FdTable {
             p.exited_ns = Some(ts_ns);
         }
         p.preexisting_at_end = p.preexisting_by_kind();
+        for (_, c) in p.closed.drain() {
+            used.released.extend(c.stack);
+        }
         let mut fds: Vec<(Fd, OpenFd)> = p.fds.drain().collect();
         fds.sort_unstable_by_key(|(fd, _)| *fd);
         for (fd, f) in fds {
@@ -800,6 +885,11 @@ fn stack_of(f: &OpenFd) -> Option<StackRef> {
         Origin::Created { stack, .. } => stack,
         Origin::Inherited => None,
     }
+}
+
+/// An earlier close of a number that was reopened, or closed again.
+fn forget_closed(closed: Option<ClosedFd>, used: &mut StackUse) {
+    used.released.extend(closed.and_then(|c| c.stack));
 }
 
 fn release(closed: Option<OpenFd>, used: &mut StackUse) {

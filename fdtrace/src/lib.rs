@@ -10,6 +10,7 @@ pub mod cli;
 pub mod events;
 pub mod fd_table;
 pub mod load;
+pub mod misuse;
 pub mod output;
 pub mod procfs;
 pub mod python;

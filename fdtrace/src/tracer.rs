@@ -283,7 +283,10 @@ impl Tracer {
         }
         let sample = match &mut event.action {
             Action::Create(c) => c.stack.take(),
-            Action::Exhausted { stack, .. } | Action::FdSetOverflow { stack, .. } => stack.take(),
+            Action::Exhausted { stack, .. }
+            | Action::FdSetOverflow { stack, .. }
+            | Action::Close { stack, .. }
+            | Action::BadFd { stack, .. } => stack.take(),
             _ => None,
         };
         let stack = sample.map(|s| {
@@ -295,9 +298,14 @@ impl Tracer {
         });
         // What the kernel kept for this process must be in the table
         // before its fork (the child's copy), exec, close_range or exit.
+        // And before an EBADF is judged: a kept creation is an open number.
         if matches!(
             event.action,
-            Action::Fork { .. } | Action::Exec { .. } | Action::Exit | Action::CloseRange { .. }
+            Action::Fork { .. }
+                | Action::Exec { .. }
+                | Action::Exit
+                | Action::CloseRange { .. }
+                | Action::BadFd { .. }
         ) {
             self.claim_deferred(Some(tgid), event.ts_ns);
         }
@@ -505,6 +513,10 @@ impl Tracer {
             refs.extend(e.holders.iter().filter_map(|h| h.stack));
         }
         refs.extend(t.fd_set_overflows.iter().filter_map(|o| o.stack));
+        for m in &t.misuses {
+            refs.extend(m.stack);
+            refs.extend(m.closed.and_then(|c| c.stack));
+        }
         let mut ids = HashMap::new();
         for r in refs {
             if let Some(id) = self.stacks.resolve(r) {

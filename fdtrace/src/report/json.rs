@@ -12,7 +12,7 @@ pub fn render(report: &Report, out: &mut impl Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Group, LeakEntry, VERSION};
+    use crate::report::{Group, LeakEntry, VERSION, misuse::MisuseEntry};
 
     #[test]
     fn has_the_documented_fields() {
@@ -20,6 +20,20 @@ mod tests {
             version: VERSION,
             mode: "run",
             fd_set_overflows: vec![],
+            fd_misuse: vec![MisuseEntry {
+                kind: "double-close",
+                pid: 1,
+                tid: 2,
+                fd: 3,
+                syscall: "close",
+                errno: 9,
+                count: 2,
+                stack_id: Some(0),
+                closed_stack_id: Some(0),
+                closed_tid: Some(1),
+                closed_ms_before: Some(4),
+            }],
+            misuse_withheld: 0,
             intervals: vec![],
             command: vec!["./a".into()],
             exit_status: Some(1),
@@ -65,6 +79,18 @@ mod tests {
         assert_eq!(v["leaks"][0]["stack_id"], 0);
         assert_eq!(v["leaks"][0]["closed_at_shutdown"], true);
         assert_eq!(v["groups"][0]["count"], 1);
+        let m = &v["fd_misuse"][0];
+        assert_eq!(
+            (&m["type"], &m["syscall"], &m["errno"], &m["count"]),
+            (
+                &serde_json::json!("double-close"),
+                &serde_json::json!("close"),
+                &serde_json::json!(9),
+                &serde_json::json!(2)
+            )
+        );
+        assert_eq!((&m["stack_id"], &m["closed_stack_id"]), (&0.into(), &0.into()));
+        assert_eq!((&m["pid"], &m["tid"], &m["fd"]), (&1.into(), &2.into(), &3.into()));
         for key in [
             "command",
             "dropped_events",

@@ -8,6 +8,7 @@ pub mod by_test;
 pub mod github;
 pub mod json;
 pub mod live;
+pub mod misuse;
 pub mod sarif;
 mod sections;
 pub mod text;
@@ -28,6 +29,7 @@ pub enum Finding {
     ExecLeak,
     Emfile,
     GcClosed,
+    Misuse,
 }
 
 /// JSON format version.
@@ -67,6 +69,12 @@ pub struct Report {
     pub leaks_by_test: Vec<by_test::TestLeaks>,
     pub emfile: Vec<EmfileEntry>,
     pub fd_set_overflows: Vec<FdSetOverflowEntry>,
+    /// Double closes, uses after close and invalid descriptors, identical
+    /// ones counted together.
+    pub fd_misuse: Vec<misuse::MisuseEntry>,
+    /// Misuses not reported because an event was lost before them (the
+    /// number may have been open after all).
+    pub misuse_withheld: usize,
     /// `attach --interval` snapshots, oldest first.
     pub intervals: Vec<IntervalEntry>,
     /// Things the reader should know about how complete stacks are (a
@@ -390,7 +398,13 @@ impl Report {
                 stack_id: id_of(o.stack),
             })
             .collect();
+        let (fd_misuse, misuse_withheld) =
+            misuse::entries(table, cx.last_drop_ns, cx.kept_in_kernel, stacks);
         let mut ids: Vec<(Option<u32>, bool)> = leaks.iter().map(|l| (l.stack_id, true)).collect();
+        for m in &fd_misuse {
+            ids.push((m.stack_id, false));
+            ids.push((m.closed_stack_id, false));
+        }
         ids.extend(exec_leaks.iter().map(|e| (e.stack_id, false)));
         ids.extend(unknown_leaks.iter().map(|l| (l.stack_id, false)));
         ids.extend(gc_closed.iter().map(|g| (g.stack_id, false)));
@@ -420,6 +434,8 @@ impl Report {
             leaks_by_test: Vec::new(),
             emfile,
             fd_set_overflows,
+            fd_misuse,
+            misuse_withheld,
             intervals: cx.intervals,
             notes: Vec::new(),
             suppressed: 0,
@@ -441,6 +457,10 @@ impl Report {
             mentioned.extend(e.holders.iter().filter_map(|h| h.stack_id));
         }
         mentioned.extend(self.fd_set_overflows.iter().filter_map(|o| o.stack_id));
+        for m in &self.fd_misuse {
+            mentioned.extend(m.stack_id);
+            mentioned.extend(m.closed_stack_id);
+        }
         for interval in &self.intervals {
             mentioned.extend(interval.groups.iter().filter_map(|g| g.stack_id));
         }
@@ -475,6 +495,7 @@ impl Report {
             Finding::ExecLeak => !self.exec_leaks.is_empty(),
             Finding::Emfile => !self.emfile.is_empty(),
             Finding::GcClosed => !self.gc_closed.is_empty(),
+            Finding::Misuse => !self.fd_misuse.is_empty(),
         }
     }
 
@@ -665,6 +686,8 @@ pub(crate) mod tests {
             leaks_by_test: vec![],
             emfile: vec![],
             fd_set_overflows: vec![],
+            fd_misuse: vec![],
+            misuse_withheld: 0,
             intervals: vec![],
             notes: vec![],
             suppressed: 0,

@@ -100,6 +100,7 @@ pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result
         }
     }
     gc_closed(report, style, out)?;
+    super::misuse::section(report, style, out)?;
     if !report.unknown_leaks.is_empty() {
         writeln!(out)?;
         let n = report.unknown_leaks.len();
@@ -240,6 +241,22 @@ fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()
             plural(collected, "descriptor", "descriptors")
         );
         writeln!(out, "{}", style.red(&line))?;
+    }
+    let misused: usize = report.fd_misuse.iter().map(|m| m.count).sum();
+    if misused > 0 {
+        let line = format!(
+            "{misused} {} on descriptors that were not open (see below).",
+            plural(misused, "call", "calls")
+        );
+        writeln!(out, "{}", style.red(&line))?;
+    }
+    if report.misuse_withheld > 0 {
+        let line = format!(
+            "{} EBADF {} not judged: events were lost before them.",
+            report.misuse_withheld,
+            plural(report.misuse_withheld, "failure", "failures")
+        );
+        writeln!(out, "{}", fit(&line, WIDTH))?;
     }
     let dropped = format!("Dropped events: {}", report.dropped_events);
     if report.incomplete {
@@ -561,6 +578,8 @@ pub(super) mod tests {
             version: VERSION,
             mode: "run",
             fd_set_overflows: vec![],
+            fd_misuse: vec![],
+            misuse_withheld: 0,
             intervals: vec![],
             command: vec!["./leaky".into()],
             exit_status: Some(0),

@@ -8,9 +8,8 @@ use fdtrace_common::{
     FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_PY_GC,
     FLAG_PY_SHUTDOWN, FLAG_SAMPLE_AFTER_SHORT, FLAG_STACK_FROM_SP, FLAG_STOPPED, FileRecord,
     FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS, NO_ARG, PAGE_SIZE, PY_TRUNCATED,
-    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord,
-    PyFrameSlot, PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN, fd_arguments,
-    fd_syscall_name, nr,
+    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot,
+    PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN, fd_arguments, fd_syscall_name, nr,
 };
 
 use crate::procfs::classify_link;
@@ -1059,25 +1058,36 @@ mod tests {
             fds,
             stack: None,
         };
-        assert_eq!(bad(3, [minus(-1), 0, 0, 0, 0, 0]), expect("close", vec![-1]));
+        assert_eq!(
+            bad(3, [minus(-1), 0, 0, 0, 0, 0]),
+            expect("close", vec![-1])
+        );
         assert_eq!(bad(0, [4, 0x1000, 8, 0, 0, 0]), expect("read", vec![4]));
         // dup2(old, new): only the source can be "not open".
         assert_eq!(bad(33, [7, 1, 0, 0, 0, 0]), expect("dup2", vec![7]));
         // epoll_ctl(epfd, op, fd): both.
-        assert_eq!(bad(233, [5, 1, 6, 0, 0, 0]), expect("epoll_ctl", vec![5, 6]));
+        assert_eq!(
+            bad(233, [5, 1, 6, 0, 0, 0]),
+            expect("epoll_ctl", vec![5, 6])
+        );
         // openat(AT_FDCWD, ...) names no descriptor.
-        assert_eq!(bad(257, [minus(-100), 0, 0, 0, 0, 0]), expect("openat", vec![]));
-        assert!(decode_header(
-            &{
-                let mut h = kept_creation(Syscall::Close, [0; 6]).to_header(7, 3);
-                h.kind = EventKind::BadFd as u32;
-                h.syscall = 9999;
-                h
-            },
-            &[],
-            StackMode::None
-        )
-        .is_err());
+        assert_eq!(
+            bad(257, [minus(-100), 0, 0, 0, 0, 0]),
+            expect("openat", vec![])
+        );
+        assert!(
+            decode_header(
+                &{
+                    let mut h = kept_creation(Syscall::Close, [0; 6]).to_header(7, 3);
+                    h.kind = EventKind::BadFd as u32;
+                    h.syscall = 9999;
+                    h
+                },
+                &[],
+                StackMode::None
+            )
+            .is_err()
+        );
     }
 
     #[test]

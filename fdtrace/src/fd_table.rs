@@ -974,6 +974,7 @@ mod tests {
         Action::Close {
             fd,
             by: Closer::Program,
+            stack: None,
         }
     }
 
@@ -1452,7 +1453,11 @@ mod tests {
     }
 
     fn closed_by(fd: Fd, by: Closer) -> Action {
-        Action::Close { fd, by }
+        Action::Close {
+            fd,
+            by,
+            stack: None,
+        }
     }
 
     #[test]
@@ -1629,5 +1634,161 @@ mod tests {
         // fd 4 was never meant to cross (no CLOEXEC from the start).
         let crossed: Vec<_> = t.exec_leaks.iter().map(|e| (e.tgid, e.fd)).collect();
         assert_eq!(crossed, [(101, 4)]);
+    }
+
+    fn bad(tgid: u32, ts_ns: u64, syscall: &'static str, fds: Vec<Fd>) -> Event {
+        ev(
+            tgid,
+            ts_ns,
+            Action::BadFd {
+                syscall,
+                fds,
+                stack: None,
+            },
+        )
+    }
+
+    fn misuses(t: &FdTable) -> Vec<(u32, MisuseKindName, Fd, Option<StackRef>, Option<StackRef>)> {
+        t.misuses
+            .iter()
+            .map(|m| {
+                (
+                    m.tgid,
+                    m.kind.name(),
+                    m.fd,
+                    m.stack,
+                    m.closed.and_then(|c| c.stack),
+                )
+            })
+            .collect()
+    }
+    type MisuseKindName = &'static str;
+
+    #[test]
+    fn a_second_close_is_a_double_close_blamed_on_the_first_that_worked() {
+        let mut t = table();
+        t.apply(
+            &open(100, 3, "/etc/hostname", true),
+            Some(StackRef(1)),
+            &mut NoProc,
+        );
+        let used = t.apply(&ev(100, 20, close(3)), Some(StackRef(2)), &mut NoProc);
+        // The creation's stack goes, the close's stays while 3 is closed.
+        assert_eq!(
+            (used.released, used.held),
+            (vec![StackRef(1)], vec![StackRef(2)])
+        );
+        // The failing close's own record: 3 is not open, so it is not
+        // where 3 was closed.
+        let used = t.apply(&ev(100, 30, close(3)), Some(StackRef(3)), &mut NoProc);
+        assert!(used.held.is_empty() && used.released.is_empty());
+        let used = t.apply(
+            &bad(100, 31, "close", vec![3]),
+            Some(StackRef(4)),
+            &mut NoProc,
+        );
+        assert_eq!(used.held, vec![StackRef(4), StackRef(2)]);
+        assert_eq!(
+            misuses(&t),
+            [(100, "double-close", 3, Some(StackRef(4)), Some(StackRef(2)))]
+        );
+        let m = &t.misuses[0];
+        assert_eq!(
+            (m.syscall, m.errno, m.closed.map(|c| c.ts_ns)),
+            ("close", 9, Some(20))
+        );
+    }
+
+    #[test]
+    fn a_use_after_close_needs_the_number_still_closed() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/etc/hostname", true), None, &mut NoProc);
+        t.apply(&ev(100, 20, close(3)), Some(StackRef(2)), &mut NoProc);
+        t.apply(
+            &bad(100, 30, "read", vec![3]),
+            Some(StackRef(5)),
+            &mut NoProc,
+        );
+        // Reopened: the earlier close is forgotten; EBADF on it now is a
+        // wrong mode (a write to a read-only file), no misuse.
+        let used = t.apply(&open(100, 3, "/etc/passwd", true), None, &mut NoProc);
+        assert_eq!(used.released, vec![StackRef(2)]);
+        t.apply(
+            &bad(100, 40, "write", vec![3]),
+            Some(StackRef(6)),
+            &mut NoProc,
+        );
+        assert_eq!(
+            misuses(&t),
+            [(
+                100,
+                "use-after-close",
+                3,
+                Some(StackRef(5)),
+                Some(StackRef(2))
+            )]
+        );
+    }
+
+    #[test]
+    fn a_number_never_open_is_invalid_and_so_is_one_the_old_program_closed() {
+        let mut t = table();
+        t.apply(&bad(100, 10, "close", vec![-1]), None, &mut NoProc);
+        t.apply(&open(100, 3, "/etc/hostname", false), None, &mut NoProc);
+        t.apply(&ev(100, 20, close(3)), Some(StackRef(2)), &mut NoProc);
+        let used = t.apply(
+            &ev(
+                100,
+                30,
+                Action::Exec {
+                    filename: "/bin/new".into(),
+                },
+            ),
+            None,
+            &mut NoProc,
+        );
+        assert_eq!(used.released, vec![StackRef(2)]);
+        t.apply(&bad(100, 40, "fstat", vec![3]), None, &mut NoProc);
+        // An inherited descriptor is open: EBADF on it is no misuse.
+        t.apply(&bad(100, 50, "write", vec![0]), None, &mut NoProc);
+        assert_eq!(
+            misuses(&t),
+            [
+                (100, "invalid-fd", -1, None, None),
+                (100, "invalid-fd", 3, None, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_forked_child_inherits_what_its_parent_closed() {
+        let mut t = table();
+        t.apply(&open(100, 3, "/etc/hostname", true), None, &mut NoProc);
+        t.apply(&ev(100, 20, close(3)), Some(StackRef(2)), &mut NoProc);
+        let used = t.apply(&ev(100, 30, Action::Fork { child: 101 }), None, &mut NoProc);
+        assert_eq!(used.held, vec![StackRef(2)]);
+        t.apply(&bad(101, 40, "close", vec![3]), None, &mut NoProc);
+        assert_eq!(
+            misuses(&t),
+            [(101, "double-close", 3, None, Some(StackRef(2)))]
+        );
+        // Each copy of the close goes with its process.
+        let used = t.apply(&ev(101, 50, Action::Exit), None, &mut NoProc);
+        assert_eq!(used.released, vec![StackRef(2)]);
+    }
+
+    #[test]
+    fn a_number_close_range_closed_has_no_close_stack_but_was_closed() {
+        let mut t = table();
+        t.apply(&open(100, 5, "/etc/hostname", true), None, &mut NoProc);
+        let range = Action::CloseRange {
+            first: 3,
+            last: u32::MAX,
+            cloexec_only: false,
+        };
+        t.apply(&ev(100, 20, range), None, &mut NoProc);
+        t.apply(&bad(100, 30, "read", vec![5]), None, &mut NoProc);
+        assert_eq!(misuses(&t), [(100, "use-after-close", 5, None, None)]);
+        assert!(t.misuses[0].closed.is_some());
     }
 }

@@ -10,7 +10,10 @@ use std::{fmt::Write as _, fs, path::Path};
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-use crate::report::{FrameEntry, Report, SuppressionEntry, user_frame};
+use crate::{
+    misuse::MisuseKind,
+    report::{FrameEntry, Report, SuppressionEntry, user_frame},
+};
 
 /// The file looked for in the working directory.
 pub const DEFAULT_FILE: &str = ".fdtrace.toml";
@@ -64,6 +67,9 @@ pub struct Rule {
     pub kind: Option<String>,
     /// Glob on the process name, executable path or executable base name.
     pub process: Option<String>,
+    /// The misuse it is for (`type = "double-close"`...); `None` for leaks
+    /// (`type = "leak"` or no type), as every rule was before misuses.
+    pub misuse: Option<MisuseKind>,
     /// One of fdtrace's own rules, not the user's.
     pub built_in: bool,
 }
@@ -84,6 +90,8 @@ struct RuleToml {
     target: Option<String>,
     kind: Option<String>,
     process: Option<String>,
+    #[serde(rename = "type")]
+    finding: Option<String>,
 }
 
 /// Suppression files are small; more is not one.
@@ -135,6 +143,9 @@ fn read_rules(path: &Path, follow: bool) -> std::io::Result<String> {
 
 /// What a rule is matched against: one leaked descriptor.
 pub struct Subject<'a> {
+    /// The misuse, or `None` for a leak, an exec leak or a descriptor the
+    /// garbage collector closed.
+    pub misuse: Option<MisuseKind>,
     pub kind: &'a str,
     pub target: &'a str,
     pub comm: &'a str,
@@ -207,6 +218,21 @@ impl Suppressions {
                     KINDS.join(", ")
                 );
             }
+            let misuse = match r.finding.as_deref() {
+                None | Some("leak") => None,
+                Some(name) => Some(MisuseKind::from_name(name).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{source}: unknown type `{name}`: use leak, double-close, \
+                         use-after-close or invalid-fd"
+                    )
+                })?),
+            };
+            if misuse.is_some() && (r.kind.is_some() || r.target.is_some()) {
+                bail!(
+                    "{source}: kind and target name what a leaked descriptor is; a misused \
+                     number was not open: match it by function, module or process"
+                );
+            }
             let rule = Rule {
                 reason: r.reason,
                 source,
@@ -215,6 +241,7 @@ impl Suppressions {
                 target: r.target,
                 kind: r.kind,
                 process: r.process,
+                misuse,
                 built_in: false,
             };
             if rule.function.is_none()
@@ -242,7 +269,8 @@ impl Suppressions {
 impl Rule {
     pub fn matches(&self, s: &Subject<'_>) -> bool {
         let frames = || s.frames.iter();
-        self.kind.as_ref().is_none_or(|k| k == s.kind)
+        self.misuse == s.misuse
+            && self.kind.as_ref().is_none_or(|k| k == s.kind)
             && self.target.as_ref().is_none_or(|g| glob(g, s.target))
             && self
                 .process
@@ -301,14 +329,15 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Moves leaks, exec leaks and descriptors closed by the garbage collector
-/// matching a rule out of `report`, records per
-/// rule how many it took, and drops stack groups nothing refers to anymore.
+/// Moves leaks, exec leaks, descriptors closed by the garbage collector
+/// and misuses matching a rule out of `report`, records per rule how many
+/// it took, and drops stack groups nothing refers to anymore.
 pub fn apply(report: &mut Report, rules: &Suppressions) {
     let mut matched = vec![0usize; rules.rules.len()];
     let mut hit = |kind: &str, target: &str, pid: u32, stack_id: Option<u32>| {
         let process = report.process(pid);
         let subject = Subject {
+            misuse: None,
             kind,
             target,
             comm: process.map_or("", |p| p.comm.as_str()),
@@ -338,6 +367,35 @@ pub fn apply(report: &mut Report, rules: &Suppressions) {
         .iter()
         .map(|g| !hit(g.kind, &g.target, g.pid, g.stack_id))
         .collect();
+    let keep_misuse: Vec<bool> = report
+        .fd_misuse
+        .iter()
+        .map(|m| {
+            let process = report.process(m.pid);
+            // Either stack may name the code at fault.
+            let frames: Vec<FrameEntry> = [m.stack_id, m.closed_stack_id]
+                .into_iter()
+                .flatten()
+                .filter_map(|id| report.group(id))
+                .flat_map(|g| g.stack.iter().cloned())
+                .collect();
+            let subject = Subject {
+                misuse: MisuseKind::from_name(m.kind),
+                kind: "",
+                target: "",
+                comm: process.map_or("", |p| p.comm.as_str()),
+                exe: process.map_or("", |p| p.exe.as_str()),
+                frames: &frames,
+            };
+            let rule = rules.find(&subject);
+            if let Some(i) = rule {
+                matched[i] += m.count;
+            }
+            rule.is_none()
+        })
+        .collect();
+    let mut keep = keep_misuse.into_iter();
+    report.fd_misuse.retain(|_| keep.next().unwrap_or(true));
     let mut keep = keep_leaks.into_iter();
     report.leaks.retain(|_| keep.next().unwrap_or(true));
     let mut keep = keep_exec.into_iter();
@@ -506,6 +564,48 @@ mod tests {
         let mut report = sample_report();
         apply(&mut report, &rules(text));
         report.suppressed
+    }
+
+    #[test]
+    fn a_rule_with_a_type_takes_that_misuse_and_one_without_takes_leaks_only() {
+        let with_misuse = || {
+            let mut report = sample_report();
+            report.fd_misuse.push(crate::report::misuse::MisuseEntry {
+                kind: "double-close",
+                pid: 7,
+                tid: 7,
+                fd: 3,
+                syscall: "close",
+                errno: 9,
+                count: 3,
+                stack_id: None,
+                closed_stack_id: Some(1),
+                closed_tid: Some(7),
+                closed_ms_before: Some(1),
+            });
+            report
+        };
+        let left = |text: &str| {
+            let mut report = with_misuse();
+            apply(&mut report, &rules(text));
+            (
+                report.leaks.len(),
+                report.fd_misuse.len(),
+                report.suppressed,
+            )
+        };
+        let rule =
+            |extra: &str| format!("[[suppress]]\nreason = \"r\"\nfunction = \"leak_it\"\n{extra}");
+        assert_eq!(left(&rule("")), (0, 1, 2));
+        assert_eq!(left(&rule("type = \"leak\"")), (0, 1, 2));
+        // Matched through the stack of the earlier close; counted per call.
+        assert_eq!(left(&rule("type = \"double-close\"")), (2, 0, 3));
+        assert_eq!(left(&rule("type = \"invalid-fd\"")), (2, 1, 0));
+        assert!(error(&rule("type = \"double\"")).contains("unknown type `double`"));
+        assert!(
+            error(&rule("type = \"invalid-fd\"\nkind = \"file\""))
+                .contains("kind and target name what a leaked descriptor is")
+        );
     }
 
     #[test]

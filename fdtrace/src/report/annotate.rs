@@ -1,9 +1,9 @@
 //! Findings as annotations on the user's code, for the renderers that point
 //! at source lines (SARIF, GitHub workflow commands): one per leak group,
 //! one per exec-leak group, one per group of descriptors only the garbage
-//! collector closed, one per EMFILE failure, each blamed on the innermost
-//! frame of the user's own code, or on the line of the test a leak came
-//! from.
+//! collector closed, one per EMFILE failure, one per group of misused
+//! descriptors, each blamed on the innermost frame of the user's own code,
+//! or on the line of the test a leak came from.
 
 use super::{FrameEntry, Report, by_stack, by_test::test_frame, text::what, user_frame};
 
@@ -14,10 +14,21 @@ pub enum Rule {
     ExecLeak,
     GcClosed,
     Exhausted,
+    DoubleClose,
+    UseAfterClose,
+    InvalidFd,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 4] = [Rule::Leak, Rule::ExecLeak, Rule::GcClosed, Rule::Exhausted];
+    pub const ALL: [Rule; 7] = [
+        Rule::Leak,
+        Rule::ExecLeak,
+        Rule::GcClosed,
+        Rule::Exhausted,
+        Rule::DoubleClose,
+        Rule::UseAfterClose,
+        Rule::InvalidFd,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -25,6 +36,9 @@ impl Rule {
             Rule::ExecLeak => "fd-exec-leak",
             Rule::GcClosed => "fd-gc-closed",
             Rule::Exhausted => "fd-exhausted",
+            Rule::DoubleClose => "fd-double-close",
+            Rule::UseAfterClose => "fd-use-after-close",
+            Rule::InvalidFd => "fd-invalid",
         }
     }
 
@@ -34,6 +48,9 @@ impl Rule {
             Rule::ExecLeak => "file descriptor crossed exec without CLOEXEC",
             Rule::GcClosed => "file descriptor closed only by the garbage collector",
             Rule::Exhausted => "too many open files",
+            Rule::DoubleClose => "file descriptor closed twice",
+            Rule::UseAfterClose => "file descriptor used after it was closed",
+            Rule::InvalidFd => "call on a descriptor that was never open",
         }
     }
 
@@ -67,6 +84,24 @@ impl Rule {
                 "A call failed with EMFILE or ENFILE: the process's descriptor \
                  table (RLIMIT_NOFILE) or the system's was full."
             }
+            Rule::DoubleClose => {
+                "close() failed with EBADF on a descriptor this process had \
+                 already closed. Had another thread opened a descriptor in \
+                 between, it would have got the same number and this close \
+                 would have closed it instead: its data would go to the wrong \
+                 file or socket. The related location is the first close."
+            }
+            Rule::UseAfterClose => {
+                "A call failed with EBADF on a descriptor this process had \
+                 closed. Had the number been reused in between, the call would \
+                 have read or written another file or socket. The related \
+                 location is the close."
+            }
+            Rule::InvalidFd => {
+                "A call failed with EBADF on a number that was never an open \
+                 descriptor in this process (close(-1), an uninitialised or \
+                 stale variable)."
+            }
         }
     }
 }
@@ -86,6 +121,9 @@ pub struct Annotation<'a> {
     /// Descriptors this finding counts.
     pub count: usize,
     pub pids: Vec<u32>,
+    /// For a double close or use after close: the earlier close, blamed
+    /// like `blame`.
+    pub closed_at: Option<&'a FrameEntry>,
 }
 
 /// Every finding in `report`, leaks first, largest group first.
@@ -209,6 +247,30 @@ pub fn annotations(report: &Report) -> Vec<Annotation<'_>> {
             vec![e.pid],
         ));
     }
+    for m in &report.fd_misuse {
+        let rule = match m.kind {
+            "double-close" => Rule::DoubleClose,
+            "use-after-close" => Rule::UseAfterClose,
+            _ => Rule::InvalidFd,
+        };
+        let closed_at = m
+            .closed_stack_id
+            .and_then(|id| report.group(id))
+            .and_then(|g| user_frame(&g.stack));
+        let closed = closed_at
+            .and_then(|f| f.function.as_deref())
+            .map(|f| format!(", closed before in {f}"))
+            .unwrap_or_default();
+        let message = format!(
+            "{}{}{closed} ({})",
+            super::misuse::headline(report, m),
+            in_function(report, m.stack_id),
+            processes(report, &[m.pid]),
+        );
+        let mut annotation = located(report, rule, message, m.stack_id, m.count, vec![m.pid]);
+        annotation.closed_at = closed_at;
+        out.push(annotation);
+    }
     out
 }
 
@@ -231,6 +293,7 @@ fn located(
         blame: user_frame(stack),
         count,
         pids,
+        closed_at: None,
     }
 }
 

@@ -89,8 +89,14 @@ mod tests {
                 &serde_json::json!(2)
             )
         );
-        assert_eq!((&m["stack_id"], &m["closed_stack_id"]), (&0.into(), &0.into()));
-        assert_eq!((&m["pid"], &m["tid"], &m["fd"]), (&1.into(), &2.into(), &3.into()));
+        assert_eq!(
+            (&m["stack_id"], &m["closed_stack_id"]),
+            (&0.into(), &0.into())
+        );
+        assert_eq!(
+            (&m["pid"], &m["tid"], &m["fd"]),
+            (&1.into(), &2.into(), &3.into())
+        );
         for key in [
             "command",
             "dropped_events",

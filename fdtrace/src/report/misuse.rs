@@ -54,8 +54,7 @@ pub fn entries(
     let mut withheld = 0;
     for m in &table.misuses {
         let uncertain = m.fd >= 0
-            && (last_drop_ns.is_some()
-                || (m.kind == MisuseKind::InvalidFd && kept_in_kernel > 0));
+            && (last_drop_ns.is_some() || (m.kind == MisuseKind::InvalidFd && kept_in_kernel > 0));
         if uncertain {
             withheld += 1;
             continue;
@@ -152,4 +151,101 @@ pub fn section(report: &Report, style: Style, out: &mut impl Write) -> io::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{misuse::ClosedFd, stacks::symbolize::SymFrame};
+
+    struct Ids;
+    impl StackLookup for Ids {
+        fn id(&self, stack: StackRef) -> Option<u32> {
+            Some(stack.0)
+        }
+        fn frames(&self, _id: u32) -> Vec<SymFrame> {
+            Vec::new()
+        }
+        fn truncated(&self, _id: u32) -> bool {
+            false
+        }
+    }
+
+    fn misuse(kind: MisuseKind, fd: i32, stack: u32, closed: Option<u32>) -> Misuse {
+        Misuse {
+            kind,
+            tgid: 7,
+            tid: 8,
+            fd,
+            syscall: "close",
+            errno: 9,
+            ts_ns: 5_000_000,
+            stack: Some(StackRef(stack)),
+            closed: closed.map(|s| ClosedFd {
+                tid: 7,
+                ts_ns: 2_000_000,
+                stack: Some(StackRef(s)),
+            }),
+        }
+    }
+
+    fn table() -> FdTable {
+        let mut t = FdTable::default();
+        t.misuses = vec![
+            misuse(MisuseKind::DoubleClose, 3, 1, Some(2)),
+            misuse(MisuseKind::DoubleClose, 4, 1, Some(2)),
+            misuse(MisuseKind::DoubleClose, 3, 1, Some(9)),
+            misuse(MisuseKind::InvalidFd, -1, 1, None),
+            misuse(MisuseKind::InvalidFd, 1000, 1, None),
+        ];
+        t
+    }
+
+    #[test]
+    fn identical_misuses_are_counted_together() {
+        let (entries, withheld) = entries(&table(), None, 0, &Ids);
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| (e.kind, e.fd, e.count, e.stack_id, e.closed_stack_id))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("double-close", 3, 2, Some(1), Some(2)),
+                ("double-close", 3, 1, Some(1), Some(9)),
+                ("invalid-fd", -1, 2, Some(1), None),
+            ]
+        );
+        assert_eq!(withheld, 0);
+        assert_eq!(
+            (
+                entries[0].tid,
+                entries[0].closed_tid,
+                entries[0].closed_ms_before
+            ),
+            (8, Some(7), Some(3))
+        );
+    }
+
+    #[test]
+    fn after_a_lost_event_only_negative_numbers_are_certain() {
+        let (found, withheld) = entries(&table(), Some(1), 0, &Ids);
+        let got: Vec<_> = found.iter().map(|e| (e.kind, e.fd, e.count)).collect();
+        assert_eq!((got, withheld), (vec![("invalid-fd", -1, 1)], 4));
+        // A creation the kernel kept may be the open number behind an
+        // "invalid" one; a close the table saw is still a close.
+        let (found, withheld) = entries(&table(), None, 5, &Ids);
+        let got: Vec<_> = found.iter().map(|e| (e.kind, e.fd, e.count)).collect();
+        assert_eq!(
+            (got, withheld),
+            (
+                vec![
+                    ("double-close", 3, 2),
+                    ("double-close", 3, 1),
+                    ("invalid-fd", -1, 1)
+                ],
+                1
+            )
+        );
+    }
 }

@@ -96,6 +96,13 @@ fn result(report: &Report, a: &Annotation<'_>, root: &Path) -> Value {
         "properties": { "count": a.count, "pids": a.pids },
     });
     result["locations"] = json!([primary_location(report, a, root)]);
+    if let Some(closed) = a.closed_at {
+        let mut related = location(closed, root);
+        related["id"] = json!(1);
+        related["message"] =
+            json!({ "text": format!("closed here before: {}", frame_text(closed)) });
+        result["relatedLocations"] = json!([related]);
+    }
     if !a.stack.is_empty() {
         let steps: Vec<Value> = a
             .stack

@@ -1648,7 +1648,10 @@ mod tests {
         )
     }
 
-    fn misuses(t: &FdTable) -> Vec<(u32, MisuseKindName, Fd, Option<StackRef>, Option<StackRef>)> {
+    /// (process, type, fd, stack, the earlier close's stack).
+    type Seen = (u32, &'static str, Fd, Option<StackRef>, Option<StackRef>);
+
+    fn misuses(t: &FdTable) -> Vec<Seen> {
         t.misuses
             .iter()
             .map(|m| {
@@ -1662,7 +1665,6 @@ mod tests {
             })
             .collect()
     }
-    type MisuseKindName = &'static str;
 
     #[test]
     fn a_second_close_is_a_double_close_blamed_on_the_first_that_worked() {

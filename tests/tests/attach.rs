@@ -280,3 +280,47 @@ fn select_past_fd_setsize_is_flagged() {
         t.stderr()
     );
 }
+
+#[test]
+fn attach_reports_double_closes_with_both_stacks() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let mut child = Command::new(c_fixture("misuse.c"))
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_ready(&mut child);
+    let t = attach(child.id(), &["--duration", "2s"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(t.code(), Some(0), "{}", t.stderr());
+    let misuse = t.report["fd_misuse"].as_array().unwrap();
+    // The fresh descriptors, closed twice from the same two places, are
+    // one group; the one opened before the attach (fd 3) is another.
+    let got: Vec<_> = misuse
+        .iter()
+        .map(|m| (m["type"].as_str(), m["syscall"].as_str(), m["fd"].as_i64()))
+        .collect();
+    let (double, close) = (Some("double-close"), Some("close"));
+    assert_eq!(
+        got,
+        [(double, close, Some(4)), (double, close, Some(3))],
+        "{misuse:#?}"
+    );
+    assert!((12..=25).contains(&misuse[0]["count"].as_u64().unwrap()));
+    assert_eq!(misuse[1]["count"], 1);
+    for m in misuse {
+        for (id, function) in [
+            (&m["stack_id"], "second_close"),
+            (&m["closed_stack_id"], "first_close"),
+        ] {
+            let functions = t.functions(id);
+            assert!(
+                functions.iter().any(|f| f == function) && functions.iter().any(|f| f == "serve"),
+                "{functions:?}"
+            );
+        }
+    }
+}

@@ -160,6 +160,27 @@ def churn(t):
     check(len(t.r["leaks"]) == 8 and len(leaks) == 8, f"leaks: {t.r['leaks']}")
 
 
+def misuse(t):
+    """Both stacks of a use after close and a double close; invalid fds (misuse.rs)."""
+    def one(report, kind, syscall, fail_in, closed_in):
+        found = report.r["fd_misuse"]
+        check(len(found) == 1, f"{kind}: expected 1 misuse, got {found}")
+        m = found[0]
+        check((m["type"], m["syscall"]) == (kind, syscall), f"misuse: {m}")
+        check(fail_in in report.functions(m["stack_id"]),
+              f"{fail_in} not in {report.functions(m['stack_id'])}")
+        check(closed_in in report.functions(m["closed_stack_id"]),
+              f"{closed_in} not in {report.functions(m['closed_stack_id'])}")
+
+    one(t, "use-after-close", "read", "b_read", "a_second_close")
+    base = t.path.rsplit("/", 1)[0]
+    one(Report(f"{base}/misuse-double.json", t.sources), "double-close", "close",
+        "second_close", "first_close")
+    invalid = Report(f"{base}/misuse-invalid.json", t.sources).r["fd_misuse"]
+    got = sorted((m["type"], m["fd"]) for m in invalid)
+    check(got == [("invalid-fd", -1), ("invalid-fd", 1000)], f"invalid: {invalid}")
+
+
 CHECKS = {
     "c-leak": c_leak,
     "stack-fp": stack_fp,
@@ -172,6 +193,7 @@ CHECKS = {
     "exec-leak": exec_leak,
     "handover": handover,
     "churn": churn,
+    "misuse": misuse,
 }
 
 if __name__ == "__main__":

@@ -210,6 +210,14 @@ if trace churn -- "$FIXTURES/churn" 8 3000 leak; then
     verdict churn
 fi
 
+# misuse: a double close in a threaded program without frame pointers,
+# both closes named; then close(-1) and close(1000) (valgrind's fdbaduse).
+if trace misuse -- "$FIXTURES/misuse" threads &&
+    trace misuse-double -- "$FIXTURES/misuse" double &&
+    trace misuse-invalid -- "$FIXTURES/misuse" invalid; then
+    verdict misuse
+fi
+
 # no-stopped: no run above left a process in state T.
 if [ -z "$stopped_after" ]; then
     pass no-stopped

@@ -35,6 +35,7 @@ const CHECKS: &[&str] = &[
     "exec-leak",
     "handover",
     "churn",
+    "misuse",
     "no-stopped",
 ];
 
@@ -49,6 +50,11 @@ const FIXTURES: &[(&str, &str, &[&str])] = &[
     (
         "nofp",
         "tests/fixtures/nofp.c",
+        &["-g", "-O2", "-fomit-frame-pointer"],
+    ),
+    (
+        "misuse",
+        "tests/fixtures/misuse.c",
         &["-g", "-O2", "-fomit-frame-pointer"],
     ),
 ];

@@ -3,11 +3,13 @@
 //! Only processes whose thread-group id is in `TRACED` produce events;
 //! children are added here, at fork, so a child's first syscall is never
 //! missed. `sys_exit` reads a call's arguments from the user registers
-//! saved at entry, adds the result (and for descriptor creations and
-//! EMFILE/ENFILE failures a stack sample) and writes one record; `sys_enter`
-//! records only what must be seen before the call runs (close, exit_group,
-//! close-on-exec changes) and first uses of inherited descriptors. Every
-//! failed ring-buffer write bumps a counter that the report prints.
+//! saved at entry, adds the result (and for descriptor creations,
+//! EMFILE/ENFILE failures and EBADF failures of calls given descriptors a
+//! stack sample) and writes one record; `sys_enter` records only what must
+//! be seen before the call runs (close, with a compact sample of where it
+//! was called, exit_group, close-on-exec changes) and first uses of
+//! inherited descriptors. Every failed ring-buffer write bumps a counter
+//! that the report prints.
 //!
 //! Raw syscall tracepoints rather than one `syscalls/sys_*_<name>` event per
 //! call (measured on 6.18): detaching a perf tracepoint waits for a grace

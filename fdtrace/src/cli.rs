@@ -55,8 +55,8 @@ pub struct TraceArgs {
     /// bash, make, tar and the Go runtime keep for life on purpose)
     #[arg(long)]
     pub no_default_suppressions: bool,
-    /// After the report, print suppression rules for every leak found, to
-    /// standard error, ready to paste into .fdtrace.toml.
+    /// After the report, print suppression rules for every leak and misuse
+    /// found, to standard error, ready to paste into .fdtrace.toml.
     #[arg(long)]
     pub gen_suppressions: bool,
     /// How to capture stacks: dwarf (complete, unwound from a stack copy),

@@ -488,6 +488,33 @@ pub fn generate(report: &Report) -> String {
             let _ = writeln!(out, "process = {}", quote(&literal_glob(&process.comm)));
         }
     }
+    // Misuses: by type, the user's function that made the failing call,
+    // and the process.
+    let mut seen: Vec<(&str, Option<&str>, Option<&str>)> = Vec::new();
+    for m in &report.fd_misuse {
+        let frames = m
+            .stack_id
+            .and_then(|id| report.group(id))
+            .map_or(&[][..], |g| g.stack.as_slice());
+        let function = user_frame(frames)
+            .or_else(|| frames.iter().find(|f| f.function.is_some()))
+            .and_then(|f| f.function.as_deref());
+        let comm = report.process(m.pid).map(|p| p.comm.as_str());
+        if seen.contains(&(m.kind, function, comm)) {
+            continue;
+        }
+        seen.push((m.kind, function, comm));
+        out.push_str("\n[[suppress]]\n");
+        let reason = format!("TODO: why this {} is acceptable", m.kind);
+        let _ = writeln!(out, "reason = {}", quote(&reason));
+        let _ = writeln!(out, "type = {}", quote(m.kind));
+        if let Some(f) = function {
+            let _ = writeln!(out, "function = {}", quote(&literal_glob(f)));
+        }
+        if let Some(comm) = comm {
+            let _ = writeln!(out, "process = {}", quote(&literal_glob(comm)));
+        }
+    }
     out
 }
 
@@ -793,6 +820,39 @@ mod tests {
             "{e}"
         );
         assert!(error("[[suppress]]\nkind='file'").contains("missing field `reason`"));
+    }
+
+    #[test]
+    fn generated_misuse_rules_round_trip() {
+        let mut report = sample_report();
+        report.leaks.clear();
+        report.fd_misuse.push(crate::report::misuse::MisuseEntry {
+            kind: "use-after-close",
+            pid: 7,
+            tid: 7,
+            fd: 3,
+            syscall: "read",
+            errno: 9,
+            count: 2,
+            stack_id: Some(1),
+            closed_stack_id: None,
+            closed_tid: None,
+            closed_ms_before: None,
+        });
+        let text = generate(&report);
+        assert!(
+            text.ends_with(
+                "\n[[suppress]]\n\
+                 reason = \"TODO: why this use-after-close is acceptable\"\n\
+                 type = \"use-after-close\"\n\
+                 function = \"leak_it\"\n\
+                 process = \"app\"\n"
+            ),
+            "{text}"
+        );
+        apply(&mut report, &rules(&text));
+        assert!(report.fd_misuse.is_empty());
+        assert_eq!(report.suppressed, 2);
     }
 
     #[test]

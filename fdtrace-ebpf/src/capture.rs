@@ -136,11 +136,12 @@ const MAX_SAMPLE: usize = (MAX_STACK_BYTES / PAGE as usize + 1) * PAGE as usize;
 const _: () = assert!(MAX_FP_FRAMES * 8 <= MAX_SAMPLE);
 
 /// One record under construction per CPU (userspace sizes the map to the
-/// possible CPUs). Only `sys_exit` uses it, and it does not run twice at
-/// once on one CPU: newer kernels skip a nested run of the same program,
-/// and older ones run raw tracepoint programs without preemption on the
-/// kernels distributions ship. A fully preemptible kernel could still
-/// interleave two threads, so `output` checks the record is this thread's.
+/// possible CPUs). `sys_exit` and `sys_enter` (for a close) use it; they do
+/// not run at once on one CPU: a thread is in one syscall at a time, newer
+/// kernels skip a nested run of the same program, and older ones run raw
+/// tracepoint programs without preemption on the kernels distributions
+/// ship. A fully preemptible kernel could still interleave two threads, so
+/// `output` checks the record is this thread's.
 #[map]
 static SCRATCH: Array<[u8; RECORD_MAX]> = Array::with_max_entries(1, 0);
 

@@ -436,7 +436,7 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8) -> u32 {
         u64::from(unsafe { core::ptr::read_volatile(&STACK_BYTES) }).min(MAX_STACK_BYTES as u64);
     let top = crate::files::start_stack();
     if sp < top && top - sp <= MAIN_STACK_MAX {
-        let len = (top - sp).min(budget);
+        let len = bounded((top - sp).min(budget), MAX_STACK_BYTES as u64);
         // SAFETY: `len` is at most the sample's reserved size; the source
         // is only read through the checked helper.
         let ret = unsafe { read_user_raw(sample.cast(), len as u32, sp as *const _) };
@@ -547,11 +547,15 @@ unsafe fn close_window(header: *mut EventHeader, sample: *mut u8, sp: u64) -> u3
         len = top - sp;
         end = true;
     }
+    len = bounded(len, u64::from(CLOSE_STACK_BYTES));
     // SAFETY: `len` is at most CLOSE_STACK_BYTES; user memory is only read
     // through the checked helper.
     let mut ret = unsafe { read_user_raw(sample.cast(), len as u32, sp as *const _) };
     if ret != 0 {
-        len = (PAGE - (sp & (PAGE - 1))).min(u64::from(CLOSE_STACK_BYTES));
+        len = bounded(
+            (PAGE - (sp & (PAGE - 1))).min(u64::from(CLOSE_STACK_BYTES)),
+            u64::from(CLOSE_STACK_BYTES),
+        );
         end = true;
         // SAFETY: as above.
         ret = unsafe { read_user_raw(sample.cast(), len as u32, sp as *const _) };
@@ -567,6 +571,20 @@ unsafe fn close_window(header: *mut EventHeader, sample: *mut u8, sp: u64) -> u3
         }
     }
     len as u32
+}
+
+/// `len`, at most `max`, in a form every verifier can check before the
+/// copy it sizes. The compiler knows `len` is already bounded and would
+/// drop a plain check, or test one register and pass a copy of it to the
+/// helper; verifiers before 5.11 do not carry a bound from one copy of a
+/// register to another (5.10 refused exactly that). Read back through
+/// memory, the value is one the compiler cannot reason about, so the
+/// clamp stays, on the register the call then uses.
+#[inline(always)]
+fn bounded(len: u64, max: u64) -> u64 {
+    // SAFETY: a read of a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if len > max { max } else { len }
 }
 
 const _: () = assert!(SHORT_HEADER + CLOSE_STACK_BYTES as usize <= RECORD_MAX);

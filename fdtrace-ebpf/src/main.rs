@@ -392,9 +392,11 @@ fn bad_fd(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64, ret: i64) ->
     if nr != nr::CLOSE && fd_arguments(nr).0 == NO_ARG {
         return Ok(());
     }
-    let args = syscall_args(ctx)?;
-    if nr == nr::FCNTL && (args.args[1] == F_GETFD || args.args[1] == F_GETFL) {
-        return Ok(());
+    if nr == nr::FCNTL {
+        let cmd = user_reg(ctx, offset_of!(pt_regs, rsi))?;
+        if cmd == F_GETFD || cmd == F_GETFL {
+            return Ok(());
+        }
     }
     // SAFETY: the helper takes no arguments and touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -408,16 +410,31 @@ fn bad_fd(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64, ret: i64) ->
     };
     let header = record.cast::<EventHeader>();
     // SAFETY: the scratch record holds a header and the largest sample.
+    // The arguments go straight into it, one register at a time: a copy of
+    // all six would sit on a stack `sys_exit` shares with the Python walker
+    // (5.10 rounds each frame up to 32 bytes and allows 512 in all).
     unsafe {
         capture::init_header(header, EventKind::BadFd, nr as u32, tgid, tid);
         (*header).ts_ns = ts_ns;
         (*header).ret = ret;
-        (*header).args = args.args;
+        for (i, offset) in ARG_REGS.into_iter().enumerate() {
+            (*header).args[i] = user_reg(ctx, offset).unwrap_or(0);
+        }
         capture::stack(ctx, record);
         capture::output(record, tid, wakeup(false));
     }
     Ok(())
 }
+
+/// Where x86_64 passes syscall arguments, in order, in `struct pt_regs`.
+const ARG_REGS: [usize; 6] = [
+    offset_of!(pt_regs, rdi),
+    offset_of!(pt_regs, rsi),
+    offset_of!(pt_regs, rdx),
+    offset_of!(pt_regs, r10),
+    offset_of!(pt_regs, r8),
+    offset_of!(pt_regs, r9),
+];
 
 /// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)`.
 #[raw_tracepoint(tracepoint = "sys_exit")]

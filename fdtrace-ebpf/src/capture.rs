@@ -413,16 +413,8 @@ pub unsafe fn stack(ctx: &RawTracePointContext, record: *mut u8) -> u32 {
     // SAFETY: the reservation continues after the header.
     let sample = unsafe { record.add(size_of::<EventHeader>()) };
     if mode == StackMode::FramePointer as u32 {
-        // SAFETY: the destination holds MAX_FP_FRAMES u64 values.
-        let got = unsafe {
-            bpf_get_stack(
-                ctx.as_ptr(),
-                sample.cast(),
-                (MAX_FP_FRAMES * 8) as u32,
-                u64::from(BPF_F_USER_STACK),
-            )
-        };
-        let got = if got > 0 { got as u32 } else { 0 };
+        // SAFETY: the reservation holds MAX_FP_FRAMES u64 values there.
+        let got = unsafe { fp_walk(ctx, sample) };
         // SAFETY: as above.
         unsafe { (*header).stack_len = got };
         return got;
@@ -511,16 +503,8 @@ pub unsafe fn close_site(ctx: &RawTracePointContext, record: *mut u8, tid: u32) 
             record.add(SHORT_HEADER)
         };
         let got = if mode == StackMode::FramePointer as u32 {
-            // SAFETY: the destination holds MAX_FP_FRAMES u64 values.
-            let got = unsafe {
-                bpf_get_stack(
-                    ctx.as_ptr(),
-                    sample.cast(),
-                    (MAX_FP_FRAMES * 8) as u32,
-                    u64::from(BPF_F_USER_STACK),
-                )
-            };
-            if got > 0 { got as u32 } else { 0 }
+            // SAFETY: as above.
+            unsafe { fp_walk(ctx, sample) }
         } else {
             // SAFETY: as above.
             unsafe { close_window(header, sample, sp) }
@@ -530,6 +514,25 @@ pub unsafe fn close_site(ctx: &RawTracePointContext, record: *mut u8, tid: u32) 
     }
     // SAFETY: guaranteed by the caller.
     unsafe { output_after(record, tid, crate::wakeup(false), SHORT_HEADER) }
+}
+
+/// The kernel's frame-pointer walk of the user stack into `sample`; the
+/// bytes written.
+///
+/// # Safety
+/// `sample` must hold [`MAX_FP_FRAMES`] u64 values.
+#[inline(always)]
+unsafe fn fp_walk(ctx: &RawTracePointContext, sample: *mut u8) -> u32 {
+    // SAFETY: guaranteed by the caller.
+    let got = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            sample.cast(),
+            (MAX_FP_FRAMES * 8) as u32,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
+    if got > 0 { got as u32 } else { 0 }
 }
 
 /// Up to [`CLOSE_STACK_BYTES`] of user stack from `sp` into `sample`: to

@@ -467,13 +467,7 @@ pub fn generate(report: &Report) -> String {
          # each one is acceptable.\n",
     );
     for p in pending {
-        let frames = p
-            .stack_id
-            .and_then(|id| report.group(id))
-            .map_or(&[][..], |g| g.stack.as_slice());
-        let function = user_frame(frames)
-            .or_else(|| frames.iter().find(|f| f.function.is_some()))
-            .and_then(|f| f.function.as_deref());
+        let function = blamed_function(report, p.stack_id);
         out.push_str("\n[[suppress]]\n");
         let reason = format!("TODO: why this {} is acceptable", p.what);
         let _ = writeln!(out, "reason = {}", quote(&reason));
@@ -492,13 +486,7 @@ pub fn generate(report: &Report) -> String {
     // and the process.
     let mut seen: Vec<(&str, Option<&str>, Option<&str>)> = Vec::new();
     for m in &report.fd_misuse {
-        let frames = m
-            .stack_id
-            .and_then(|id| report.group(id))
-            .map_or(&[][..], |g| g.stack.as_slice());
-        let function = user_frame(frames)
-            .or_else(|| frames.iter().find(|f| f.function.is_some()))
-            .and_then(|f| f.function.as_deref());
+        let function = blamed_function(report, m.stack_id);
         let comm = report.process(m.pid).map(|p| p.comm.as_str());
         if seen.contains(&(m.kind, function, comm)) {
             continue;
@@ -516,6 +504,17 @@ pub fn generate(report: &Report) -> String {
         }
     }
     out
+}
+
+/// The function a generated rule names for a stack: the innermost of the
+/// user's own code, else the innermost with a name.
+fn blamed_function(report: &Report, stack_id: Option<u32>) -> Option<&str> {
+    let frames = stack_id
+        .and_then(|id| report.group(id))
+        .map_or(&[][..], |g| g.stack.as_slice());
+    user_frame(frames)
+        .or_else(|| frames.iter().find(|f| f.function.is_some()))
+        .and_then(|f| f.function.as_deref())
 }
 
 /// The narrowest `prefix*suffix` glob matching all of `texts` (the text

@@ -523,7 +523,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if busy {
         count(Counter::SkippedStacks);
     }
-    let wants_stack = (creates && !busy) || failed_for_lack_of_fds;
+    // close_range of one descriptor: where, in case it was closed already
+    // (close_range does not fail on that; userspace's table tells).
+    let single_close = syscall == Syscall::CloseRange && args.args[0] == args.args[1];
+    let wants_stack = (creates && !busy) || failed_for_lack_of_fds || single_close;
     // SAFETY: plain read of a global set before load.
     let stack_mode = unsafe { read_volatile(&STACK_MODE) };
     // A CPython process's frames go in their own record, just before this

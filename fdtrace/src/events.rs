@@ -157,6 +157,8 @@ pub enum Action {
         first: u32,
         last: u32,
         cloexec_only: bool,
+        /// Taken for a single descriptor (`first == last`) only.
+        stack: Option<StackSample>,
     },
     SetCloexec {
         fd: Fd,
@@ -818,6 +820,7 @@ fn syscall_action(
             first: u32::try_from(a[0] & 0xffff_ffff)?,
             last: u32::try_from(a[1] & 0xffff_ffff)?,
             cloexec_only: a[2] & CLOSE_RANGE_CLOEXEC != 0,
+            stack: stack_sample(h, stack, mode),
         },
         Syscall::Ioctl => Action::SetCloexec {
             fd: fd_arg(a[0]),

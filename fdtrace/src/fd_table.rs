@@ -395,29 +395,8 @@ impl FdTable {
                 first,
                 last,
                 cloexec_only,
-            } => {
-                if let Some(p) = self.processes.get_mut(&tgid) {
-                    let in_range =
-                        |fd: &Fd| u32::try_from(*fd).is_ok_and(|fd| (*first..=*last).contains(&fd));
-                    if *cloexec_only {
-                        p.fds
-                            .iter_mut()
-                            .filter(|(fd, _)| in_range(fd))
-                            .for_each(|(_, f)| f.cloexec = true);
-                    } else {
-                        let doomed: Vec<Fd> = p.fds.keys().copied().filter(in_range).collect();
-                        for fd in doomed {
-                            release(p.fds.remove(&fd), &mut used);
-                            let at = ClosedFd {
-                                tid: event.tid,
-                                ts_ns: event.ts_ns,
-                                stack: None,
-                            };
-                            forget_closed(p.closed.insert(fd, at), &mut used);
-                        }
-                    }
-                }
-            }
+                ..
+            } => self.close_range(event, (*first, *last), *cloexec_only, stack, &mut used),
             Action::SetCloexec { fd, on } => {
                 if let Some(f) = self
                     .processes
@@ -623,6 +602,63 @@ impl FdTable {
                 stack,
             }),
             _ => used.released.extend(stack),
+        }
+    }
+
+    /// `close_range(first, last)` at `stack` (the kernel takes one only for
+    /// a single descriptor): closes what is open in the range, or with
+    /// CLOSE_RANGE_CLOEXEC marks it. close_range skips numbers that are
+    /// not open instead of failing, so a single number closed before is a
+    /// double close found here, not through an EBADF (`errno` 0).
+    fn close_range(
+        &mut self,
+        event: &Event,
+        (first, last): (u32, u32),
+        cloexec_only: bool,
+        stack: Option<StackRef>,
+        used: &mut StackUse,
+    ) {
+        let Some(p) = self.processes.get_mut(&event.tgid) else {
+            return;
+        };
+        let in_range = |fd: &Fd| u32::try_from(*fd).is_ok_and(|fd| (first..=last).contains(&fd));
+        if cloexec_only {
+            p.fds
+                .iter_mut()
+                .filter(|(fd, _)| in_range(fd))
+                .for_each(|(_, f)| f.cloexec = true);
+            return;
+        }
+        let single = Fd::try_from(first).ok().filter(|_| first == last);
+        if let Some(fd) = single
+            && !p.fds.contains_key(&fd)
+            && let Some(closed) = p.closed.get(&fd).copied()
+        {
+            used.held.extend(stack);
+            used.held.extend(closed.stack);
+            self.misuses.push(Misuse {
+                kind: misuse::MisuseKind::DoubleClose,
+                tgid: event.tgid,
+                tid: event.tid,
+                fd,
+                syscall: "close_range",
+                errno: 0,
+                ts_ns: event.ts_ns,
+                stack,
+                closed: Some(closed),
+            });
+            return;
+        }
+        let doomed: Vec<Fd> = p.fds.keys().copied().filter(in_range).collect();
+        for fd in doomed {
+            release(p.fds.remove(&fd), used);
+            let at = ClosedFd {
+                tid: event.tid,
+                ts_ns: event.ts_ns,
+                stack,
+            };
+            used.held.extend(stack);
+            forget_closed(p.closed.insert(fd, at), used);
         }
     }
 
@@ -1077,6 +1113,7 @@ mod tests {
                     first: 3,
                     last: 5,
                     cloexec_only: false,
+                    stack: None,
                 },
             ),
             None,
@@ -1090,6 +1127,7 @@ mod tests {
                     first: 6,
                     last: u32::MAX,
                     cloexec_only: true,
+                    stack: None,
                 },
             ),
             None,
@@ -1779,18 +1817,59 @@ mod tests {
         assert_eq!(used.released, vec![StackRef(2)]);
     }
 
+    fn close_range(first: u32, last: u32) -> Action {
+        Action::CloseRange {
+            first,
+            last,
+            cloexec_only: false,
+            stack: None,
+        }
+    }
+
     #[test]
-    fn a_number_close_range_closed_has_no_close_stack_but_was_closed() {
+    fn a_number_close_range_closed_was_closed() {
         let mut t = table();
         t.apply(&open(100, 5, "/etc/hostname", true), None, &mut NoProc);
-        let range = Action::CloseRange {
-            first: 3,
-            last: u32::MAX,
-            cloexec_only: false,
-        };
-        t.apply(&ev(100, 20, range), None, &mut NoProc);
+        t.apply(&open(100, 6, "/etc/hostname", true), None, &mut NoProc);
+        t.apply(&ev(100, 20, close_range(3, u32::MAX)), None, &mut NoProc);
         t.apply(&bad(100, 30, "read", vec![5]), None, &mut NoProc);
         assert_eq!(misuses(&t), [(100, "use-after-close", 5, None, None)]);
         assert!(t.misuses[0].closed.is_some());
+        // One descriptor: the kernel sent its stack, which each closed
+        // number holds.
+        t.apply(&open(100, 7, "/etc/hostname", true), None, &mut NoProc);
+        let used = t.apply(
+            &ev(100, 40, close_range(7, 7)),
+            Some(StackRef(4)),
+            &mut NoProc,
+        );
+        assert_eq!(used.held, vec![StackRef(4)]);
+        t.apply(&bad(100, 50, "read", vec![7]), None, &mut NoProc);
+        assert_eq!(t.misuses[1].closed.and_then(|c| c.stack), Some(StackRef(4)));
+    }
+
+    #[test]
+    fn close_range_of_one_number_closed_before_is_a_double_close_without_a_failure() {
+        let mut t = table();
+        t.apply(&open(100, 5, "/etc/hostname", true), None, &mut NoProc);
+        t.apply(&ev(100, 20, close(5)), Some(StackRef(2)), &mut NoProc);
+        let used = t.apply(
+            &ev(100, 30, close_range(5, 5)),
+            Some(StackRef(3)),
+            &mut NoProc,
+        );
+        assert_eq!(used.held, vec![StackRef(3), StackRef(2)]);
+        assert_eq!(
+            misuses(&t),
+            [(100, "double-close", 5, Some(StackRef(3)), Some(StackRef(2)))]
+        );
+        assert_eq!(
+            (t.misuses[0].syscall, t.misuses[0].errno),
+            ("close_range", 0)
+        );
+        // A wider range over a closed number is no misuse: it closes
+        // whatever is open there.
+        t.apply(&ev(100, 40, close_range(4, 6)), None, &mut NoProc);
+        assert_eq!(t.misuses.len(), 1);
     }
 }

@@ -44,8 +44,8 @@ impl MisuseKind {
 pub struct ClosedFd {
     pub tid: u32,
     pub ts_ns: u64,
-    /// The close's compact stack; `None` for close_range, which has none,
-    /// or when stacks are off.
+    /// The close's compact stack; `None` for a close_range of several
+    /// numbers (the kernel takes no stack for one), or when stacks are off.
     pub stack: Option<StackRef>,
 }
 

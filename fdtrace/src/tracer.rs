@@ -286,6 +286,7 @@ impl Tracer {
             Action::Exhausted { stack, .. }
             | Action::FdSetOverflow { stack, .. }
             | Action::Close { stack, .. }
+            | Action::CloseRange { stack, .. }
             | Action::BadFd { stack, .. } => stack.take(),
             _ => None,
         };

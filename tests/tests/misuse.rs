@@ -147,6 +147,27 @@ fn a_use_after_close_names_the_call_and_the_close() {
 }
 
 #[test]
+fn close_range_of_a_closed_number_is_a_double_close_though_it_does_not_fail() {
+    if !bpf_or_skip() {
+        return;
+    }
+    for &(variant, flags, _) in BUILDS {
+        let t = trace(&[], &[&misuse_bin(variant, flags), "range"]);
+        let m = only_misuse(&t);
+        assert_eq!(
+            summary(m),
+            ("double-close".into(), "close_range".into(), 3, 1, 0),
+            "{variant}"
+        );
+        assert_eq!(user_functions(&t, &m["stack_id"]), ["range_close", "main"]);
+        assert_eq!(
+            user_functions(&t, &m["closed_stack_id"]),
+            ["first_close", "main"]
+        );
+    }
+}
+
+#[test]
 fn invalid_descriptors_like_valgrinds_fdbaduse_are_found() {
     if !bpf_or_skip() {
         return;

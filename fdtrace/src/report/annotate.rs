@@ -85,8 +85,9 @@ impl Rule {
                  table (RLIMIT_NOFILE) or the system's was full."
             }
             Rule::DoubleClose => {
-                "close() failed with EBADF on a descriptor this process had \
-                 already closed. Had another thread opened a descriptor in \
+                "close() (failing with EBADF) or close_range() of a single \
+                 descriptor this process had already closed. Had another \
+                 thread opened a descriptor in \
                  between, it would have got the same number and this close \
                  would have closed it instead: its data would go to the wrong \
                  file or socket. The related location is the first close."

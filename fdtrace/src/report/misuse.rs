@@ -26,13 +26,15 @@ pub struct MisuseEntry {
     pub tid: u32,
     pub fd: i32,
     pub syscall: &'static str,
+    /// 9 (EBADF); 0 for a close_range of one number closed before, which
+    /// does not fail.
     pub errno: i32,
     /// Occurrences with this type, call and stacks.
     pub count: usize,
     /// The failing call's stack.
     pub stack_id: Option<u32>,
     /// Where the descriptor was closed before; null for `invalid-fd` (and
-    /// for a number closed by close_range, which has no stack).
+    /// for a number a close_range of several closed: no stack is taken).
     pub closed_stack_id: Option<u32>,
     /// The thread that closed it before, and how long before the failure.
     pub closed_tid: Option<u32>,
@@ -110,8 +112,14 @@ pub fn headline(report: &Report, m: &MisuseEntry) -> String {
     } else {
         format!(" thread {}", m.tid)
     };
+    // close_range skips a number that is not open: nothing failed.
+    let outcome = if m.errno == 0 {
+        "closed nothing"
+    } else {
+        "failed with EBADF"
+    };
     format!(
-        "{what}: {}({}) failed with EBADF{times} in {} [{}]{thread}",
+        "{what}: {}({}) {outcome}{times} in {} [{}]{thread}",
         m.syscall,
         m.fd,
         report.process(m.pid).map_or("?", |p| p.comm.as_str()),
@@ -147,7 +155,7 @@ pub fn section(report: &Report, style: Style, out: &mut impl Write) -> io::Resul
         writeln!(out, "  closed{by} at:")?;
         match m.closed_stack_id.and_then(|id| report.group(id)) {
             Some(g) => frames(g, out)?,
-            None => writeln!(out, "  (no stack: closed by close_range or stacks off)")?,
+            None => writeln!(out, "  (no stack: closed by a close_range, or stacks off)")?,
         }
     }
     Ok(())

@@ -344,16 +344,21 @@ fn decode_short(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
     // integers and arrays of integers, so any bit pattern is valid.
     let mut header: EventHeader = unsafe { std::ptr::read_unaligned(whole.as_ptr().cast()) };
     header.fds = [-1; MAX_EVENT_FDS];
-    let sample: &[u8] = if header.flags & FLAG_SAMPLE_AFTER_SHORT != 0 {
-        let len = usize::try_from(header.stack_len)?;
-        bytes
-            .get(SHORT_HEADER..SHORT_HEADER + len)
-            .ok_or_else(|| anyhow!("record shorter than its stack sample"))?
-    } else {
+    if header.flags & FLAG_SAMPLE_AFTER_SHORT == 0 {
         header.stack_len = 0;
-        &[]
+        return decode_header(&header, &[], stack_mode);
+    }
+    let len = usize::try_from(header.stack_len)?;
+    let sample = bytes
+        .get(SHORT_HEADER..SHORT_HEADER + len)
+        .ok_or_else(|| anyhow!("record shorter than its stack sample"))?;
+    // A close's sample is a stack copy from sp in every mode that takes
+    // one (see `capture::close_site` in the kernel crate).
+    let mode = match stack_mode {
+        StackMode::None => StackMode::None,
+        StackMode::FramePointer | StackMode::Dwarf => StackMode::Dwarf,
     };
-    decode_header(&header, sample, stack_mode)
+    decode_header(&header, sample, mode)
 }
 
 /// A [`KeptRecord`]: the creation the kernel kept, handed over before the
@@ -1031,19 +1036,17 @@ mod tests {
         // A sample longer than the record is refused, not read past.
         let cut = decode(&short_with(&h, &sample[..10]), StackMode::Dwarf).unwrap_err();
         assert!(cut.to_string().contains("stack sample"), "{cut}");
-        // In frame-pointer mode the sample is return addresses.
-        h.stack_len = 16;
-        let frames = [0x40_1000u64, 0x40_2000].map(u64::to_ne_bytes).concat();
-        let Action::Close { stack, .. } = decode(&short_with(&h, &frames), StackMode::FramePointer)
-            .unwrap()
-            .action
-        else {
-            panic!()
+        // With frame-pointer stacks too it is a stack copy, for CFI; with
+        // none there is none.
+        let close_stack = |mode| match decode(&short_with(&h, &sample), mode).unwrap().action {
+            Action::Close { stack, .. } => stack,
+            other => panic!("{other:?}"),
         };
         assert_eq!(
-            stack,
-            Some(StackSample::FramePointer(vec![0x40_1000, 0x40_2000]))
+            close_stack(StackMode::FramePointer),
+            close_stack(StackMode::Dwarf)
         );
+        assert_eq!(close_stack(StackMode::None), None);
     }
 
     #[test]

@@ -1008,10 +1008,20 @@ pub const PY_ENTRY: u64 = 1 << 63;
 /// Flag of a [`PyStackRecord`]: more frames than slots.
 pub const PY_TRUNCATED: u32 = 1;
 
+/// Python frames a close's record keeps (its compact close site): the
+/// innermost ones, where the code that closed is. A deeper stack is marked
+/// truncated.
+pub const CLOSE_PY_SLOTS: usize = 16;
+
 /// The CPython frames of one thread at one syscall, innermost first.
+pub type PyStackRecord = PyStackRecordOf<MAX_PY_SLOTS>;
+
+/// A [`PyStackRecord`] with room for `N` frames: a close's is
+/// [`CLOSE_PY_SLOTS`] long. Userspace reads `len` slots of whatever
+/// length arrives.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct PyStackRecord {
+pub struct PyStackRecordOf<const N: usize> {
     /// [`EventKind::PyStack`]; first, as in [`EventHeader`].
     pub kind: u32,
     pub tgid: u32,
@@ -1023,9 +1033,11 @@ pub struct PyStackRecord {
     /// `PY_*` flags.
     pub flags: u32,
     pub _pad: u32,
-    pub slots: [PyFrameSlot; MAX_PY_SLOTS],
+    pub slots: [PyFrameSlot; N],
 }
 const _: () = assert!(size_of::<PyStackRecord>() == 32 + 24 * MAX_PY_SLOTS);
+/// Bytes of a [`PyStackRecordOf`] before its slots.
+pub const PY_STACK_HEADER: usize = 32;
 
 /// Bytes of a code object a [`PyCodeRecord`] copies: past every field
 /// userspace reads in 3.8 to 3.14 (the last, 3.14's `_co_firsttraceable`,

@@ -363,7 +363,7 @@ fn close_now(
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: plain read of a global set before load.
     if unsafe { read_volatile(&STACK_MODE) } != StackMode::None as u32 {
-        python::record(tgid, tid, ts_ns);
+        python::record_close(tgid, tid, ts_ns);
     }
     let Some(record) = capture::scratch() else {
         crate::dropped();

@@ -27,9 +27,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use fdtrace_common::{
-    EventKind, FLAG_PY_GC, FLAG_PY_SHUTDOWN, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT, PY_CODE_MIN_BYTES,
-    PY_ENTRY, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
-    PyBinary, PyCodeRecord, PyFile, PyFrameSlot, PyStackRecord, PyWalk, PyWindow,
+    CLOSE_PY_SLOTS, EventKind, FLAG_PY_GC, FLAG_PY_SHUTDOWN, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT,
+    PY_CODE_MIN_BYTES, PY_ENTRY, PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME,
+    PY_WINDOW_TABLE, PyBinary, PyCodeRecord, PyFile, PyFrameSlot, PyStackRecordOf, PyWalk,
+    PyWindow,
 };
 
 use crate::{EVENTS, TASK_FSBASE_OFFSET};
@@ -104,32 +105,47 @@ pub fn record(tgid: u32, tid: u32, ts_ns: u64) {
     fdtrace_python_stack(tgid, tid, ts_ns);
 }
 
+/// [`record`] for a close: its innermost [`CLOSE_PY_SLOTS`] frames, in a
+/// record an eighth the size (every close of a Python process writes one).
+pub fn record_close(tgid: u32, tid: u32, ts_ns: u64) {
+    fdtrace_python_close_stack(tgid, tid, ts_ns);
+}
+
+/// [`record_close`] as a global BPF function, like [`fdtrace_python_stack`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fdtrace_python_close_stack(tgid: u32, tid: u32, ts_ns: u64) -> u32 {
+    walk_python::<CLOSE_PY_SLOTS>(tgid, tid, ts_ns);
+    0
+}
+
 /// [`record`] as a global BPF function: the verifier checks it once, on its
 /// own, instead of once per path through `sys_exit` (its loops would
 /// otherwise multiply that program's states past the verifier's limit).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn fdtrace_python_stack(tgid: u32, tid: u32, ts_ns: u64) -> u32 {
-    walk_python(tgid, tid, ts_ns);
+    walk_python::<MAX_PY_SLOTS>(tgid, tid, ts_ns);
     0
 }
 
+/// Walks up to `N` frames into a [`PyStackRecordOf<N>`].
 #[inline(always)]
-fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
+fn walk_python<const N: usize>(tgid: u32, tid: u32, ts_ns: u64) {
     // Read in place, not copied: the stack is shared with `sys_exit`.
     let Some(walk) = PYTHON.get_ptr(tgid) else {
         return;
     };
     // SAFETY: a live map value of plain old data.
     let walk = unsafe { &*walk };
-    let Some(mut entry) = EVENTS.reserve::<PyStackRecord>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<PyStackRecordOf<N>>(0) else {
         // Loses a stack or a path, never a close: no loss time.
         crate::count(fdtrace_common::Counter::DroppedEvents);
         return;
     };
     let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is a live reservation of a whole PyStackRecord; every
-    // slot index is checked against MAX_PY_SLOTS.
+    // SAFETY: `rec` is a live reservation of a whole record; every slot
+    // index is checked against N.
     unsafe {
         (*rec).kind = EventKind::PyStack as u32;
         (*rec).tgid = tgid;
@@ -161,7 +177,7 @@ fn walk_python(tgid: u32, tid: u32, ts_ns: u64) {
             PY_ENTRY
         };
         let entry_at = u64::from(walk.frame_is_entry & 0xffff);
-        for i in 0..MAX_PY_SLOTS {
+        for i in 0..N {
             if frame == 0 {
                 break;
             }

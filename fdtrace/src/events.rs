@@ -7,9 +7,10 @@ use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
     FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_PY_GC,
     FLAG_PY_SHUTDOWN, FLAG_SAMPLE_AFTER_SHORT, FLAG_STACK_FROM_SP, FLAG_STOPPED, FileRecord,
-    FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS, NO_ARG, PAGE_SIZE, PY_TRUNCATED,
-    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot,
-    PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN, fd_arguments, fd_syscall_name, nr,
+    FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS, NO_ARG, PAGE_SIZE, PY_STACK_HEADER,
+    PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
+    PyCodeRecord, PyFrameSlot, PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN,
+    fd_arguments, fd_syscall_name, nr,
 };
 
 use crate::procfs::classify_link;
@@ -465,14 +466,21 @@ fn bad_fd(header: &EventHeader, stack: &[u8], mode: StackMode) -> Result<Action>
     })
 }
 
+/// A [`PyStackRecordOf`] of any length: a creation's has room for
+/// [`MAX_PY_SLOTS`] frames, a close's for [`fdtrace_common::CLOSE_PY_SLOTS`].
 fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
-    if bytes.len() < size_of::<PyStackRecord>() {
+    let slot_size = size_of::<PyFrameSlot>();
+    if bytes.len() < PY_STACK_HEADER + slot_size {
         bail!("short Python stack record: {} bytes", bytes.len());
     }
-    // SAFETY: the length was checked; the record is plain integers, so any
-    // bit pattern is a valid value.
-    let record: PyStackRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let len = usize::try_from(record.len)?.min(MAX_PY_SLOTS);
+    let mut whole = [0u8; size_of::<PyStackRecord>()];
+    let copied = bytes.len().min(whole.len());
+    whole[..copied].copy_from_slice(&bytes[..copied]);
+    // SAFETY: `whole` is a whole record's bytes; the record is plain
+    // integers, so any bit pattern is a valid value.
+    let record: PyStackRecord = unsafe { std::ptr::read_unaligned(whole.as_ptr().cast()) };
+    let room = (copied - PY_STACK_HEADER) / slot_size;
+    let len = usize::try_from(record.len)?.min(room);
     Ok(Event {
         ts_ns: record.ts_ns,
         tgid: record.tgid,
@@ -1008,6 +1016,39 @@ mod tests {
             std::slice::from_raw_parts((&raw const *h).cast::<u8>(), size_of::<EventHeader>())
         };
         [&whole[..SHORT_HEADER], sample].concat()
+    }
+
+    #[test]
+    fn a_python_stack_record_decodes_at_either_length() {
+        let record = |n: usize, len: u32| {
+            let mut bytes = vec![0u8; PY_STACK_HEADER + n * size_of::<PyFrameSlot>()];
+            bytes[..4].copy_from_slice(&(EventKind::PyStack as u32).to_ne_bytes());
+            bytes[4..8].copy_from_slice(&7u32.to_ne_bytes());
+            bytes[12..16].copy_from_slice(&len.to_ne_bytes());
+            bytes[24..28].copy_from_slice(&PY_TRUNCATED.to_ne_bytes());
+            for i in 0..n {
+                let at = PY_STACK_HEADER + i * size_of::<PyFrameSlot>();
+                bytes[at..at + 8].copy_from_slice(&(0x1000 + i as u64).to_ne_bytes());
+            }
+            bytes
+        };
+        let slots = |bytes: &[u8]| match decode(bytes, StackMode::Dwarf).unwrap().action {
+            Action::PyStack(s) => (
+                s.slots.iter().map(|s| s.code).collect::<Vec<_>>(),
+                s.truncated,
+            ),
+            other => panic!("{other:?}"),
+        };
+        // A close's 16 slots, 3 used.
+        let close = fdtrace_common::CLOSE_PY_SLOTS;
+        assert_eq!(
+            slots(&record(close, 3)),
+            (vec![0x1000, 0x1001, 0x1002], true)
+        );
+        // A length past the room that arrived is cut to it, never read past.
+        assert_eq!(slots(&record(close, 200)).0.len(), close);
+        assert_eq!(slots(&record(MAX_PY_SLOTS, 200)).0.len(), MAX_PY_SLOTS);
+        assert!(decode(&record(0, 0), StackMode::Dwarf).is_err());
     }
 
     #[test]

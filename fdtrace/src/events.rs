@@ -7,10 +7,9 @@ use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
     FILE_ARGV_BYTES, FILE_NONE, FILE_PATH_BYTES, FILE_PATH_END, FILE_PATH_TRUNCATED, FLAG_PY_GC,
     FLAG_PY_SHUTDOWN, FLAG_SAMPLE_AFTER_SHORT, FLAG_STACK_FROM_SP, FLAG_STOPPED, FileRecord,
-    FileUse, KeptRecord, MAX_EVENT_FDS, MAX_PY_SLOTS, NO_ARG, PAGE_SIZE, PY_STACK_HEADER,
-    PY_TRUNCATED, PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE,
-    PyCodeRecord, PyFrameSlot, PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN,
-    fd_arguments, fd_syscall_name, nr,
+    FileUse, KeptRecord, MAX_EVENT_FDS, NO_ARG, PAGE_SIZE, PY_STACK_HEADER, PY_TRUNCATED,
+    PY_WINDOW_CODE, PY_WINDOW_FILENAME, PY_WINDOW_NAME, PY_WINDOW_TABLE, PyCodeRecord, PyFrameSlot,
+    PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN, fd_arguments, fd_syscall_name, nr,
 };
 
 use crate::procfs::classify_link;
@@ -466,8 +465,8 @@ fn bad_fd(header: &EventHeader, stack: &[u8], mode: StackMode) -> Result<Action>
     })
 }
 
-/// A [`PyStackRecordOf`] of any length: a creation's has room for
-/// [`MAX_PY_SLOTS`] frames, a close's for [`fdtrace_common::CLOSE_PY_SLOTS`].
+/// A [`fdtrace_common::PyStackRecordOf`] of any length: a creation's has
+/// room for [`fdtrace_common::MAX_PY_SLOTS`] frames, a close's for [`fdtrace_common::CLOSE_PY_SLOTS`].
 fn decode_py_stack(bytes: &[u8]) -> Result<Event> {
     let slot_size = size_of::<PyFrameSlot>();
     if bytes.len() < PY_STACK_HEADER + slot_size {
@@ -1047,7 +1046,8 @@ mod tests {
         );
         // A length past the room that arrived is cut to it, never read past.
         assert_eq!(slots(&record(close, 200)).0.len(), close);
-        assert_eq!(slots(&record(MAX_PY_SLOTS, 200)).0.len(), MAX_PY_SLOTS);
+        let most = fdtrace_common::MAX_PY_SLOTS;
+        assert_eq!(slots(&record(most, 200)).0.len(), most);
         assert!(decode(&record(0, 0), StackMode::Dwarf).is_err());
     }
 

@@ -349,6 +349,40 @@ fn emit_now(
     Ok(())
 }
 
+/// Starts a record of `kind` for `syscall` in this CPU's scratch record,
+/// stamped now, after the thread's Python frames (a close's innermost
+/// ones only, for `close`) unless stacks are off. None, counted, if the
+/// scratch record is missing.
+#[inline(always)]
+fn start_record(
+    kind: EventKind,
+    syscall: u32,
+    tgid: u32,
+    tid: u32,
+    close: bool,
+) -> Option<*mut u8> {
+    // SAFETY: the helper takes no arguments and touches no memory.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain read of a global set before load.
+    if unsafe { read_volatile(&STACK_MODE) } != StackMode::None as u32 {
+        if close {
+            python::record_close(tgid, tid, ts_ns);
+        } else {
+            python::record(tgid, tid, ts_ns);
+        }
+    }
+    let Some(record) = capture::scratch() else {
+        crate::dropped();
+        return None;
+    };
+    // SAFETY: the scratch record is at least as large as the header.
+    unsafe {
+        capture::init_header(record.cast(), kind, syscall, tgid, tid);
+        (*record.cast::<EventHeader>()).ts_ns = ts_ns;
+    }
+    Some(record)
+}
+
 /// A close's record, with where it was called from (see
 /// [`capture::close_site`]): Python frames first, for a CPython process.
 #[inline(always)]
@@ -359,21 +393,13 @@ fn close_now(
     args: &SyscallArgs,
     flags: u32,
 ) -> Result<(), i64> {
-    // SAFETY: the helper takes no arguments and touches no memory.
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: plain read of a global set before load.
-    if unsafe { read_volatile(&STACK_MODE) } != StackMode::None as u32 {
-        python::record_close(tgid, tid, ts_ns);
-    }
-    let Some(record) = capture::scratch() else {
-        crate::dropped();
+    let close = Syscall::Close as u32;
+    let Some(record) = start_record(EventKind::Syscall, close, tgid, tid, true) else {
         return Ok(());
     };
     let header = record.cast::<EventHeader>();
-    // SAFETY: the scratch record is at least as large as the header.
+    // SAFETY: `start_record` initialised the header.
     unsafe {
-        capture::init_header(header, EventKind::Syscall, Syscall::Close as u32, tgid, tid);
-        (*header).ts_ns = ts_ns;
         (*header).args = args.args;
         (*header).flags = flags;
         capture::close_site(ctx, record, tid);
@@ -398,24 +424,16 @@ fn bad_fd(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64, ret: i64) ->
             return Ok(());
         }
     }
-    // SAFETY: the helper takes no arguments and touches no memory.
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: plain read of a global set before load.
-    if unsafe { read_volatile(&STACK_MODE) } != StackMode::None as u32 {
-        python::record(tgid, tid, ts_ns);
-    }
-    let Some(record) = capture::scratch() else {
-        crate::dropped();
+    let Some(record) = start_record(EventKind::BadFd, nr as u32, tgid, tid, false) else {
         return Ok(());
     };
     let header = record.cast::<EventHeader>();
-    // SAFETY: the scratch record holds a header and the largest sample.
-    // The arguments go straight into it, one register at a time: a copy of
-    // all six would sit on a stack `sys_exit` shares with the Python walker
-    // (5.10 rounds each frame up to 32 bytes and allows 512 in all).
+    // SAFETY: `start_record` initialised the header; the scratch record
+    // holds the largest sample after it. The arguments go straight into
+    // it, one register at a time: a copy of all six would sit on a stack
+    // `sys_exit` shares with the Python walker (5.10 rounds each frame up
+    // to 32 bytes and allows 512 in all).
     unsafe {
-        capture::init_header(header, EventKind::BadFd, nr as u32, tgid, tid);
-        (*header).ts_ns = ts_ns;
         (*header).ret = ret;
         for (i, offset) in ARG_REGS.into_iter().enumerate() {
             (*header).args[i] = user_reg(ctx, offset).unwrap_or(0);

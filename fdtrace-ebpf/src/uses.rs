@@ -112,7 +112,7 @@ pub fn syscall(ctx: &RawTracePointContext, tgid: u32, tid: u32, nr: u64) -> Resu
 /// payload is uninitialised stack, which verifiers before 6.x refuse to
 /// let a program read.
 #[inline(always)]
-pub fn argument(args: &[u64; 6], i: usize) -> u64 {
+fn argument(args: &[u64; 6], i: usize) -> u64 {
     match i {
         0 => args[0],
         1 => args[1],

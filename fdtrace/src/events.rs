@@ -303,10 +303,7 @@ pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {
         return decode_kept(bytes);
     }
     let header_len = size_of::<EventHeader>();
-    if flags_of(bytes) & FLAG_SAMPLE_AFTER_SHORT != 0 {
-        return decode_short(bytes, stack_mode);
-    }
-    if bytes.len() < header_len {
+    if bytes.len() < header_len || flags_of(bytes) & FLAG_SAMPLE_AFTER_SHORT != 0 {
         return decode_short(bytes, stack_mode);
     }
     // SAFETY: the length was checked; EventHeader is plain integers and

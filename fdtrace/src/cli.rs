@@ -26,15 +26,17 @@ pub enum Command {
     Run(RunArgs),
     /// Attach to running processes and watch which stacks keep accumulating descriptors.
     Attach(AttachArgs),
+    /// Run a command like `run` and record the trace to a file as it goes,
+    /// for `fdtrace report` to read anywhere later.
+    Record(RecordArgs),
+    /// Print any report from a recorded trace (`-` reads standard input).
+    Report(ReportArgs),
 }
 
-/// Options both subcommands take.
+/// What a report says and fails on: every subcommand takes these.
 #[derive(Debug, Args)]
-pub struct TraceArgs {
-    /// Write the report to FILE instead of standard error.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Report format.
+pub struct ReportOptions {
+    /// Report format (html needs -o FILE).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Exit with --leak-exit-code when the report has any of these findings
@@ -59,6 +61,13 @@ pub struct TraceArgs {
     /// found, to standard error, ready to paste into .fdtrace.toml.
     #[arg(long)]
     pub gen_suppressions: bool,
+}
+
+/// Options of the subcommands that trace.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub report: ReportOptions,
     /// How to capture stacks: dwarf (complete, unwound from a stack copy),
     /// fp (frame pointers only) or none.
     #[arg(long, value_enum, default_value_t = StackKind::Dwarf)]
@@ -74,6 +83,9 @@ pub struct TraceArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Write the report to FILE instead of standard error.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub trace: TraceArgs,
     /// Under sudo, run the command as root instead of as the invoking user.
@@ -90,7 +102,55 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The trace file to write (refused if it exists, unless --force).
+    #[arg(short, long, value_name = "TRACE.fdt")]
+    pub output: PathBuf,
+    /// Replace the trace file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Write the live report to FILE instead of standard error.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Under sudo, run the command as root instead of as the invoking user.
+    #[arg(long)]
+    pub as_root: bool,
+    /// The command to run, after `--`.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A trace written by `fdtrace record` or `attach --record`; `-` for
+    /// standard input.
+    #[arg(value_name = "TRACE.fdt")]
+    pub trace: PathBuf,
+    /// Write the report to FILE instead of standard error.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportOptions,
+}
+
+#[derive(Debug, Args)]
 pub struct AttachArgs {
+    /// Write the report to FILE instead of standard error.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also record the trace to this file as it goes (see `fdtrace report`).
+    #[arg(long, value_name = "TRACE.fdt")]
+    pub record: Option<PathBuf>,
+    /// Replace the --record file if it exists.
+    #[arg(long, requires = "record")]
+    pub force: bool,
     #[command(flatten)]
     pub trace: TraceArgs,
     /// Process to attach to (repeatable).
@@ -114,6 +174,9 @@ pub enum Format {
     Json,
     /// SARIF 2.1.0, for code scanning (GitHub, GitLab, IDEs).
     Sarif,
+    /// One self-contained page: a timeline of open descriptors and a
+    /// flame graph of the leaks.
+    Html,
 }
 
 /// Findings that fail the build with --fail-on.
@@ -170,6 +233,19 @@ pub struct TraceConfig {
     pub stack_mode: StackMode,
     pub stack_bytes: u32,
     pub on_emfile: OnEmfile,
+    /// Record the trace to this file as it goes; `force`: over an
+    /// existing one.
+    pub record: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// A checked `report` request: the trace to read, and the report options
+/// (in a [`TraceConfig`] whose capture options go unused).
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    pub trace: TraceConfig,
+    /// `None` for standard input.
+    pub file: Option<PathBuf>,
 }
 
 /// A checked `run` request.
@@ -190,19 +266,16 @@ pub struct AttachConfig {
     pub min_age: Duration,
 }
 
-impl TraceArgs {
-    fn into_config(self) -> Result<TraceConfig> {
-        if !(512..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
+impl ReportOptions {
+    fn into_config(self, output: Option<PathBuf>) -> Result<TraceConfig> {
+        if self.gen_suppressions && self.format != Format::Text && output.is_none() {
             bail!(
-                "--stack-bytes must be between 512 and {MAX_STACK_BYTES}, got {}",
-                self.stack_bytes
+                "--gen-suppressions prints to standard error: with --format json, sarif or \
+                 html, write the report elsewhere with -o FILE"
             );
         }
-        if self.gen_suppressions && self.format != Format::Text && self.output.is_none() {
-            bail!(
-                "--gen-suppressions prints to standard error: with --format json or sarif, \
-                 write the report elsewhere with -o FILE"
-            );
+        if self.format == Format::Html && output.is_none() {
+            bail!("--format html writes a page: name it with -o FILE (e.g. -o report.html)");
         }
         let mut fail_on: Vec<Finding> = self.fail_on.into_iter().map(Finding::from).collect();
         if self.fail_on_leak {
@@ -213,21 +286,41 @@ impl TraceArgs {
         let cwd = std::env::current_dir().context("read the working directory")?;
         let suppressions =
             Suppressions::load(&cwd, &self.suppressions, !self.no_default_suppressions)?;
+        Ok(TraceConfig {
+            output,
+            format: self.format,
+            fail_on,
+            fail_exit_code: self.leak_exit_code,
+            suppressions,
+            gen_suppressions: self.gen_suppressions,
+            stack_mode: StackMode::Dwarf,
+            stack_bytes: u32::try_from(DEFAULT_STACK_BYTES)?,
+            on_emfile: OnEmfile::Report,
+            record: None,
+            force: false,
+        })
+    }
+}
+
+impl TraceArgs {
+    fn into_config(self, output: Option<PathBuf>) -> Result<TraceConfig> {
+        if !(512..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
+            bail!(
+                "--stack-bytes must be between 512 and {MAX_STACK_BYTES}, got {}",
+                self.stack_bytes
+            );
+        }
+        let report = self.report.into_config(output)?;
         let stack_mode = match self.stack {
             StackKind::Dwarf => StackMode::Dwarf,
             StackKind::Fp => StackMode::FramePointer,
             StackKind::None => StackMode::None,
         };
         Ok(TraceConfig {
-            output: self.output,
-            format: self.format,
-            fail_on,
-            fail_exit_code: self.leak_exit_code,
-            suppressions,
-            gen_suppressions: self.gen_suppressions,
             stack_mode,
             stack_bytes: u32::try_from(self.stack_bytes)?,
             on_emfile: self.on_emfile,
+            ..report
         })
     }
 }
@@ -235,9 +328,32 @@ impl TraceArgs {
 impl RunArgs {
     pub fn into_config(self) -> Result<RunConfig> {
         Ok(RunConfig {
-            trace: self.trace.into_config()?,
+            trace: self.trace.into_config(self.output)?,
             command: self.command,
             as_root: self.as_root,
+        })
+    }
+}
+
+impl RecordArgs {
+    pub fn into_config(self) -> Result<RunConfig> {
+        let mut trace = self.trace.into_config(self.report)?;
+        trace.record = Some(self.output);
+        trace.force = self.force;
+        Ok(RunConfig {
+            trace,
+            command: self.command,
+            as_root: self.as_root,
+        })
+    }
+}
+
+impl ReportArgs {
+    pub fn into_config(self) -> Result<ReportConfig> {
+        let file = (self.trace.as_os_str() != "-").then_some(self.trace);
+        Ok(ReportConfig {
+            trace: self.report.into_config(self.output)?,
+            file,
         })
     }
 }
@@ -249,8 +365,11 @@ impl AttachArgs {
         }
         let mut pids = self.pids;
         pids.dedup();
+        let mut trace = self.trace.into_config(self.output)?;
+        trace.record = self.record;
+        trace.force = self.force;
         Ok(AttachConfig {
-            trace: self.trace.into_config()?,
+            trace,
             pids,
             duration: self.duration,
             interval: self.interval,
@@ -289,6 +408,12 @@ impl AsRef<TraceConfig> for RunConfig {
     }
 }
 
+impl AsRef<TraceConfig> for ReportConfig {
+    fn as_ref(&self) -> &TraceConfig {
+        &self.trace
+    }
+}
+
 impl AsRef<TraceConfig> for AttachConfig {
     fn as_ref(&self) -> &TraceConfig {
         &self.trace
@@ -302,14 +427,14 @@ mod tests {
     fn parse_run(args: &[&str]) -> Result<RunConfig> {
         match Cli::try_parse_from(args)?.command {
             Command::Run(run) => run.into_config(),
-            Command::Attach(_) => bail!("not run"),
+            _ => bail!("not run"),
         }
     }
 
     fn parse_attach(args: &[&str]) -> Result<AttachConfig> {
         match Cli::try_parse_from(args)?.command {
             Command::Attach(attach) => attach.into_config(),
-            Command::Run(_) => bail!("not attach"),
+            _ => bail!("not attach"),
         }
     }
 

@@ -12,10 +12,15 @@ use fdtrace_common::{
     PyStackRecord, SHORT_HEADER, StackMode, Syscall, TEXT_LEN, fd_arguments, fd_syscall_name, nr,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::procfs::classify_link;
 
 /// A descriptor number.
 pub type Fd = i32;
+
+/// A syscall's name (an alias, so serde does not try to borrow it).
+pub type SyscallName = &'static str;
 
 /// One decoded record.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,7 +35,7 @@ pub struct Event {
 }
 
 /// What a descriptor is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FdKind {
     File,
     /// Opened with O_DIRECTORY (`opendir`, a `*at` base, a working directory).
@@ -78,7 +83,7 @@ impl FdKind {
 }
 
 /// Which end of a socket an address belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Side {
     Local,
     Peer,
@@ -99,8 +104,9 @@ pub enum StackSample {
 }
 
 /// How a new descriptor came to be.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Creation {
+    #[serde(with = "crate::record::wire::syscall")]
     pub syscall: Syscall,
     /// Descriptors created (two for pipe/socketpair, many for SCM_RIGHTS).
     pub fds: Vec<Fd>,
@@ -115,6 +121,7 @@ pub struct Creation {
     pub socket: Option<(u16, u32)>,
     /// Peer address written by accept().
     pub peer: Option<String>,
+    #[serde(skip)]
     pub stack: Option<StackSample>,
     /// Opened by CPython's own cleanup: during interpreter shutdown, or by
     /// a finalizer the garbage collector ran.
@@ -122,7 +129,7 @@ pub struct Creation {
 }
 
 /// Who closed a descriptor, as far as the kernel could tell.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Closer {
     /// The program, in its own time.
     #[default]
@@ -134,7 +141,9 @@ pub enum Closer {
     GarbageCollector,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Recorded traces (`record`) store these as they were applied, stack
+/// samples left out (the recording names the sample instead).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     Create(Creation),
     Close {
@@ -142,14 +151,17 @@ pub enum Action {
         by: Closer,
         /// Where it was called from (a compact sample: see
         /// `capture::close_site` in the kernel crate).
+        #[serde(skip)]
         stack: Option<StackSample>,
     },
     /// A call given descriptors failed with EBADF: one of `fds` was not
     /// open (or was open in a mode the call cannot use).
     BadFd {
-        syscall: &'static str,
+        #[serde(with = "crate::record::wire::syscall_name")]
+        syscall: SyscallName,
         /// The descriptor arguments, in order (not `AT_FDCWD`).
         fds: Vec<Fd>,
+        #[serde(skip)]
         stack: Option<StackSample>,
     },
     /// `close_range(first, last, flags)`; with `cloexec_only` it only marks.
@@ -158,6 +170,7 @@ pub enum Action {
         last: u32,
         cloexec_only: bool,
         /// Taken for a single descriptor (`first == last`) only.
+        #[serde(skip)]
         stack: Option<StackSample>,
     },
     SetCloexec {
@@ -171,11 +184,13 @@ pub enum Action {
     },
     /// A creation failed with EMFILE or ENFILE.
     Exhausted {
+        #[serde(with = "crate::record::wire::syscall")]
         syscall: Syscall,
         errno: i32,
         argument: Option<String>,
         /// RLIMIT_NOFILE (soft, hard) at the failure, as the kernel had it.
         limit: Option<(u64, u64)>,
+        #[serde(skip)]
         stack: Option<StackSample>,
     },
     ExitGroup {
@@ -184,8 +199,10 @@ pub enum Action {
     /// select()/pselect6() with `nfds` above FD_SETSIZE: an fd_set was
     /// written past its end.
     FdSetOverflow {
+        #[serde(with = "crate::record::wire::syscall")]
         syscall: Syscall,
         nfds: u64,
+        #[serde(skip)]
         stack: Option<StackSample>,
     },
     /// A call that changed nothing we track (dup2 onto itself, a signalfd
@@ -231,9 +248,11 @@ pub enum Action {
         fd: Fd,
     },
     /// CPython frames of the thread's next syscall event (same `ts_ns`).
+    #[serde(skip)]
     PyStack(PyStack),
     /// A CPython code object met for the first time in the process, as
     /// the kernel copied it.
+    #[serde(skip)]
     PyCode(PyCode),
 }
 

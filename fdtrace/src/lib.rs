@@ -14,6 +14,7 @@ pub mod misuse;
 pub mod output;
 pub mod procfs;
 pub mod python;
+pub mod record;
 pub mod report;
 pub mod session;
 pub mod signals;

@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result, anyhow};
 use clap::Parser as _;
 use fdtrace::{
     cli::{Cli, Command, Format, TraceConfig},
-    output::ReportFile,
-    report::{self, Report},
-    session::{self, Outcome},
+    output::{self, ReportFile},
+    report::{self, Report, timeline::Timeline},
+    session::{self, Outcome, Recording},
     spawn::LaunchError,
     suppress,
 };
@@ -25,16 +25,24 @@ fn main() -> ExitCode {
     // set up) before anything runs; a problem there exits 2, like clap's
     // own usage errors.
     let result = match cli.command {
-        Command::Run(args) => match args.into_config().and_then(with_report_file) {
-            Ok((config, output)) => {
-                session::run(&config).and_then(|outcome| finish(outcome, &config.trace, output))
-            }
+        Command::Run(args) => match args.into_config().and_then(with_files) {
+            Ok((config, output, recording)) => session::run(&config, recording)
+                .and_then(|outcome| finish(outcome, &config.trace, output)),
             Err(err) => return usage_error(&err),
         },
-        Command::Attach(args) => match args.into_config().and_then(with_report_file) {
-            Ok((config, output)) => {
-                session::attach(&config).and_then(|outcome| finish(outcome, &config.trace, output))
-            }
+        Command::Record(args) => match args.into_config().and_then(with_files) {
+            Ok((config, output, recording)) => session::run(&config, recording)
+                .and_then(|outcome| finish(outcome, &config.trace, output)),
+            Err(err) => return usage_error(&err),
+        },
+        Command::Attach(args) => match args.into_config().and_then(with_files) {
+            Ok((config, output, recording)) => session::attach(&config, recording)
+                .and_then(|outcome| finish(outcome, &config.trace, output)),
+            Err(err) => return usage_error(&err),
+        },
+        Command::Report(args) => match args.into_config().and_then(with_files) {
+            Ok((config, output, _)) => session::report(config.file.as_deref(), &config.trace)
+                .and_then(|outcome| finish(outcome, &config.trace, output)),
             Err(err) => return usage_error(&err),
         },
     };
@@ -56,14 +64,22 @@ fn usage_error(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(USAGE_EXIT_CODE)
 }
 
-fn with_report_file<C: AsRef<TraceConfig>>(config: C) -> Result<(C, Option<ReportFile>)> {
-    let output = config
-        .as_ref()
+/// Sets up the report file and the trace file the arguments name.
+fn with_files<C: AsRef<TraceConfig>>(config: C) -> Result<(C, Option<ReportFile>, Recording)> {
+    let trace = config.as_ref();
+    let output = trace
         .output
         .as_deref()
         .map(ReportFile::create)
         .transpose()?;
-    Ok((config, output))
+    let recording = match &trace.record {
+        Some(path) => Recording::File(
+            output::create_new(path, trace.force, "record")?,
+            path.clone(),
+        ),
+        None => Recording::Off,
+    };
+    Ok((config, output, recording))
 }
 
 /// Writes the report (and what CI asked for besides); the exit code is the
@@ -71,7 +87,7 @@ fn with_report_file<C: AsRef<TraceConfig>>(config: C) -> Result<(C, Option<Repor
 /// has a finding named by --fail-on.
 fn finish(outcome: Outcome, config: &TraceConfig, output: Option<ReportFile>) -> Result<u8> {
     let report = &outcome.report;
-    write_report(report, config, output)?;
+    write_report(report, outcome.timeline.as_ref(), config, output)?;
     let text_on_stderr = config.format == Format::Text && config.output.is_none();
     if !text_on_stderr {
         // The text report lists these itself.
@@ -102,11 +118,16 @@ fn finish(outcome: Outcome, config: &TraceConfig, output: Option<ReportFile>) ->
 
 /// Into the report file, or to standard error; if the file cannot be put
 /// in place, to standard error after all (and exit 1): nothing is lost.
-fn write_report(report: &Report, config: &TraceConfig, output: Option<ReportFile>) -> Result<()> {
+fn write_report(
+    report: &Report,
+    timeline: Option<&Timeline>,
+    config: &TraceConfig,
+    output: Option<ReportFile>,
+) -> Result<()> {
     if let Some(mut file) = output {
         let path = file.path().to_path_buf();
         let mut out = BufWriter::new(file.file());
-        let written = render(report, config.format, false, &mut out)
+        let written = render(report, timeline, config.format, false, &mut out)
             .and_then(|()| out.flush().context("write the report"));
         drop(out);
         match written.and_then(|()| file.commit()) {
@@ -116,7 +137,12 @@ fn write_report(report: &Report, config: &TraceConfig, output: Option<ReportFile
                     "fdtrace: {}: {e:#}; the report follows on standard error",
                     path.display()
                 );
-                write_stderr(report, config.format)?;
+                // A page is no use on a terminal: the text report it is.
+                let format = match config.format {
+                    Format::Html => Format::Text,
+                    f => f,
+                };
+                write_stderr(report, format)?;
                 return Err(anyhow!(
                     "the report file {} was not written",
                     path.display()
@@ -131,12 +157,19 @@ fn write_stderr(report: &Report, format: Format) -> Result<()> {
     let stderr = io::stderr();
     let color = stderr.is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut out = BufWriter::new(stderr.lock());
-    render(report, format, color, &mut out)?;
+    render(report, None, format, color, &mut out)?;
     out.flush().context("write the report to standard error")
 }
 
-fn render(report: &Report, format: Format, color: bool, out: &mut impl Write) -> Result<()> {
+fn render(
+    report: &Report,
+    timeline: Option<&Timeline>,
+    format: Format,
+    color: bool,
+    out: &mut impl Write,
+) -> Result<()> {
     match format {
+        Format::Html => report::html::render(report, timeline.unwrap_or(&Timeline::default()), out),
         Format::Text => report::text::render(report, report::text::Style { color }, out),
         Format::Json => report::json::render(report, out),
         Format::Sarif => {

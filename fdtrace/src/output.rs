@@ -195,6 +195,87 @@ impl Drop for ReportFile {
     }
 }
 
+/// Creates the trace file `path` (named by `flag`) for writing as tracing
+/// goes, so a trace cut short is still there: reached like a report file
+/// (no symlink but root's or the user's own on the way), created new with
+/// `O_EXCL | O_NOFOLLOW`, mode 0644, owned by the user who ran sudo. An
+/// existing name is refused unless `replace`; then only the user's own (or
+/// root's) file is removed first, and a name that reappears meanwhile
+/// makes the create fail rather than be written through.
+pub fn create_new(path: &Path, replace: bool, flag: &str) -> Result<File> {
+    let owner = Identity::sudo_user().map(|i| (i.uid, i.gid));
+    let me = invoking_uid();
+    let Some(name) = path.file_name() else {
+        bail!("{flag} {}: name a file, not a directory", path.display());
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let real_parent =
+        resolve_trusted(&parent, me).with_context(|| format!("{flag} {}", path.display()))?;
+    let dir = open_dir(&real_parent).with_context(|| {
+        format!(
+            "{flag} {}: cannot open directory {}: create it or choose another path",
+            path.display(),
+            parent.display()
+        )
+    })?;
+    let name = c_name(name)?;
+    match stat_at(&dir, &name) {
+        Ok(_) if !replace => bail!(
+            "{flag} {}: already exists: choose another name, or add --force to replace it",
+            path.display()
+        ),
+        Ok(st) if st.st_uid != me && st.st_uid != 0 => bail!(
+            "{flag} {}: refusing to replace a file that belongs to uid {}: remove it or choose \
+             another path",
+            path.display(),
+            st.st_uid
+        ),
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+            bail!("{flag} {}: is a directory: name a file", path.display())
+        }
+        Ok(_) => {
+            // SAFETY: a NUL-terminated name relative to `dir`; a link is
+            // removed itself, never what it points to.
+            if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+                let e = io::Error::last_os_error();
+                bail!("{flag} {}: cannot replace it: {e}", path.display());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => bail!("{flag} {}: {e}", path.display()),
+    }
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name relative to `dir`.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o644) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        bail!(
+            "{flag} {}: cannot create it: {e}: check that its directory is writable",
+            path.display()
+        );
+    }
+    // SAFETY: a new fd we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: plain syscalls on our open fd.
+    let ok = unsafe {
+        libc::fchmod(fd, 0o644) == 0
+            && owner.is_none_or(|(uid, gid)| libc::fchown(fd, uid, gid) == 0)
+    };
+    if !ok {
+        let e = io::Error::last_os_error();
+        // SAFETY: a NUL-terminated name relative to `dir`.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+        bail!(
+            "{flag} {}: cannot set its mode or owner: {e}",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// `RENAME_NOREPLACE` (include/uapi/linux/fs.h).
 const RENAME_NOREPLACE: libc::c_uint = 1;
 

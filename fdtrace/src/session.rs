@@ -4,9 +4,12 @@
 //! buffer, signals and timers; [`Tracer`] does the work.
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    time::{Duration, Instant},
+    cell::RefCell,
+    fs::{self, File},
+    io::{self, BufWriter, Write},
+    path::Path,
+    rc::Rc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -20,7 +23,8 @@ use crate::{
     cli::{AttachConfig, Format, OnEmfile, RunConfig, TraceConfig},
     load::{ProbeOptions, Probes},
     procfs,
-    report::{Context, IntervalEntry, Report, live, text},
+    record::{Recorder, replay, wire::Header},
+    report::{Context, IntervalEntry, Report, live, text, timeline::Timeline},
     signals,
     spawn::{self, Identity, LaunchError},
     suppress,
@@ -44,6 +48,37 @@ pub struct Outcome {
     /// The command's status for `run` (128 + signal number when a signal
     /// ended it); `None` for `attach`.
     pub command_status: Option<i32>,
+    /// Open descriptors over time, for `--format html`.
+    pub timeline: Option<Timeline>,
+}
+
+/// Where a session records its trace.
+pub enum Recording {
+    /// Nowhere (no `--record`, no HTML report).
+    Off,
+    /// Into the trace file given (opened, checked, empty).
+    File(File, std::path::PathBuf),
+}
+
+/// A trace kept in memory for an HTML report.
+#[derive(Clone, Default)]
+struct Memory(Rc<RefCell<Vec<u8>>>);
+
+impl Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the recording went, to read it back for the HTML report.
+enum Recorded {
+    Nowhere,
+    Memory(Memory),
+    File(std::path::PathBuf),
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
@@ -66,7 +101,7 @@ fn load(trace: &TraceConfig) -> Result<Probes> {
 }
 
 /// Runs `config.command` under tracing.
-pub fn run(config: &RunConfig) -> Result<Outcome> {
+pub fn run(config: &RunConfig, recording: Recording) -> Result<Outcome> {
     let path = spawn::resolve(&config.command[0])?;
     let mut probes = load(&config.trace)?;
     let identity = if config.as_root {
@@ -75,6 +110,12 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         Identity::sudo_user()
     };
     let mut tracer = new_tracer(&mut probes, &config.trace);
+    let recorded = start_recording(
+        &mut tracer,
+        recording,
+        &config.trace,
+        ("run", &config.command),
+    )?;
     tracer.register_python_program(&path);
     let child = spawn::spawn_gated(&path, &config.command, identity.as_ref())?;
     let pid = child.pid;
@@ -84,9 +125,7 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         procfs::snapshot(pid).with_context(|| format!("read the descriptors of process {pid}"))?;
     inherited.retain(|&(_, _, _, cloexec)| !cloexec);
     let exe = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-    tracer
-        .table
-        .add_root(pid, &exe.to_string_lossy(), inherited);
+    tracer.add_root(pid, &exe.to_string_lossy(), inherited);
     probes.trace(pid)?;
     // Ctrl-C while the probes loaded: CMD never starts.
     if let Some(signal) = signals::take_noted() {
@@ -115,14 +154,16 @@ pub fn run(config: &RunConfig) -> Result<Outcome> {
         ("run", &config.command, status),
         ending.intervals,
     );
+    let timeline = timeline(&mut tracer, recorded, &config.trace)?;
     Ok(Outcome {
         report,
         command_status: status,
+        timeline,
     })
 }
 
 /// Attaches to `config.pids` and traces them.
-pub fn attach(config: &AttachConfig) -> Result<Outcome> {
+pub fn attach(config: &AttachConfig, recording: Recording) -> Result<Outcome> {
     for &pid in &config.pids {
         if pid == std::process::id() {
             bail!(
@@ -136,6 +177,9 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
     let started = Instant::now();
     let mut probes = load(&config.trace)?;
     let mut tracer = new_tracer(&mut probes, &config.trace);
+    let pids: Vec<String> = config.pids.iter().map(u32::to_string).collect();
+    let command = vec![format!("attach -p {}", pids.join(" -p "))];
+    let recorded = start_recording(&mut tracer, recording, &config.trace, ("attach", &command))?;
     for &pid in &config.pids {
         // The kernel learns how to walk its Python frames (if it runs
         // CPython) before its first traced event.
@@ -148,14 +192,14 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
         let exe = fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        tracer.table.add_root(pid, &exe, fds);
-        if let Some(p) = tracer.table.processes.get_mut(&pid) {
-            p.rlimit = procfs::nofile_limit(pid);
-            p.comm = procfs::comm(pid);
-            p.cmdline = procfs::cmdline(pid);
-        }
+        tracer.add_root(pid, &exe, fds);
+        tracer.set_process(
+            pid,
+            procfs::comm(pid),
+            procfs::cmdline(pid),
+            procfs::nofile_limit(pid),
+        );
     }
-    let pids: Vec<String> = config.pids.iter().map(u32::to_string).collect();
     eprintln!(
         "fdtrace: attached to {} in {} ms; Ctrl-C to stop",
         pids.join(", "),
@@ -168,7 +212,6 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
         duration: config.duration,
     });
     let ending = event_loop(&mut probes, &mut tracer, &config.trace, watch, intervals)?;
-    let command = vec![format!("attach -p {}", pids.join(" -p "))];
     let report = final_report(
         &mut tracer,
         &probes,
@@ -176,9 +219,103 @@ pub fn attach(config: &AttachConfig) -> Result<Outcome> {
         ("attach", &command, None),
         ending.intervals,
     );
+    let timeline = timeline(&mut tracer, recorded, &config.trace)?;
     Ok(Outcome {
         report,
         command_status: None,
+        timeline,
+    })
+}
+
+/// Starts recording, into the trace file or (for an HTML report) memory.
+fn start_recording(
+    tracer: &mut Tracer,
+    recording: Recording,
+    trace: &TraceConfig,
+    (mode, command): (&str, &[String]),
+) -> Result<Recorded> {
+    let header = Header {
+        writer: env!("CARGO_PKG_VERSION").to_owned(),
+        mode: mode.to_owned(),
+        command: command.to_vec(),
+        stack_mode: crate::record::wire::stack_mode_number(trace.stack_mode),
+        start_ns: monotonic_ns(),
+        started_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let (out, recorded): (Box<dyn Write>, Recorded) = match recording {
+        Recording::File(file, path) => (
+            Box::new(BufWriter::with_capacity(1 << 16, file)),
+            Recorded::File(path),
+        ),
+        Recording::Off if trace.format == Format::Html => {
+            let memory = Memory::default();
+            (Box::new(memory.clone()), Recorded::Memory(memory))
+        }
+        Recording::Off => return Ok(Recorded::Nowhere),
+    };
+    let recorder = Recorder::new(out, &header).context("start the trace file")?;
+    tracer.record_to(recorder);
+    Ok(recorded)
+}
+
+/// Says how the trace file ended up, and for an HTML report, reads the
+/// recording back into its timeline.
+fn timeline(
+    tracer: &mut Tracer,
+    recorded: Recorded,
+    trace: &TraceConfig,
+) -> Result<Option<Timeline>> {
+    if let (Some(recorder), Recorded::File(path)) = (tracer.take_recorder(), &recorded) {
+        let (written, failed) = recorder.written();
+        match failed {
+            Some((at, why)) => eprintln!(
+                "fdtrace: {}: writing stopped at byte {at} ({why}): the trace holds what came \
+                 before",
+                path.display()
+            ),
+            None => eprintln!(
+                "fdtrace: trace written to {} ({written} bytes)",
+                path.display()
+            ),
+        }
+    }
+    if trace.format != Format::Html {
+        return Ok(None);
+    }
+    let (name, bytes) = match recorded {
+        Recorded::Nowhere => return Ok(None),
+        Recorded::Memory(memory) => ("the trace".to_owned(), memory.0.take()),
+        Recorded::File(path) => (
+            path.display().to_string(),
+            fs::read(&path).with_context(|| format!("read back {}", path.display()))?,
+        ),
+    };
+    Ok(Some(replay::replay(&name, &bytes)?.timeline))
+}
+
+/// Reads a recorded trace and builds its report, suppressions applied.
+pub fn report(file: Option<&Path>, trace: &TraceConfig) -> Result<Outcome> {
+    let (name, bytes) = match file {
+        Some(path) => (
+            path.display().to_string(),
+            fs::read(path).with_context(|| format!("{}: cannot read it", path.display()))?,
+        ),
+        None => {
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut io::stdin().lock(), &mut bytes)
+                .context("read the trace from standard input")?;
+            ("standard input".to_owned(), bytes)
+        }
+    };
+    let replayed = replay::replay(&name, &bytes)?;
+    let mut report = replayed.report;
+    suppress::apply(&mut report, &trace.suppressions);
+    Ok(Outcome {
+        report,
+        command_status: None,
+        timeline: Some(replayed.timeline),
     })
 }
 
@@ -207,7 +344,7 @@ fn final_report(
 ) -> Report {
     tracer.finish(monotonic_ns());
     let losses = probes.losses();
-    let mut report = tracer.report(Context {
+    let cx = Context {
         mode,
         command,
         exit_status,
@@ -217,7 +354,9 @@ fn final_report(
         // Only losses that may have carried a close are timed.
         last_drop_ns: (losses.last_drop_ns > 0).then_some(losses.last_drop_ns),
         intervals,
-    });
+    };
+    let mut report = tracer.report(cx.clone());
+    tracer.end_recording(&cx);
     suppress::apply(&mut report, &trace.suppressions);
     report
 }
@@ -371,7 +510,7 @@ impl LoopState<'_> {
                     if self.drain(ring.get_mut(), tracer) {
                         return Ok(Ending { reason: Reason::Emfile, intervals: std::mem::take(&mut self.intervals) });
                     }
-                    tracer.stacks.mature(monotonic_ns(), UNWIND_AFTER);
+                    tracer.mature(monotonic_ns(), UNWIND_AFTER);
                     tracer.claim_old(monotonic_ns());
                     if let Some(i) = &intervals && Instant::now() >= next_interval {
                         next_interval += i.every;

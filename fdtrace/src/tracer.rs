@@ -9,10 +9,11 @@ use fdtrace_common::{DeferredFd, PyBinary, PyFile, PyWalk, StackMode};
 use hashbrown::HashMap;
 
 use crate::{
-    events::{Action, FdKind, decode, decode_deferred},
-    fd_table::{FdTable, Holder, Origin, StackRef},
+    events::{Action, Event, Fd, FdKind, decode, decode_deferred},
+    fd_table::{Describe, FdTable, Holder, Origin, StackRef, StackUse},
     procfs::{self, ProcDescribe},
     python::Python,
+    record::{Recorder, wire::End},
     report::{Context, IntervalEntry, IntervalGroup, Report, StackLookup},
     stacks::{
         StackId, Stacks,
@@ -73,6 +74,22 @@ pub struct Tracer {
     deferred: Option<DeferredClaim>,
     /// When kept creations were last claimed.
     last_claim_ns: u64,
+    /// Where the trace is being recorded (`record`, `attach --record`,
+    /// and in memory for an HTML report).
+    recorder: Option<Recorder>,
+}
+
+/// `/proc` lookups for the table, each written down for a recording.
+struct Noted<'a> {
+    found: &'a mut Vec<(u32, Fd, Option<(FdKind, String)>)>,
+}
+
+impl Describe for Noted<'_> {
+    fn describe(&mut self, tgid: u32, fd: Fd) -> Option<(FdKind, String)> {
+        let found = ProcDescribe.describe(tgid, fd);
+        self.found.push((tgid, fd, found.clone()));
+        found
+    }
 }
 
 /// Live descriptors of one stack, for an interval snapshot.
@@ -118,6 +135,96 @@ impl Tracer {
             python_registry: Box::new(|_, _| Ok(())),
             deferred: None,
             last_claim_ns: 0,
+            recorder: None,
+        }
+    }
+
+    /// Records everything the table is told, from now on, into `recorder`.
+    pub fn record_to(&mut self, recorder: Recorder) {
+        self.stacks.log_resolutions();
+        self.recorder = Some(recorder);
+    }
+
+    /// The recording, once tracing is over.
+    pub fn take_recorder(&mut self) -> Option<Recorder> {
+        self.recorder.take()
+    }
+
+    /// Applies one event to the table (and to the recording).
+    fn apply(&mut self, event: &Event, stack: Option<StackRef>) -> StackUse {
+        let Some(recorder) = self.recorder.as_mut() else {
+            return self.table.apply(event, stack, &mut ProcDescribe);
+        };
+        let mut found = Vec::new();
+        let used = self
+            .table
+            .apply(event, stack, &mut Noted { found: &mut found });
+        for (tgid, fd, what) in &found {
+            recorder.describe(*tgid, *fd, what.as_ref());
+        }
+        recorder.event(event, stack);
+        used
+    }
+
+    /// Starts tracking `tgid` with the descriptors it already has.
+    pub fn add_root(&mut self, tgid: u32, exe: &str, inherited: Vec<(Fd, FdKind, String, bool)>) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.root(tgid, exe, &inherited);
+        }
+        self.table.add_root(tgid, exe, inherited);
+    }
+
+    /// What was read of a process besides its events (at attach).
+    pub fn set_process(
+        &mut self,
+        tgid: u32,
+        comm: String,
+        cmdline: Vec<String>,
+        rlimit: Option<(u64, u64)>,
+    ) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.process(tgid, Some(&comm), Some(&cmdline), rlimit);
+        }
+        if let Some(p) = self.table.processes.get_mut(&tgid) {
+            p.rlimit = rlimit;
+            p.comm = comm;
+            p.cmdline = cmdline;
+        }
+    }
+
+    /// Writes down the stacks unwound since last time.
+    fn record_stacks(&mut self) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.stacks(&mut self.stacks, &mut self.symbols);
+        }
+    }
+
+    /// Unwinds samples older than `age` (raw bytes are kept only for
+    /// young descriptors) and pushes the recording to its file.
+    pub fn mature(&mut self, now_ns: u64, age: std::time::Duration) {
+        self.stacks.mature(now_ns, age);
+        self.record_stacks();
+        if let Some(r) = self.recorder.as_mut() {
+            r.flush();
+        }
+    }
+
+    /// Ends the recording with what the report says besides the table.
+    pub fn end_recording(&mut self, cx: &Context<'_>) {
+        self.record_stacks();
+        let notes = self.python.notes.clone();
+        let undecodable = self.undecodable;
+        if let Some(r) = self.recorder.as_mut() {
+            r.end(End {
+                exit_status: cx.exit_status,
+                dropped_events: cx.dropped_events,
+                skipped_stacks: cx.skipped_stacks,
+                kept_in_kernel: cx.kept_in_kernel,
+                last_drop_ns: cx.last_drop_ns,
+                undecodable,
+                notes,
+                cut_at: None,
+            });
         }
     }
 
@@ -146,7 +253,7 @@ impl Tracer {
                 continue;
             };
             for event in events {
-                let used = self.table.apply(&event, None, &mut ProcDescribe);
+                let used = self.apply(&event, None);
                 for r in used.released {
                     self.stacks.release(r);
                 }
@@ -241,6 +348,9 @@ impl Tracer {
                 if let Some(p) = self.table.processes.get_mut(&tgid) {
                     p.cmdline = argv.take().unwrap_or_else(|| procfs::cmdline(tgid));
                     p.rlimit = limit.or_else(|| procfs::nofile_limit(tgid));
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.process(tgid, None, Some(&p.cmdline), p.rlimit);
+                    }
                 }
                 if let Some(path) = path.take() {
                     let root = procfs::Root::of(tgid);
@@ -295,7 +405,11 @@ impl Tracer {
             for retired in self.python.take_retired() {
                 let _ = (self.python_walker)(retired, None);
             }
-            self.stacks.add(tgid, s, python, event.ts_ns)
+            let r = self.stacks.add(tgid, s, python, event.ts_ns);
+            if let Some(recorder) = self.recorder.as_mut() {
+                recorder.sample(r);
+            }
+            r
         });
         // What the kernel kept for this process must be in the table
         // before its fork (the child's copy), exec, close_range or exit.
@@ -312,7 +426,7 @@ impl Tracer {
         }
         let exhaustions = self.table.exhaustions.len();
         let overflows = self.table.fd_set_overflows.len();
-        let used = self.table.apply(&event, stack, &mut ProcDescribe);
+        let used = self.apply(&event, stack);
         for r in used.held {
             self.stacks.hold(r);
         }
@@ -322,6 +436,7 @@ impl Tracer {
         if let Some(r) = stack {
             self.stacks.drop_if_unused(r);
         }
+        self.record_stacks();
         if self.table.exhaustions.len() > exhaustions {
             self.fill_holders(exhaustions);
             return Some(Notice::Emfile {
@@ -421,7 +536,11 @@ impl Tracer {
                 self.stacks.hold(r);
             }
         }
+        if let Some(r) = self.recorder.as_mut() {
+            r.holders(index, &holders);
+        }
         self.table.exhaustions[index].holders = holders;
+        self.record_stacks();
     }
 
     /// Descriptors opened since tracing began, still open in live
@@ -496,15 +615,15 @@ impl Tracer {
                 .collect(),
         };
         self.last_interval = groups.into_iter().map(|g| (g.id, g.count)).collect();
+        self.record_stacks();
+        if let Some(r) = self.recorder.as_mut() {
+            r.interval(&entry);
+        }
         entry
     }
 
     /// Builds a report of the table as it is now.
-    pub fn report(&mut self, mut cx: Context<'_>) -> Report {
-        if self.undecodable > 0 {
-            // Lost records without a time: any close may be among them.
-            cx.last_drop_ns = Some(u64::MAX);
-        }
+    pub fn report(&mut self, cx: Context<'_>) -> Report {
         let t = &self.table;
         let mut refs: Vec<StackRef> = t.leaks.iter().filter_map(|l| l.stack).collect();
         refs.extend(t.exec_leaks.iter().filter_map(|e| e.stack));
@@ -531,16 +650,23 @@ impl Tracer {
             symbols: &self.symbols,
             stacks: &self.stacks,
         };
-        let mut report = Report::build(&self.table, cx, &lookup);
-        report.notes.clone_from(&self.python.notes);
-        report.dropped_events += self.undecodable;
-        report.incomplete = report.dropped_events > 0;
+        let report = Report::build_traced(
+            &self.table,
+            cx,
+            &lookup,
+            &self.python.notes,
+            self.undecodable,
+        );
+        self.record_stacks();
         report
     }
 
     /// Ends tracing: what live processes still hold is reported too.
     pub fn finish(&mut self, now_ns: u64) {
         self.claim_deferred(None, u64::MAX);
+        if let Some(r) = self.recorder.as_mut() {
+            r.finish(now_ns);
+        }
         let used = self.table.finish(now_ns);
         for r in used.released {
             self.stacks.release(r);

@@ -6,12 +6,15 @@
 pub mod annotate;
 pub mod by_test;
 pub mod github;
+pub mod html;
+
 pub mod json;
 pub mod live;
 pub mod misuse;
 pub mod sarif;
 mod sections;
 pub mod text;
+pub mod timeline;
 
 use hashbrown::HashMap;
 use serde::Serialize;
@@ -248,6 +251,7 @@ pub trait StackLookup {
 }
 
 /// Inputs for [`Report::build`] besides the table.
+#[derive(Clone)]
 pub struct Context<'a> {
     pub mode: &'static str,
     pub command: &'a [String],
@@ -294,6 +298,28 @@ pub fn age_ms(from_ns: u64, to_ns: u64) -> u64 {
 }
 
 impl Report {
+    /// The report of a traced session: [`Report::build`] with what the
+    /// tracer knows besides the table (`notes` on how complete stacks
+    /// are, records that did not decode). Live and replayed from a trace
+    /// file alike.
+    pub fn build_traced(
+        table: &FdTable,
+        mut cx: Context<'_>,
+        stacks: &impl StackLookup,
+        notes: &[String],
+        undecodable: u64,
+    ) -> Self {
+        if undecodable > 0 {
+            // Lost records without a time: any close may be among them.
+            cx.last_drop_ns = Some(u64::MAX);
+        }
+        let mut report = Report::build(table, cx, stacks);
+        report.notes = notes.to_vec();
+        report.dropped_events += undecodable;
+        report.incomplete = report.dropped_events > 0;
+        report
+    }
+
     pub fn build(table: &FdTable, cx: Context<'_>, stacks: &impl StackLookup) -> Self {
         let id_of = |r: Option<StackRef>| r.and_then(|r| stacks.id(r));
         let processes = table
@@ -605,25 +631,26 @@ fn groups(ids: &[(Option<u32>, bool)], stacks: &impl StackLookup) -> Vec<Group> 
             stack_id: id,
             count: counts[&id],
             truncated: stacks.truncated(id),
-            stack: stacks
-                .frames(id)
-                .into_iter()
-                .map(|f| FrameEntry {
-                    address: if f.python {
-                        String::new()
-                    } else {
-                        format!("{:#x}", f.address)
-                    },
-                    function: f.function,
-                    file: f.file,
-                    line: f.line,
-                    module: f.module,
-                    inlined: f.inlined,
-                    lang: if f.python { "python" } else { "native" },
-                })
-                .collect(),
+            stack: stacks.frames(id).into_iter().map(frame_entry).collect(),
         })
         .collect()
+}
+
+/// A symbolized frame as reports show it.
+pub fn frame_entry(f: SymFrame) -> FrameEntry {
+    FrameEntry {
+        address: if f.python {
+            String::new()
+        } else {
+            format!("{:#x}", f.address)
+        },
+        function: f.function,
+        file: f.file,
+        line: f.line,
+        module: f.module,
+        inlined: f.inlined,
+        lang: if f.python { "python" } else { "native" },
+    }
 }
 
 #[cfg(test)]

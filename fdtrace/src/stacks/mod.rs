@@ -108,6 +108,9 @@ pub struct Stacks {
     eval_loops: Vec<(Arc<PathBuf>, Vec<std::ops::Range<u64>>)>,
     /// Samples that could not be unwound (no maps, no module).
     pub unresolved: u64,
+    /// Samples unwound since [`Stacks::take_resolved`] was last called,
+    /// when a recording asked for them ([`Stacks::log_resolutions`]).
+    resolved_log: Option<Vec<(StackRef, StackId)>>,
 }
 
 impl Stacks {
@@ -379,7 +382,21 @@ impl Stacks {
             slot.state = State::Done(id);
         }
         self.raw_live -= 1;
+        if let Some(log) = &mut self.resolved_log {
+            log.push((r, id));
+        }
         Some(id)
+    }
+
+    /// From now on, remembers each sample unwound, for
+    /// [`Stacks::take_resolved`] (a recording writes them down).
+    pub fn log_resolutions(&mut self) {
+        self.resolved_log.get_or_insert_with(Vec::new);
+    }
+
+    /// Samples unwound since the last call: (handle, interned stack).
+    pub fn take_resolved(&mut self) -> Vec<(StackRef, StackId)> {
+        self.resolved_log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     fn build(&mut self, space: Option<usize>, sample: &StackSample) -> Stack {

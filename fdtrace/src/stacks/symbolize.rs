@@ -8,8 +8,8 @@ use hashbrown::{HashMap, HashSet};
 
 use super::{Frame, StackId, Stacks};
 
-/// A frame ready for a report.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A frame ready for a report (and for a recorded trace).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SymFrame {
     /// Address within the module (or the raw address for unknown code).
     pub address: u64,

@@ -1,0 +1,278 @@
+//! Recorded traces: what `fdtrace record` and `attach --record` write as
+//! events arrive, and what `fdtrace report` reads back.
+//!
+//! The tracer hands the recorder exactly what it hands its fd table (the
+//! events, what `/proc` said, who held the table at an EMFILE, when tracing
+//! ended) and every stack once, symbolized, as soon as it is unwound. So a
+//! report replayed from the file is built by the same code from the same
+//! inputs as the live one: byte for byte the same. See [`wire`] for the
+//! layout and [`replay`] for the reading side.
+
+pub mod replay;
+pub mod wire;
+
+use std::io::{self, Write};
+
+use anyhow::Result;
+use hashbrown::{HashMap, HashSet};
+
+use crate::{
+    events::{Action, Event, Fd, FdKind},
+    fd_table::StackRef,
+    report::IntervalEntry,
+    stacks::{StackId, Stacks, symbolize::Symbols},
+};
+use wire::{End, EventRecord, Header, IntervalRecord, MAGIC, Record, Target, VERSION};
+
+/// Writes a trace as it happens. A write that fails (a full disk) ends the
+/// recording there; tracing and its live report go on, and the report
+/// says where the file was cut.
+pub struct Recorder {
+    out: Box<dyn Write>,
+    /// Bytes written so far.
+    written: u64,
+    /// Why writing stopped, and at which offset.
+    failed: Option<(u64, String)>,
+    last_ts: u64,
+    next_sample: u32,
+    /// File sample number of each live stack handle (by slot).
+    sample_of: Vec<u32>,
+    targets: HashMap<String, u32>,
+    stacks_written: HashSet<u32>,
+    buf: Vec<u8>,
+}
+
+impl Recorder {
+    /// Starts a trace in `out` with its header.
+    pub fn new(out: Box<dyn Write>, header: &Header) -> Result<Self> {
+        let mut recorder = Recorder {
+            out,
+            written: 0,
+            failed: None,
+            last_ts: header.start_ns,
+            next_sample: 0,
+            sample_of: Vec::new(),
+            targets: HashMap::new(),
+            stacks_written: HashSet::new(),
+            buf: Vec::new(),
+        };
+        let mut start = MAGIC.to_vec();
+        start.extend_from_slice(&VERSION.to_le_bytes());
+        recorder.out.write_all(&start)?;
+        recorder.written = u64::try_from(start.len())?;
+        recorder.buf = postcard::to_stdvec(header)?;
+        recorder.frame()?;
+        Ok(recorder)
+    }
+
+    /// Bytes written, and where and why the file was cut if it was.
+    pub fn written(&self) -> (u64, Option<&(u64, String)>) {
+        (self.written, self.failed.as_ref())
+    }
+
+    fn write(&mut self, record: &Record) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.buf.clear();
+        let encoded = postcard::to_extend(record, std::mem::take(&mut self.buf));
+        let result = match encoded {
+            Ok(buf) => {
+                self.buf = buf;
+                self.frame()
+            }
+            Err(e) => Err(io::Error::other(e)),
+        };
+        if let Err(e) = result {
+            self.failed = Some((self.written, e.to_string()));
+        }
+    }
+
+    /// Writes `self.buf` as one length-prefixed record.
+    fn frame(&mut self) -> io::Result<()> {
+        let mut len = [0u8; 10];
+        let n = varint(u64::try_from(self.buf.len()).unwrap_or(u64::MAX), &mut len);
+        self.out.write_all(&len[..n])?;
+        self.out.write_all(&self.buf)?;
+        self.written += u64::try_from(n + self.buf.len()).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Pushes what is buffered to the file (each tick: a killed tracer
+    /// loses at most the last few milliseconds).
+    pub fn flush(&mut self) {
+        if self.failed.is_none()
+            && let Err(e) = self.out.flush()
+        {
+            self.failed = Some((self.written, e.to_string()));
+        }
+    }
+
+    pub fn root(&mut self, tgid: u32, exe: &str, inherited: &[(Fd, FdKind, String, bool)]) {
+        self.write(&Record::Root {
+            tgid,
+            exe: exe.to_owned(),
+            inherited: inherited.to_vec(),
+        });
+    }
+
+    pub fn process(
+        &mut self,
+        tgid: u32,
+        comm: Option<&str>,
+        cmdline: Option<&[String]>,
+        rlimit: Option<(u64, u64)>,
+    ) {
+        self.write(&Record::Process {
+            tgid,
+            comm: comm.map(str::to_owned),
+            cmdline: cmdline.map(<[String]>::to_vec),
+            rlimit,
+        });
+    }
+
+    pub fn describe(&mut self, tgid: u32, fd: Fd, found: Option<&(FdKind, String)>) {
+        self.write(&Record::Describe {
+            tgid,
+            fd,
+            found: found.cloned(),
+        });
+    }
+
+    /// Numbers a new stack sample (its handle's slot may be reused later).
+    pub fn sample(&mut self, r: StackRef) {
+        let slot = r.0 as usize;
+        if self.sample_of.len() <= slot {
+            self.sample_of.resize(slot + 1, u32::MAX);
+        }
+        self.sample_of[slot] = self.next_sample;
+        self.next_sample = self.next_sample.wrapping_add(1);
+    }
+
+    fn sample_number(&self, r: StackRef) -> Option<u32> {
+        self.sample_of
+            .get(r.0 as usize)
+            .copied()
+            .filter(|&n| n != u32::MAX)
+    }
+
+    /// An event as the table is about to apply it (stack samples are
+    /// already out of it; `stack` names it).
+    pub fn event(&mut self, event: &Event, stack: Option<StackRef>) {
+        let dt = i128::from(event.ts_ns) - i128::from(self.last_ts);
+        self.last_ts = event.ts_ns;
+        let mut action = event.action.clone();
+        let target = match &mut action {
+            Action::Create(c) => c.target.take().map(|t| self.target(t)),
+            _ => None,
+        };
+        let record = Record::Event(EventRecord {
+            dt: i64::try_from(dt).unwrap_or(0),
+            tgid: event.tgid,
+            tid: if event.tid == event.tgid {
+                0
+            } else {
+                event.tid
+            },
+            stopped: event.stopped,
+            action,
+            sample: stack.and_then(|r| self.sample_number(r)),
+            target,
+        });
+        self.write(&record);
+    }
+
+    fn target(&mut self, target: String) -> Target {
+        if let Some(&n) = self.targets.get(&target) {
+            return Target::Seen(n);
+        }
+        let n = u32::try_from(self.targets.len()).unwrap_or(u32::MAX);
+        self.targets.insert(target.clone(), n);
+        Target::New(target)
+    }
+
+    /// Who held the table at EMFILE number `index`.
+    pub fn holders(&mut self, index: usize, holders: &[crate::fd_table::Holder]) {
+        let holders = holders
+            .iter()
+            .map(|h| {
+                (
+                    u64::try_from(h.count).unwrap_or(u64::MAX),
+                    h.stack.and_then(|r| self.sample_number(r)),
+                    h.oldest_ns,
+                )
+            })
+            .collect();
+        self.write(&Record::Holders {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            holders,
+        });
+    }
+
+    pub fn interval(&mut self, entry: &IntervalEntry) {
+        self.write(&Record::Interval(IntervalRecord::from(entry)));
+    }
+
+    pub fn finish(&mut self, now_ns: u64) {
+        self.write(&Record::Finish { now_ns });
+    }
+
+    /// The last record; `end.cut_at` is filled in here.
+    pub fn end(&mut self, mut end: End) {
+        end.cut_at = self.failed.as_ref().map(|(at, _)| *at);
+        self.write(&Record::End(end));
+        self.flush();
+    }
+
+    /// Writes the samples unwound since last time, and each newly
+    /// interned stack once, symbolized.
+    pub fn stacks(&mut self, stacks: &mut Stacks, symbols: &mut Symbols) {
+        let resolved = stacks.take_resolved();
+        if resolved.is_empty() {
+            return;
+        }
+        let new: Vec<StackId> = resolved
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|id| !self.stacks_written.contains(&id.0))
+            .collect();
+        symbols.ensure(stacks, &new);
+        for &(r, id) in &resolved {
+            if let Some(sample) = self.sample_number(r) {
+                self.write(&Record::Sample {
+                    sample,
+                    stack: id.0,
+                });
+            }
+            if self.stacks_written.insert(id.0) {
+                let canonical = symbols.canonical(id);
+                let frames = if canonical == id {
+                    symbols.frames(id).to_vec()
+                } else {
+                    Vec::new()
+                };
+                self.write(&Record::Stack {
+                    id: id.0,
+                    canonical: canonical.0,
+                    truncated: stacks.stack(id).truncated,
+                    frames,
+                });
+            }
+        }
+    }
+}
+
+/// LEB128: 7 bits a byte, low first.
+fn varint(mut n: u64, out: &mut [u8; 10]) -> usize {
+    let mut i = 0;
+    loop {
+        let byte = u8::try_from(n & 0x7f).unwrap_or(0);
+        n >>= 7;
+        if n == 0 {
+            out[i] = byte;
+            return i + 1;
+        }
+        out[i] = byte | 0x80;
+        i += 1;
+    }
+}

@@ -14,6 +14,7 @@ use hashbrown::HashMap;
 
 use crate::{
     events::{Action, Closer, Creation, Event, Fd, FdKind, Side, socket_family},
+    history::OpenHistory,
     misuse::{self, ClosedFd, Misuse},
 };
 
@@ -119,6 +120,8 @@ pub struct Process {
     pub rlimit: Option<(u64, u64)>,
     /// [`Process::preexisting_by_kind`] when it exited or tracing ended.
     pub preexisting_at_end: Vec<(FdKind, usize)>,
+    /// Descriptors open over time.
+    pub history: OpenHistory,
 }
 
 impl Process {
@@ -250,6 +253,14 @@ pub trait Describe {
     fn describe(&mut self, tgid: u32, fd: Fd) -> Option<(FdKind, String)>;
 }
 
+/// The new process a fork made.
+fn fork_child(action: &Action) -> Option<u32> {
+    match action {
+        Action::Fork { child } => Some(*child),
+        _ => None,
+    }
+}
+
 /// One fd lifetime: (tgid, fd, [`OpenFd::id`]).
 type FdEntry = (u32, Fd, u64);
 
@@ -338,6 +349,24 @@ impl FdTable {
     /// Applies one event. `stack` is the caller's handle for the event's
     /// stack sample, if any.
     pub fn apply(
+        &mut self,
+        event: &Event,
+        stack: Option<StackRef>,
+        describe: &mut dyn Describe,
+    ) -> StackUse {
+        let used = self.apply_action(event, stack, describe);
+        for tgid in [Some(event.tgid), fork_child(&event.action)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = self.processes.get_mut(&tgid) {
+                p.history.observe(event.ts_ns, p.fds.len());
+            }
+        }
+        used
+    }
+
+    fn apply_action(
         &mut self,
         event: &Event,
         stack: Option<StackRef>,

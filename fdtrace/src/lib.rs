@@ -9,6 +9,7 @@ pub mod btf;
 pub mod cli;
 pub mod events;
 pub mod fd_table;
+pub mod history;
 pub mod load;
 pub mod misuse;
 pub mod output;

@@ -114,6 +114,11 @@ pub struct ProcessEntry {
     pub rlimit: Option<[u64; 2]>,
     /// Descriptors open before tracing began (origin unknown), by kind.
     pub preexisting: Vec<KindCount>,
+    /// Most descriptors open in each of at most 48 equal spans of time
+    /// from the process's first traced event, oldest first.
+    pub open_over_time: Vec<u32>,
+    /// How long those spans cover together.
+    pub open_over_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -340,6 +345,8 @@ impl Report {
                 } else {
                     p.preexisting_by_kind()
                 }),
+                open_over_time: p.history.buckets().to_vec(),
+                open_over_ms: p.history.span_ms(),
             })
             .collect();
         // A descriptor opened before a lost event may have been closed by it.
@@ -706,6 +713,8 @@ pub(crate) mod tests {
                 peak_fds: 5,
                 rlimit: Some([1024, 4096]),
                 preexisting: vec![],
+                open_over_time: Vec::new(),
+                open_over_ms: 0,
             }],
             leaks: vec![leak(3, "/tmp/a.log"), leak(4, "/tmp/b.log")],
             exec_leaks: vec![],

@@ -3,6 +3,8 @@
 
 use std::io::{self, Write};
 
+use crate::history::sparkline;
+
 use super::{ExecLeakEntry, FrameEntry, GcClosedEntry, Group, LeakEntry, Report, live, sections};
 
 pub use sections::stale_suppressions;
@@ -179,6 +181,10 @@ fn headroom(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
             line.push_str(&format!("; open before attach: {}", kinds.join(", ")));
         }
         writeln!(out, "{}", fit(&line, WIDTH))?;
+        if p.open_over_time.len() > 1 {
+            let over = format!("over {}", duration(p.open_over_ms));
+            writeln!(out, "    {} {over}", sparkline(&p.open_over_time))?;
+        }
     }
     if report.processes.len() > MAX_PROCESSES {
         writeln!(
@@ -188,6 +194,15 @@ fn headroom(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
         )?;
     }
     Ok(())
+}
+
+/// `350 ms`, `1.2 s`, `4 min`.
+fn duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{}.{} s", ms / 1000, ms % 1000 / 100),
+        _ => format!("{} min", ms / 60_000),
+    }
 }
 
 fn summary(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
@@ -598,6 +613,8 @@ pub(super) mod tests {
                 peak_fds: 6,
                 rlimit: Some([1024, 4096]),
                 preexisting: vec![],
+                open_over_time: Vec::new(),
+                open_over_ms: 0,
             }],
             leaks: vec![leak(3, "/tmp/a"), leak(4, "/tmp/b")],
             exec_leaks: vec![ExecLeakEntry {

@@ -299,3 +299,53 @@ fn a_trace_costs_at_most_40_bytes_an_event() {
     assert!(per_event <= 40, "{size} bytes for 400,000 events");
     let _ = fs::remove_file(dir.join("loop.fdt"));
 }
+
+#[test]
+fn real_programs_report_the_same_from_their_trace() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let dir = scratch_dir("record-real");
+    fs::write(
+        dir.join("test_mixed.py"),
+        "import os, subprocess\n\nkept = []\n\n\
+         def test_clean():\n    with open('/etc/hostname') as f:\n        f.read()\n\n\
+         def test_subprocess():\n    subprocess.run(['true'], check=True)\n\n\
+         def test_keeps_a_descriptor():\n    kept.append(os.open('/etc/hostname', os.O_RDONLY))\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("Makefile"),
+        "all: a b\na:\n\techo a > a\nb:\n\tsh -c 'cat a > b'\n",
+    )
+    .unwrap();
+    let programs: [&[&str]; 3] = [
+        &["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        &["make", "-j2"],
+        &["git", "--version"],
+    ];
+    for (i, cmd) in programs.iter().enumerate() {
+        for format in ["text", "json"] {
+            let trace = format!("real{i}-{format}.fdt");
+            let live = format!("real{i}.{format}");
+            let mut argv = vec![
+                "record", "-o", &trace, "--report", &live, "--format", format, "--",
+            ];
+            argv.extend(*cmd);
+            let o = run(&dir, &argv);
+            assert_eq!(o.status.code(), Some(0), "{cmd:?}: {}", stderr(&o));
+            let live = fs::read(dir.join(&live)).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&report(&dir, &trace, format)),
+                String::from_utf8_lossy(&live),
+                "{cmd:?}"
+            );
+        }
+    }
+    let r = json(&fs::read(dir.join("real0.json")).unwrap());
+    assert_eq!(r["leaks"].as_array().unwrap().len(), 1, "{r:#}");
+    assert_eq!(
+        r["leaks_by_test"][0]["test"], "test_mixed.py::test_keeps_a_descriptor",
+        "{r:#}"
+    );
+}

@@ -13,7 +13,7 @@ use crate::{
     fd_table::{Describe, FdTable, Holder, Origin, StackRef, StackUse},
     procfs::{self, ProcDescribe},
     python::Python,
-    record::{Recorder, wire::End},
+    record::{Answer, Recorder, wire::End},
     report::{Context, IntervalEntry, IntervalGroup, Report, StackLookup},
     stacks::{
         StackId, Stacks,
@@ -81,7 +81,7 @@ pub struct Tracer {
 
 /// `/proc` lookups for the table, each written down for a recording.
 struct Noted<'a> {
-    found: &'a mut Vec<(u32, Fd, Option<(FdKind, String)>)>,
+    found: &'a mut Vec<Answer>,
 }
 
 impl Describe for Noted<'_> {

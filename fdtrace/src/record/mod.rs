@@ -9,6 +9,7 @@
 //! layout and [`replay`] for the reading side.
 
 pub mod replay;
+mod timeline;
 pub mod wire;
 
 use std::io::{self, Write};
@@ -23,6 +24,10 @@ use crate::{
     stacks::{StackId, Stacks, symbolize::Symbols},
 };
 use wire::{End, EventRecord, Header, IntervalRecord, MAGIC, Record, Target, VERSION};
+
+/// What `/proc` said of a descriptor: (tgid, fd, its kind and target if
+/// it could tell).
+pub type Answer = (u32, Fd, Option<(FdKind, String)>);
 
 /// Writes a trace as it happens. A write that fails (a full disk) ends the
 /// recording there; tracing and its live report go on, and the report

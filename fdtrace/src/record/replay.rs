@@ -7,15 +7,15 @@ use std::collections::VecDeque;
 use anyhow::{Result, anyhow, bail};
 use hashbrown::HashMap;
 
-use super::wire::{End, Header, MAGIC, MAX_RECORD, Record, Target, VERSION, kind_name};
+use super::{
+    Answer,
+    timeline::TimelineBuilder,
+    wire::{End, Header, MAGIC, MAX_RECORD, Record, Target, VERSION, kind_name},
+};
 use crate::{
     events::{Action, Event, Fd, FdKind},
-    fd_table::{Describe, FdTable, Holder, Origin, StackRef},
-    report::{
-        Context, IntervalEntry, IntervalGroup, Report, StackLookup, frame_entry,
-        timeline::{Mark, MarkKind, ProcessTimeline, Timeline, TimelinePoint, TimelineStack},
-        user_frame,
-    },
+    fd_table::{Describe, FdTable, Holder, StackRef},
+    report::{Context, IntervalEntry, IntervalGroup, Report, StackLookup, timeline::Timeline},
     stacks::symbolize::SymFrame,
 };
 
@@ -35,7 +35,7 @@ struct Records<'a> {
 
 /// How a walk over the records ended.
 enum Next {
-    Record(usize, Record),
+    Record(usize, Box<Record>),
     /// Clean end of file.
     Done,
     /// The file stops inside the record starting at this offset.
@@ -75,7 +75,7 @@ impl Records<'_> {
         let record: Record = postcard::from_bytes(payload)
             .map_err(|e| anyhow!("{name}: corrupt record at byte {start}: {e}"))?;
         self.at = i + len;
-        Ok(Next::Record(start, record))
+        Ok(Next::Record(start, Box::new(record)))
     }
 }
 
@@ -131,7 +131,7 @@ fn open<'a>(name: &str, bytes: &'a [u8]) -> Result<(Header, Records<'a>)> {
 
 /// Stacks as the file has them.
 #[derive(Default)]
-struct FileStacks {
+pub struct FileStacks {
     /// Sample number -> interned stack id.
     samples: HashMap<u32, u32>,
     /// Interned stack id -> (canonical id, truncated, frames).
@@ -159,7 +159,7 @@ impl StackLookup for FileStacks {
 /// `/proc` as it answered while tracing.
 #[derive(Default)]
 struct Answers {
-    queue: VecDeque<(u32, Fd, Option<(FdKind, String)>)>,
+    queue: VecDeque<Answer>,
 }
 
 impl Describe for Answers {
@@ -189,7 +189,7 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
                 cut = Some(at);
                 break;
             }
-            Next::Record(_, record) => match record {
+            Next::Record(_, record) => match *record {
                 Record::Sample { sample, stack } => {
                     stacks.samples.insert(sample, stack);
                 }
@@ -205,7 +205,10 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
                     ts = ts.wrapping_add_signed(e.dt);
                     last_ns = last_ns.max(ts);
                 }
-                Record::Finish { now_ns } => last_ns = last_ns.max(now_ns),
+                // A run ends when its command does; an attach runs on.
+                Record::Finish { now_ns } if header.mode == "attach" => {
+                    last_ns = last_ns.max(now_ns);
+                }
                 Record::End(e) => end = Some(e),
                 _ => {}
             },
@@ -220,14 +223,14 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
     let mut ts = header.start_ns;
     records.at = first;
     while let Next::Record(at, record) = records.next(name)? {
-        match record {
+        match *record {
             Record::Root {
                 tgid,
                 exe,
                 inherited,
             } => {
                 table.add_root(tgid, &exe, inherited);
-                timeline.observe(&table, tgid, header.start_ns, &stacks);
+                timeline.root(&table, tgid, &stacks);
             }
             Record::Process {
                 tgid,
@@ -276,9 +279,10 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
                     action,
                 };
                 let exhaustions = table.exhaustions.len();
+                timeline.before(&table, &event, &stacks);
                 table.apply(&event, e.sample.map(StackRef), &mut answers);
                 answers.queue.clear();
-                timeline.event(&table, &event, exhaustions, &stacks);
+                timeline.after(&table, &event, exhaustions, &stacks);
             }
             Record::Holders { index, holders } => {
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
@@ -299,12 +303,12 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
                 groups: i
                     .groups
                     .into_iter()
-                    .map(|(stack_id, count, growth, kind, pids)| IntervalGroup {
-                        stack_id,
-                        count: usize::try_from(count).unwrap_or(usize::MAX),
-                        growth,
-                        kind: kind_name(&kind),
-                        pids,
+                    .map(|g| IntervalGroup {
+                        stack_id: g.stack_id,
+                        count: usize::try_from(g.count).unwrap_or(usize::MAX),
+                        growth: g.growth,
+                        kind: kind_name(&g.kind),
+                        pids: g.pids,
                     })
                     .collect(),
             }),
@@ -363,269 +367,4 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
         report,
         timeline,
     })
-}
-
-/// Samples drawn per process.
-const BUCKETS: usize = 300;
-/// Stacks drawn per process.
-const TOP_STACKS: usize = 6;
-/// Processes drawn.
-const TOP_PROCESSES: usize = 8;
-/// Marks kept per process.
-const MAX_MARKS: usize = 200;
-
-/// One process as the timeline follows it.
-#[derive(Default)]
-struct Track {
-    /// Open right now.
-    current: usize,
-    peak: usize,
-    peak_ns: u64,
-    /// Per bucket: the most open within it.
-    most: Vec<usize>,
-    /// Per bucket: open per stack (canonical id; `None` unknown) at its end.
-    by_stack: Vec<Option<HashMap<Option<u32>, usize>>>,
-    /// Last bucket filled.
-    filled: usize,
-    marks: Vec<Mark>,
-    comm: String,
-}
-
-struct TimelineBuilder {
-    start_ns: u64,
-    span_ns: u64,
-    tracks: HashMap<u32, Track>,
-    /// The bucket whose per-stack snapshot comes next.
-    next_snapshot: usize,
-}
-
-impl TimelineBuilder {
-    fn new(start_ns: u64, end_ns: u64) -> Self {
-        TimelineBuilder {
-            start_ns,
-            span_ns: end_ns.saturating_sub(start_ns).max(1),
-            tracks: HashMap::new(),
-            next_snapshot: 0,
-        }
-    }
-
-    fn bucket(&self, ts: u64) -> usize {
-        let offset = u128::from(ts.saturating_sub(self.start_ns));
-        let b = offset * (BUCKETS as u128) / u128::from(self.span_ns);
-        usize::try_from(b).unwrap_or(BUCKETS).min(BUCKETS - 1)
-    }
-
-    fn ms(&self, ts: u64) -> f64 {
-        ms_f64(ts.saturating_sub(self.start_ns))
-    }
-
-    /// `tgid`'s open count after something happened to it at `ts`.
-    fn observe(&mut self, table: &FdTable, tgid: u32, ts: u64, stacks: &FileStacks) {
-        let Some(p) = table.processes.get(&tgid) else {
-            return;
-        };
-        let b = self.bucket(ts);
-        self.snapshot_until(table, b, stacks);
-        let track = self.tracks.entry(tgid).or_insert_with(|| Track {
-            most: vec![0; BUCKETS],
-            by_stack: vec![None; BUCKETS],
-            filled: b,
-            ..Track::default()
-        });
-        track.comm.clone_from(&p.comm);
-        // Buckets since the last change hold what was open then.
-        for m in &mut track.most[track.filled.min(b)..b] {
-            *m = (*m).max(track.current);
-        }
-        track.filled = track.filled.max(b);
-        let open = p.fds.len();
-        track.current = open;
-        track.most[b] = track.most[b].max(open);
-        if open > track.peak {
-            track.peak = open;
-            track.peak_ns = ts;
-        }
-    }
-
-    /// Takes the per-stack snapshots of buckets before `b`.
-    fn snapshot_until(&mut self, table: &FdTable, b: usize, stacks: &FileStacks) {
-        while self.next_snapshot < b {
-            let bucket = self.next_snapshot;
-            self.next_snapshot += 1;
-            for (tgid, track) in &mut self.tracks {
-                let Some(p) = table.processes.get(tgid) else {
-                    continue;
-                };
-                if p.exited_ns.is_some() && p.fds.is_empty() {
-                    continue;
-                }
-                track.by_stack[bucket] = Some(by_stack(p.fds.values().map(|f| &f.origin), stacks));
-            }
-        }
-    }
-
-    fn event(&mut self, table: &FdTable, event: &Event, exhaustions: usize, stacks: &FileStacks) {
-        let ts = event.ts_ns;
-        match &event.action {
-            Action::Fork { child } => self.observe(table, *child, ts, stacks),
-            Action::Exec { filename } => {
-                let t = self.ms(ts);
-                if let Some(track) = self.tracks.get_mut(&event.tgid)
-                    && track.marks.len() < MAX_MARKS
-                {
-                    track.marks.push(Mark {
-                        t_ms: t,
-                        kind: MarkKind::Exec,
-                        label: format!("exec {filename}"),
-                        emfile: None,
-                    });
-                }
-            }
-            _ => {}
-        }
-        self.observe(table, event.tgid, ts, stacks);
-        if table.exhaustions.len() > exhaustions {
-            let e = &table.exhaustions[exhaustions];
-            let t = self.ms(ts);
-            if let Some(track) = self.tracks.get_mut(&event.tgid)
-                && track.marks.len() < MAX_MARKS
-            {
-                track.marks.push(Mark {
-                    t_ms: t,
-                    kind: MarkKind::Emfile,
-                    label: format!(
-                        "{} failed with {} ({} open)",
-                        e.syscall,
-                        if e.errno == 23 { "ENFILE" } else { "EMFILE" },
-                        e.open_fds
-                    ),
-                    emfile: Some(exhaustions),
-                });
-            }
-        }
-    }
-
-    fn finish(mut self, table: &FdTable, report: &Report, stacks: &FileStacks) -> Timeline {
-        self.snapshot_until(table, BUCKETS, stacks);
-        let duration_ms = ms_f64(self.span_ns);
-        let mut tracks: Vec<(u32, Track)> = self.tracks.into_iter().collect();
-        // Highest peak first; by pid among equals, so the order is stable.
-        tracks.sort_by(|a, b| b.1.peak.cmp(&a.1.peak).then(a.0.cmp(&b.0)));
-        let more_processes = tracks.len().saturating_sub(TOP_PROCESSES);
-        let processes = tracks
-            .into_iter()
-            .take(TOP_PROCESSES)
-            .map(|(pid, mut track)| {
-                // Carry the count through the buckets after its last change
-                // (to the end, or to its exit).
-                let last =
-                    table
-                        .processes
-                        .get(&pid)
-                        .and_then(|p| p.exited_ns)
-                        .map_or(BUCKETS, |ns| {
-                            let offset = u128::from(ns.saturating_sub(self.start_ns));
-                            let b = offset * (BUCKETS as u128) / u128::from(self.span_ns);
-                            usize::try_from(b).unwrap_or(BUCKETS).min(BUCKETS - 1) + 1
-                        });
-                for m in &mut track.most[track.filled.min(last)..last] {
-                    *m = (*m).max(track.current);
-                }
-                let mut totals: HashMap<Option<u32>, usize> = HashMap::new();
-                for snapshot in track.by_stack.iter().flatten() {
-                    for (id, n) in snapshot {
-                        let t = totals.entry(*id).or_insert(0);
-                        *t = (*t).max(*n);
-                    }
-                }
-                let mut top: Vec<(Option<u32>, usize)> = totals.into_iter().collect();
-                top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                top.truncate(TOP_STACKS);
-                let stacks_drawn: Vec<TimelineStack> = top
-                    .iter()
-                    .map(|(id, _)| TimelineStack {
-                        stack_id: *id,
-                        label: id
-                            .map_or_else(|| "stack unknown".to_owned(), |id| label(id, stacks)),
-                    })
-                    .collect();
-                let step = duration_ms / BUCKETS as f64;
-                let points = (0..last.min(BUCKETS))
-                    .map(|b| TimelinePoint {
-                        t_ms: step * (b + 1) as f64,
-                        open: track.most[b],
-                        by_stack: top
-                            .iter()
-                            .map(|(id, _)| {
-                                track.by_stack[b]
-                                    .as_ref()
-                                    .and_then(|s| s.get(id).copied())
-                                    .unwrap_or(0)
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                let soft_limit = report
-                    .process(pid)
-                    .and_then(|p| p.rlimit)
-                    .map(|[soft, _]| soft)
-                    .filter(|&soft| soft != u64::MAX);
-                ProcessTimeline {
-                    pid,
-                    comm: track.comm,
-                    soft_limit,
-                    peak: track.peak,
-                    peak_ms: ms_f64(track.peak_ns.saturating_sub(self.start_ns)),
-                    stacks: stacks_drawn,
-                    points,
-                    marks: track.marks,
-                }
-            })
-            .collect();
-        Timeline {
-            duration_ms,
-            processes,
-            more_processes,
-        }
-    }
-}
-
-/// Open descriptors by canonical stack (`None`: created without a known
-/// stack; descriptors open before tracing are left out).
-fn by_stack<'a>(
-    origins: impl Iterator<Item = &'a Origin>,
-    stacks: &FileStacks,
-) -> HashMap<Option<u32>, usize> {
-    let mut counts = HashMap::new();
-    for origin in origins {
-        if let Origin::Created { stack, .. } = origin {
-            let id = stack.and_then(|r| stacks.id(r));
-            *counts.entry(id).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// A stack named by its innermost user frame: `function (file:line)`.
-fn label(id: u32, stacks: &FileStacks) -> String {
-    let frames: Vec<_> = stacks.frames(id).into_iter().map(frame_entry).collect();
-    let Some(f) = user_frame(&frames).or(frames.first()) else {
-        return format!("stack {id}");
-    };
-    let function = f.function.as_deref().unwrap_or("??");
-    match (&f.file, f.line) {
-        (Some(file), Some(line)) => {
-            let base = file.rsplit('/').next().unwrap_or(file);
-            format!("{function} ({base}:{line})")
-        }
-        _ => function.to_owned(),
-    }
-}
-
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "milliseconds for a chart: a few significant digits are plenty"
-)]
-fn ms_f64(ns: u64) -> f64 {
-    ns as f64 / 1e6
 }

@@ -127,8 +127,17 @@ pub enum Target {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct IntervalRecord {
     pub elapsed_ms: u64,
-    /// (stack id, count, growth, kind, pids)
-    pub groups: Vec<(Option<u32>, u64, i64, String, Vec<u32>)>,
+    pub groups: Vec<IntervalGroupRecord>,
+}
+
+/// `IntervalGroup` on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IntervalGroupRecord {
+    pub stack_id: Option<u32>,
+    pub count: u64,
+    pub growth: i64,
+    pub kind: String,
+    pub pids: Vec<u32>,
 }
 
 impl From<&IntervalEntry> for IntervalRecord {
@@ -138,14 +147,12 @@ impl From<&IntervalEntry> for IntervalRecord {
             groups: e
                 .groups
                 .iter()
-                .map(|g| {
-                    (
-                        g.stack_id,
-                        u64::try_from(g.count).unwrap_or(u64::MAX),
-                        g.growth,
-                        g.kind.to_owned(),
-                        g.pids.clone(),
-                    )
+                .map(|g| IntervalGroupRecord {
+                    stack_id: g.stack_id,
+                    count: u64::try_from(g.count).unwrap_or(u64::MAX),
+                    growth: g.growth,
+                    kind: g.kind.to_owned(),
+                    pids: g.pids.clone(),
                 })
                 .collect(),
         }

@@ -71,8 +71,8 @@ fn script_json(value: &impl Serialize) -> io::Result<String> {
 #[derive(Serialize)]
 struct PageData<'a> {
     timelines: Vec<TimelineData<'a>>,
-    /// Leak paths in the flame graph's layout order.
-    flame: Vec<flame::PathData<'a>>,
+    /// Leak paths in the flame graph's layout order; null without leaks.
+    flame: Option<flame::FlameData<'a>>,
     /// Process names by pid: `[pid, comm]`.
     procs: Vec<(u32, &'a str)>,
 }
@@ -133,7 +133,7 @@ pub fn render(report: &Report, timeline: &Timeline, out: &mut impl Write) -> io:
     sections::processes(report, &mut body);
     let data = PageData {
         timelines: timeline.processes.iter().map(TimelineData::of).collect(),
-        flame: flame.map(|f| f.paths).unwrap_or_default(),
+        flame: flame.map(|f| f.data),
         procs: report
             .processes
             .iter()
@@ -380,6 +380,20 @@ mod tests {
         serde_json::from_str(&html[start..start + len]).unwrap()
     }
 
+    /// The frame names of the `i`th path in the embedded flame data.
+    fn path_names(d: &Value, i: usize) -> Vec<String> {
+        let names = d["flame"]["names"].as_array().unwrap();
+        d["flame"]["paths"][i]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let n = usize::try_from(n.as_u64().unwrap()).unwrap();
+                names[n].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
     #[test]
     fn makes_no_network_references() {
         let html = page(&sample_report(), &timeline(10));
@@ -432,7 +446,7 @@ mod tests {
         assert_eq!(html.matches("</script>").count(), 3);
         // The embedded data keeps the string intact for the script.
         let d = data(&html);
-        assert_eq!(d["flame"][0]["rows"][0][3], HOSTILE);
+        assert_eq!(d["flame"]["paths"][0]["rows"][0][3], HOSTILE);
         assert_eq!(d["procs"][0][1], HOSTILE);
     }
 
@@ -456,16 +470,10 @@ mod tests {
             assert!(!html.contains(gone), "{gone} in page");
         }
         let d = data(&html);
-        let path: Vec<&str> = d["flame"][0]["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap())
-            .collect();
-        assert_eq!(path, ["main", "leak_it", "open64"]);
-        assert_eq!(d["flame"][0]["count"], 2);
+        assert_eq!(path_names(&d, 0), ["main", "leak_it", "open64"]);
+        assert_eq!(d["flame"]["paths"][0]["count"], 2);
         assert_eq!(
-            d["flame"][0]["rows"][1],
+            d["flame"]["paths"][0]["rows"][1],
             serde_json::json!([7, 4, "file", "/tmp/b.log", 3])
         );
     }
@@ -496,20 +504,8 @@ mod tests {
         });
         let html = page(&r, &Timeline::default());
         let d = data(&html);
-        let firsts: Vec<String> = d["flame"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                p["frames"]
-                    .as_array()
-                    .unwrap()
-                    .last()
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
+        let firsts: Vec<String> = (0..3)
+            .map(|i| path_names(&d, i).last().unwrap().clone())
             .collect();
         assert_eq!(firsts, ["[unknown stack]", "f<[u8: 8]>\u{a0}12", "open64"]);
         assert!(html.contains(r#"data-name="f&lt;[u8: 8]&gt;"#));
@@ -530,6 +526,22 @@ mod tests {
         // The chart is there, drawn by plotters.
         assert!(html.contains(r#"<div class="chart" data-px0="#));
         assert!(html.matches("<svg").count() >= 2);
+    }
+
+    #[test]
+    fn draws_timelines_with_no_point_one_point_and_no_limit() {
+        let mut tl = timeline(1);
+        tl.processes[0].points.truncate(1);
+        let mut empty = tl.processes[0].clone();
+        empty.pid = 8;
+        empty.points.clear();
+        empty.marks.clear();
+        empty.soft_limit = None;
+        tl.processes.push(empty);
+        tl.duration_ms = 0.0;
+        let html = page(&sample_report(), &tl);
+        assert_eq!(html.matches(r#"<div class="chart""#).count(), 2);
+        assert_eq!(data(&html)["timelines"][1]["open"], serde_json::json!([]));
     }
 
     #[test]
@@ -582,12 +594,36 @@ mod tests {
         assert!(html.contains("fdtrace: ./app exited with status 0\nNo leaked descriptors"));
     }
 
+    #[test]
+    fn a_huge_trace_gives_a_page_of_at_most_5_mb() {
+        let (report, timeline) = sample::huge();
+        let html = page(&report, &timeline);
+        if std::env::var_os("FDTRACE_WRITE_SAMPLE").is_some() {
+            std::fs::write("/tmp/fdtrace-huge.html", &html).unwrap();
+        }
+        assert!(html.len() <= 5_000_000, "{} bytes", html.len());
+        let d = data(&html);
+        let rows: usize = d["flame"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["rows"].as_array().unwrap().len())
+            .sum();
+        assert!(rows <= 10_000, "{rows} rows embedded");
+        if std::env::var_os("FDTRACE_WRITE_SAMPLE").is_some() {
+            std::fs::write("/tmp/fdtrace-huge.html", &html).unwrap();
+        }
+    }
+
     /// Writes a sample page to /tmp/fdtrace-sample.html to look at in a
     /// browser: `cargo test -p fdtrace --lib report::html -- --ignored`.
     #[test]
     #[ignore = "writes a file for a person to look at"]
     fn write_sample_page() {
-        let (report, timeline) = sample::page();
+        let (mut report, timeline) = sample::page();
+        // What a hostile program could name things: must show as text.
+        report.leaks[0].target = HOSTILE.into();
+        report.notes.push(HOSTILE.into());
         let html = page(&report, &timeline);
         std::fs::write("/tmp/fdtrace-sample.html", &html).unwrap();
         eprintln!("/tmp/fdtrace-sample.html: {} bytes", html.len());

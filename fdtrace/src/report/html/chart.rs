@@ -126,6 +126,7 @@ fn plot(
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(root)
         .margin(12)
+        .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..t1, 0f64..top)?;
@@ -134,6 +135,8 @@ fn plot(
         .x_desc("time since the trace began (ms)")
         .y_desc("open descriptors")
         .light_line_style(RGBColor(238, 238, 238))
+        .x_label_formatter(&|t| format!("{t:.0}"))
+        .y_label_formatter(&|n| format!("{n:.0}"))
         .label_style(("sans-serif", 13))
         .axis_desc_style(("sans-serif", 14))
         .draw()?;

@@ -23,16 +23,28 @@ pub const UNKNOWN_STACK: &str = "[unknown stack]";
 /// Descriptor rows embedded for one path.
 pub const MAX_ROWS_PER_PATH: usize = 2000;
 /// Descriptor rows embedded in all.
-const MAX_ROWS: usize = 20_000;
+const MAX_ROWS: usize = 10_000;
+/// Frames narrower than this (percent of the width, about a pixel) are
+/// left out of the drawing; their descriptors are still listed.
+const MIN_WIDTH_PCT: f64 = 0.1;
 
 /// One leaked descriptor: pid, fd, kind, target, age in ms.
 type Row<'a> = (u32, i32, &'a str, &'a str, u64);
 
-/// One distinct path from the root, outermost frame first, and the
-/// descriptors opened through it.
+/// What the page's script needs to list the descriptors under a frame.
+#[derive(Serialize)]
+pub struct FlameData<'a> {
+    /// Frame names, each once.
+    pub names: Vec<String>,
+    /// In inferno's layout order.
+    pub paths: Vec<PathData<'a>>,
+}
+
+/// One distinct path from the root, outermost frame first (indices into
+/// [`FlameData::names`]), and the descriptors opened through it.
 #[derive(Serialize)]
 pub struct PathData<'a> {
-    pub frames: Vec<String>,
+    pub frames: Vec<u32>,
     pub count: usize,
     /// At most [`MAX_ROWS_PER_PATH`] of them (fewer when the page's total
     /// budget runs out): `count - rows.len()` are left out.
@@ -42,8 +54,7 @@ pub struct PathData<'a> {
 /// The flame graph and what its frames stand for.
 pub struct Flame<'a> {
     pub svg: String,
-    /// In inferno's layout order.
-    pub paths: Vec<PathData<'a>>,
+    pub data: FlameData<'a>,
 }
 
 /// A frame's name in the graph: its function, else `module+address`. No
@@ -149,6 +160,7 @@ pub fn build(report: &Report) -> io::Result<Option<Flame<'_>>> {
     options.title = "Leaked descriptors by the stack that opened them".to_owned();
     options.count_name = "descriptors".to_owned();
     options.no_javascript = true;
+    options.min_width = MIN_WIDTH_PCT;
     options.hash = true;
     options.colors = Palette::Basic(BasicPalette::Hot);
     let mut raw = Vec::new();
@@ -159,11 +171,22 @@ pub fn build(report: &Report) -> io::Result<Option<Flame<'_>>> {
     )?;
     let svg = String::from_utf8(raw).map_err(io::Error::other)?;
     let mut budget = MAX_ROWS;
+    let mut names: Vec<String> = Vec::new();
+    let mut index: HashMap<String, u32> = HashMap::new();
     let paths = paths
         .into_iter()
         .map(|(_, frames, leaks)| {
             let take = leaks.len().min(MAX_ROWS_PER_PATH).min(budget);
             budget -= take;
+            let frames = frames
+                .into_iter()
+                .map(|name| {
+                    *index.entry(name).or_insert_with_key(|name| {
+                        names.push(name.clone());
+                        u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+                    })
+                })
+                .collect();
             PathData {
                 count: leaks.len(),
                 rows: leaks
@@ -177,7 +200,7 @@ pub fn build(report: &Report) -> io::Result<Option<Flame<'_>>> {
         .collect();
     Ok(Some(Flame {
         svg: for_html(&svg),
-        paths,
+        data: FlameData { names, paths },
     }))
 }
 

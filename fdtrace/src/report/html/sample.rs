@@ -265,3 +265,73 @@ pub fn page() -> (Report, Timeline) {
     };
     (r, timeline)
 }
+
+/// What a trace of about a million events can leave: 100,000 leaks from
+/// 2,000 stacks 12 frames deep, 10 processes with 1,000 points and 10
+/// stacks each.
+pub fn huge() -> (Report, Timeline) {
+    let mut r = sample_report();
+    r.groups = (0..2000_u32)
+        .map(|id| Group {
+            stack_id: id,
+            count: 0,
+            truncated: false,
+            stack: (0..12_u32)
+                .map(|depth| {
+                    // Shared near the root, distinct near the leaf.
+                    let branch = id >> (depth.min(11));
+                    native(
+                        &format!("crate::module{depth}::function_{branch}::<T>"),
+                        &format!("/src/project/src/module{depth}.rs"),
+                        depth * 10 + 1,
+                        "/src/project/target/release/server",
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    r.leaks = (0..100_000_usize)
+        .map(|i| LeakEntry {
+            pid: 7 + u32::try_from(i % 10).unwrap(),
+            fd: i32::try_from(i % 60_000).unwrap() + 3,
+            kind: "file",
+            target: format!("/var/lib/project/data/segment-{i:08}.dat"),
+            cloexec: false,
+            opened_by: "openat",
+            age_ms: u64::try_from(i).unwrap(),
+            stack_id: Some(u32::try_from(i % 2000).unwrap()),
+            still_running: false,
+            closed_at_shutdown: false,
+        })
+        .collect();
+    r.regroup();
+    let processes = (0..10_u32)
+        .map(|p| ProcessTimeline {
+            pid: 7 + p,
+            comm: format!("worker-{p}"),
+            soft_limit: Some(65_536),
+            peak: 10_000,
+            peak_ms: 999.0,
+            stacks: (0..10)
+                .map(|s| TimelineStack {
+                    stack_id: Some(s),
+                    label: format!("crate::module11::function_{s}::<T> (module11.rs:111)"),
+                })
+                .collect(),
+            points: (0..1000_usize)
+                .map(|i| TimelinePoint {
+                    t_ms: ms(i) * 1.234_567,
+                    open: i * 10,
+                    by_stack: (0..10).map(|s| i * (10 - s) / 10).collect(),
+                })
+                .collect(),
+            marks: vec![],
+        })
+        .collect();
+    let timeline = Timeline {
+        duration_ms: 1234.567,
+        processes,
+        more_processes: 40,
+    };
+    (r, timeline)
+}

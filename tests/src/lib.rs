@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod browser;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -27,6 +27,8 @@ pub fn run() -> Result<()> {
     system_tool("tar", "tar")?;
     system_tool("bash", "bash")?;
     system_tool("go", "golang-go")?;
+    // The browser the HTML report is tested in.
+    system_tool("chromium", "chromium")?;
     // pytest under every interpreter the Python tests run (3.8 to 3.14).
     python_module("python3", "pytest")?;
     for (interpreter, version) in fdtrace_tests::interpreters() {

@@ -6,6 +6,7 @@
 //! `target/bench.json`. Targets live here, never in pass/fail tests.
 
 mod measure;
+mod record;
 mod workloads;
 
 use std::fs;
@@ -232,7 +233,10 @@ pub fn bench(runs: usize) -> Result<()> {
         met: ready_ms < 1000.0,
     });
 
-    println!("\ntargets (issue #14):");
+    let recorded = record::measure(&paths, runs)?;
+    figures.extend(recorded.figures);
+
+    println!("\ntargets (issues #14, #16):");
     for f in &figures {
         let mark = if f.met { "ok  " } else { "MISS" };
         println!("  {mark} {:<48} {:>18}  {}", f.name, f.value, f.target);
@@ -245,6 +249,7 @@ pub fn bench(runs: usize) -> Result<()> {
         "rates": rates.iter().map(|(r, d, s)| json!({"events_per_second": r, "dropped_events": d, "skipped_stacks": s})).collect::<Vec<_>>(),
         "peak_rss_kb_100k_fds": rss,
         "attach_ready_ms": ready_ms,
+        "record": recorded.json,
         "targets": figures.iter().map(|f| json!({"figure": f.name, "value": f.value, "target": f.target, "met": f.met})).collect::<Vec<Value>>(),
     });
     let path = target_dir().join("bench.json");

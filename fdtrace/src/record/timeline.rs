@@ -170,7 +170,11 @@ impl TimelineBuilder {
             return;
         };
         let going = std::mem::take(&mut self.going);
-        let track = self.track(tgid, p);
+        self.track(tgid, p);
+        self.carry(tgid, ts);
+        let Some(track) = self.tracks.get_mut(&tgid) else {
+            return;
+        };
         for id in &going {
             if let Some(n) = track.by_stack.get_mut(id) {
                 *n = n.saturating_sub(1);
@@ -195,7 +199,11 @@ impl TimelineBuilder {
                 *by_stack.entry(id).or_insert(0) += 1;
             }
         }
-        self.track(tgid, p).by_stack = by_stack;
+        self.track(tgid, p);
+        self.carry(tgid, ts);
+        if let Some(track) = self.tracks.get_mut(&tgid) {
+            track.by_stack = by_stack;
+        }
         self.update(tgid, p.fds.len(), ts);
     }
 
@@ -210,8 +218,9 @@ impl TimelineBuilder {
         track
     }
 
-    /// `tgid` has `open` descriptors after something at `ts`.
-    fn update(&mut self, tgid: u32, open: usize, ts: u64) {
+    /// Buckets from the last change to the one `ts` falls in held what was
+    /// open then (call before changing it).
+    fn carry(&mut self, tgid: u32, ts: u64) {
         let b = self.bucket(ts);
         let Some(track) = self.tracks.get_mut(&tgid) else {
             return;
@@ -220,7 +229,6 @@ impl TimelineBuilder {
             // First sight of it.
             track.filled = b;
         }
-        // Buckets since the last change held what was open then.
         while track.filled < b {
             let i = track.filled;
             if track.most[i] <= track.open {
@@ -229,6 +237,15 @@ impl TimelineBuilder {
             }
             track.filled += 1;
         }
+    }
+
+    /// `tgid` has `open` descriptors after something at `ts`.
+    fn update(&mut self, tgid: u32, open: usize, ts: u64) {
+        self.carry(tgid, ts);
+        let b = self.bucket(ts);
+        let Some(track) = self.tracks.get_mut(&tgid) else {
+            return;
+        };
         track.open = open;
         if open >= track.most[b] {
             track.most[b] = open;
@@ -308,8 +325,10 @@ impl TimelineBuilder {
                         .iter()
                         .map(|(id, _)| TimelineStack {
                             stack_id: *id,
-                            label: id
-                                .map_or_else(|| "stack not kept".to_owned(), |id| label(id, stacks)),
+                            label: id.map_or_else(
+                                || "stack not kept".to_owned(),
+                                |id| label(id, stacks),
+                            ),
                         })
                         .collect(),
                     points,

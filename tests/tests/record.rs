@@ -76,6 +76,11 @@ fn a_recorded_trace_reports_exactly_what_the_live_trace_did() {
         }
         let r = json(&report(&dir, "json.fdt", "json"));
         if fixture == "hoard.c" {
+            // Judged at report time: the same trace, two policies.
+            let o = run(&dir, &["report", "json.fdt", "--fail-on", "leak,emfile"]);
+            assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+            let o = run(&dir, &["report", "json.fdt", "--fail-on", "exec-leak"]);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
             assert_eq!(r["leaks"].as_array().unwrap().len(), 61);
             assert_eq!(r["emfile"][0]["holders"][0]["count"], 60);
             assert_eq!(r["processes"][0]["peak_fds"], 64);

@@ -281,3 +281,169 @@ fn varint(mut n: u64, out: &mut [u8; 10]) -> usize {
         i += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use fdtrace_common::Syscall;
+
+    use super::*;
+    use crate::{
+        events::{Closer, Creation},
+        stacks::symbolize::SymFrame,
+    };
+
+    #[derive(Clone, Default)]
+    struct Memory(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Memory {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn open(ts_ns: u64, fd: Fd, path: &str) -> Event {
+        Event {
+            ts_ns,
+            tgid: 42,
+            tid: 42,
+            stopped: false,
+            action: Action::Create(Creation {
+                syscall: Syscall::Openat,
+                fds: vec![fd],
+                kind: FdKind::File,
+                cloexec: false,
+                like: None,
+                target: Some(path.into()),
+                socket: None,
+                peer: None,
+                stack: None,
+                in_cleanup: false,
+            }),
+        }
+    }
+
+    /// A small trace: fd 3 opened and closed, fd 4 (same path) leaked
+    /// from a stack the file names.
+    fn trace() -> Vec<u8> {
+        let memory = Memory::default();
+        let header = Header {
+            writer: "test".into(),
+            mode: "run".into(),
+            command: vec!["./leaky".into()],
+            stack_mode: 2,
+            start_ns: 1_000,
+            started_unix: 0,
+        };
+        let mut r = Recorder::new(Box::new(memory.clone()), &header).unwrap();
+        r.root(
+            42,
+            "/bin/leaky",
+            &[(0, FdKind::File, "/dev/null".into(), false)],
+        );
+        r.sample(StackRef(0));
+        r.event(&open(2_000, 3, "/etc/hostname"), Some(StackRef(0)));
+        r.event(
+            &Event {
+                ts_ns: 3_000,
+                tgid: 42,
+                tid: 43,
+                stopped: false,
+                action: Action::Close {
+                    fd: 3,
+                    by: Closer::Program,
+                    stack: None,
+                },
+            },
+            None,
+        );
+        r.sample(StackRef(0));
+        r.event(&open(4_000, 4, "/etc/hostname"), Some(StackRef(0)));
+        r.write(&Record::Sample {
+            sample: 1,
+            stack: 7,
+        });
+        r.write(&Record::Stack {
+            id: 7,
+            canonical: 7,
+            truncated: false,
+            frames: vec![SymFrame {
+                address: 0x1234,
+                function: Some("open_config".into()),
+                file: Some("leaky.c".into()),
+                line: Some(12),
+                module: Some("/bin/leaky".into()),
+                inlined: false,
+                python: false,
+            }],
+        });
+        r.finish(5_000);
+        r.end(End {
+            exit_status: Some(0),
+            dropped_events: 0,
+            skipped_stacks: 0,
+            kept_in_kernel: 0,
+            last_drop_ns: None,
+            undecodable: 0,
+            notes: Vec::new(),
+            cut_at: None,
+        });
+        memory.0.take()
+    }
+
+    #[test]
+    fn a_trace_replays_into_the_report_it_recorded() {
+        let bytes = trace();
+        let replayed = replay::replay("t.fdt", &bytes).unwrap();
+        let r = &replayed.report;
+        assert_eq!(r.command, ["./leaky"]);
+        assert_eq!(r.exit_status, Some(0));
+        let leaks: Vec<(i32, &str, Option<u32>)> = r
+            .leaks
+            .iter()
+            .map(|l| (l.fd, l.target.as_str(), l.stack_id))
+            .collect();
+        assert_eq!(leaks, [(4, "/etc/hostname", Some(7))]);
+        assert_eq!(
+            r.groups[0].stack[0].function.as_deref(),
+            Some("open_config")
+        );
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let t = &replayed.timeline;
+        assert_eq!(t.processes.len(), 1);
+        assert_eq!(t.processes[0].peak, 2);
+        assert_eq!(t.processes[0].points.iter().map(|p| p.open).max(), Some(2));
+    }
+
+    #[test]
+    fn a_trace_cut_anywhere_reports_what_came_before() {
+        let bytes = trace();
+        // The header alone (and a bit of the root) is an error; from the
+        // first record on, every cut is a report that says where it was cut.
+        let first = replay::replay("t.fdt", &bytes).unwrap();
+        assert!(first.report.notes.is_empty());
+        let mut reports = 0;
+        for cut in 10..bytes.len() {
+            match replay::replay("t.fdt", &bytes[..cut]) {
+                Ok(r) => {
+                    reports += 1;
+                    assert!(
+                        r.report
+                            .notes
+                            .iter()
+                            .any(|n| n.contains("cut short at byte")),
+                        "cut at {cut}: {:?}",
+                        r.report.notes
+                    );
+                }
+                Err(e) => assert!(e.to_string().contains("t.fdt: cut short at byte"), "{e}"),
+            }
+        }
+        assert!(reports > bytes.len() / 2);
+    }
+}

@@ -9,6 +9,7 @@ use std::{
 
 use super::{
     IntervalEntry, Report,
+    terminal::Terminal,
     text::{Style, WIDTH, fit, frames, frames_up_to, process_name},
 };
 
@@ -32,6 +33,15 @@ fn seconds(ms: u64) -> String {
 /// `report.emfile[index]`: the failing call and stack, the limit, and the
 /// stacks holding the table at that moment.
 pub fn emfile(report: &Report, index: usize, style: Style, out: &mut impl Write) -> io::Result<()> {
+    emfile_text(report, index, style, &mut Terminal::new(out, style.color))
+}
+
+fn emfile_text(
+    report: &Report,
+    index: usize,
+    style: Style,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let Some(e) = report.emfile.get(index) else {
         return Ok(());
     };
@@ -111,6 +121,7 @@ pub fn fd_set_overflow(
     style: Style,
     out: &mut impl Write,
 ) -> io::Result<()> {
+    let out = &mut Terminal::new(out, style.color);
     let Some(o) = report.fd_set_overflows.get(index) else {
         return Ok(());
     };
@@ -146,6 +157,7 @@ pub fn interval(
     style: Style,
     out: &mut impl Write,
 ) -> io::Result<()> {
+    let out = &mut Terminal::new(out, style.color);
     let total: usize = entry.groups.iter().map(|g| g.count).sum();
     let head = format!(
         "[{}] {total} descriptors opened since attach, older than {}, still open:",

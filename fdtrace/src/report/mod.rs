@@ -13,6 +13,7 @@ pub mod live;
 pub mod misuse;
 pub mod sarif;
 mod sections;
+pub mod terminal;
 pub mod text;
 pub mod timeline;
 

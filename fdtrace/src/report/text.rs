@@ -5,7 +5,10 @@ use std::io::{self, Write};
 
 use crate::history::sparkline;
 
-use super::{ExecLeakEntry, FrameEntry, GcClosedEntry, Group, LeakEntry, Report, live, sections};
+use super::{
+    ExecLeakEntry, FrameEntry, GcClosedEntry, Group, LeakEntry, Report, live, sections,
+    terminal::Terminal,
+};
 
 pub use sections::stale_suppressions;
 
@@ -42,7 +45,13 @@ impl Style {
     }
 }
 
+/// Writes the text report; control characters in what it names are shown
+/// as `?` (see [`super::terminal`]).
 pub fn render(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
+    render_text(report, style, &mut Terminal::new(out, style.color))
+}
+
+fn render_text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
     summary(report, style, out)?;
     let mut shown_groups: Vec<Option<u32>> = Vec::new();
     for g in &report.groups {

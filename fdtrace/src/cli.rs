@@ -36,7 +36,7 @@ pub enum Command {
 /// What a report says and fails on: every subcommand takes these.
 #[derive(Debug, Args)]
 pub struct ReportOptions {
-    /// Report format (html needs -o FILE).
+    /// Report format (html needs a file to go to).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Exit with --leak-exit-code when the report has any of these findings
@@ -88,6 +88,13 @@ pub struct RunArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub command: CommandArgs,
+}
+
+/// The command `run` and `record` start.
+#[derive(Debug, Args)]
+pub struct CommandArgs {
     /// Under sudo, run the command as root instead of as the invoking user.
     #[arg(long)]
     pub as_root: bool,
@@ -114,17 +121,8 @@ pub struct RecordArgs {
     pub report: Option<PathBuf>,
     #[command(flatten)]
     pub trace: TraceArgs,
-    /// Under sudo, run the command as root instead of as the invoking user.
-    #[arg(long)]
-    pub as_root: bool,
-    /// The command to run, after `--`.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    pub command: Vec<String>,
+    #[command(flatten)]
+    pub command: CommandArgs,
 }
 
 #[derive(Debug, Args)]
@@ -267,15 +265,18 @@ pub struct AttachConfig {
 }
 
 impl ReportOptions {
-    fn into_config(self, output: Option<PathBuf>) -> Result<TraceConfig> {
+    /// `output` is the report file, given with the option `flag`.
+    fn into_config(self, (output, flag): (Option<PathBuf>, &str)) -> Result<TraceConfig> {
         if self.gen_suppressions && self.format != Format::Text && output.is_none() {
             bail!(
                 "--gen-suppressions prints to standard error: with --format json, sarif or \
-                 html, write the report elsewhere with -o FILE"
+                 html, write the report elsewhere with {flag} FILE"
             );
         }
         if self.format == Format::Html && output.is_none() {
-            bail!("--format html writes a page: name it with -o FILE (e.g. -o report.html)");
+            bail!(
+                "--format html writes a page: name it with {flag} FILE (e.g. {flag} report.html)"
+            );
         }
         let mut fail_on: Vec<Finding> = self.fail_on.into_iter().map(Finding::from).collect();
         if self.fail_on_leak {
@@ -303,7 +304,7 @@ impl ReportOptions {
 }
 
 impl TraceArgs {
-    fn into_config(self, output: Option<PathBuf>) -> Result<TraceConfig> {
+    fn into_config(self, output: (Option<PathBuf>, &str)) -> Result<TraceConfig> {
         if !(512..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
             bail!(
                 "--stack-bytes must be between 512 and {MAX_STACK_BYTES}, got {}",
@@ -328,22 +329,22 @@ impl TraceArgs {
 impl RunArgs {
     pub fn into_config(self) -> Result<RunConfig> {
         Ok(RunConfig {
-            trace: self.trace.into_config(self.output)?,
-            command: self.command,
-            as_root: self.as_root,
+            trace: self.trace.into_config((self.output, "-o"))?,
+            command: self.command.command,
+            as_root: self.command.as_root,
         })
     }
 }
 
 impl RecordArgs {
     pub fn into_config(self) -> Result<RunConfig> {
-        let mut trace = self.trace.into_config(self.report)?;
+        let mut trace = self.trace.into_config((self.report, "--report"))?;
         trace.record = Some(self.output);
         trace.force = self.force;
         Ok(RunConfig {
             trace,
-            command: self.command,
-            as_root: self.as_root,
+            command: self.command.command,
+            as_root: self.command.as_root,
         })
     }
 }
@@ -352,7 +353,7 @@ impl ReportArgs {
     pub fn into_config(self) -> Result<ReportConfig> {
         let file = (self.trace.as_os_str() != "-").then_some(self.trace);
         Ok(ReportConfig {
-            trace: self.report.into_config(self.output)?,
+            trace: self.report.into_config((self.output, "-o"))?,
             file,
         })
     }
@@ -365,7 +366,7 @@ impl AttachArgs {
         }
         let mut pids = self.pids;
         pids.dedup();
-        let mut trace = self.trace.into_config(self.output)?;
+        let mut trace = self.trace.into_config((self.output, "-o"))?;
         trace.record = self.record;
         trace.force = self.force;
         Ok(AttachConfig {

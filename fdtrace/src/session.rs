@@ -4,11 +4,9 @@
 //! buffer, signals and timers; [`Tracer`] does the work.
 
 use std::{
-    cell::RefCell,
     fs::{self, File},
     io::{self, BufWriter, Write},
     path::Path,
-    rc::Rc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -23,7 +21,7 @@ use crate::{
     cli::{AttachConfig, Format, OnEmfile, RunConfig, TraceConfig},
     load::{ProbeOptions, Probes},
     procfs,
-    record::{Recorder, replay, wire::Header},
+    record::{Memory, Recorder, replay, wire::Header},
     report::{Context, IntervalEntry, Report, live, text, timeline::Timeline},
     signals,
     spawn::{self, Identity, LaunchError},
@@ -58,20 +56,6 @@ pub enum Recording {
     Off,
     /// Into the trace file given (opened, checked, empty).
     File(File, std::path::PathBuf),
-}
-
-/// A trace kept in memory for an HTML report.
-#[derive(Clone, Default)]
-struct Memory(Rc<RefCell<Vec<u8>>>);
-
-impl Write for Memory {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Where the recording went, to read it back for the HTML report.
@@ -286,7 +270,7 @@ fn timeline(
     }
     let (name, bytes) = match recorded {
         Recorded::Nowhere => return Ok(None),
-        Recorded::Memory(memory) => ("the trace".to_owned(), memory.0.take()),
+        Recorded::Memory(memory) => ("the trace".to_owned(), memory.take()),
         Recorded::File(path) => (
             path.display().to_string(),
             fs::read(&path).with_context(|| format!("read back {}", path.display()))?,

@@ -12,7 +12,11 @@ pub mod replay;
 mod timeline;
 pub mod wire;
 
-use std::io::{self, Write};
+use std::{
+    cell::RefCell,
+    io::{self, Write},
+    rc::Rc,
+};
 
 use anyhow::Result;
 use hashbrown::{HashMap, HashSet};
@@ -28,6 +32,28 @@ use wire::{End, EventRecord, Header, IntervalRecord, MAGIC, Record, Target, VERS
 /// What `/proc` said of a descriptor: (tgid, fd, its kind and target if
 /// it could tell).
 pub type Answer = (u32, Fd, Option<(FdKind, String)>);
+
+/// A trace kept in memory (for an HTML report without a trace file);
+/// clones share it.
+#[derive(Clone, Default)]
+pub struct Memory(Rc<RefCell<Vec<u8>>>);
+
+impl Memory {
+    /// What was written so far, leaving it empty.
+    pub fn take(&self) -> Vec<u8> {
+        self.0.take()
+    }
+}
+
+impl Write for Memory {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Writes a trace as it happens. A write that fails (a full disk) ends the
 /// recording there; tracing and its live report go on, and the report
@@ -284,8 +310,6 @@ fn varint(mut n: u64, out: &mut [u8; 10]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::{cell::RefCell, rc::Rc};
-
     use fdtrace_common::Syscall;
 
     use super::*;
@@ -293,19 +317,6 @@ mod tests {
         events::{Closer, Creation},
         stacks::symbolize::SymFrame,
     };
-
-    #[derive(Clone, Default)]
-    struct Memory(Rc<RefCell<Vec<u8>>>);
-
-    impl Write for Memory {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.borrow_mut().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn open(ts_ns: u64, fd: Fd, path: &str) -> Event {
         Event {
@@ -385,15 +396,9 @@ mod tests {
         r.finish(5_000);
         r.end(End {
             exit_status: Some(0),
-            dropped_events: 0,
-            skipped_stacks: 0,
-            kept_in_kernel: 0,
-            last_drop_ns: None,
-            undecodable: 0,
-            notes: Vec::new(),
-            cut_at: None,
+            ..End::default()
         });
-        memory.0.take()
+        memory.take()
     }
 
     #[test]

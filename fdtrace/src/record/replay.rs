@@ -42,18 +42,26 @@ enum Next {
     Cut(usize),
 }
 
-impl Records<'_> {
-    fn next(&mut self, name: &str) -> Result<Next> {
+/// One length-prefixed frame.
+enum Frame<'a> {
+    /// Where it starts, and its payload.
+    Payload(usize, &'a [u8]),
+    Done,
+    Cut(usize),
+}
+
+impl<'a> Records<'a> {
+    fn frame(&mut self, name: &str) -> Result<Frame<'a>> {
         let start = self.at;
         if start == self.bytes.len() {
-            return Ok(Next::Done);
+            return Ok(Frame::Done);
         }
         let mut len: u64 = 0;
         let mut shift = 0;
         let mut i = start;
         loop {
             let Some(&b) = self.bytes.get(i) else {
-                return Ok(Next::Cut(start));
+                return Ok(Frame::Cut(start));
             };
             i += 1;
             if shift > 56 {
@@ -70,12 +78,22 @@ impl Records<'_> {
             bail!("{name}: corrupt record at byte {start}: length {len} is too large");
         }
         let Some(payload) = self.bytes.get(i..i + len) else {
-            return Ok(Next::Cut(start));
+            return Ok(Frame::Cut(start));
         };
-        let record: Record = postcard::from_bytes(payload)
-            .map_err(|e| anyhow!("{name}: corrupt record at byte {start}: {e}"))?;
         self.at = i + len;
-        Ok(Next::Record(start, Box::new(record)))
+        Ok(Frame::Payload(start, payload))
+    }
+
+    fn next(&mut self, name: &str) -> Result<Next> {
+        Ok(match self.frame(name)? {
+            Frame::Done => Next::Done,
+            Frame::Cut(at) => Next::Cut(at),
+            Frame::Payload(start, payload) => {
+                let record: Record = postcard::from_bytes(payload)
+                    .map_err(|e| anyhow!("{name}: corrupt record at byte {start}: {e}"))?;
+                Next::Record(start, Box::new(record))
+            }
+        })
     }
 }
 
@@ -101,31 +119,11 @@ fn open<'a>(name: &str, bytes: &'a [u8]) -> Result<(Header, Records<'a>)> {
     }
     // The header is framed like a record but is not a `Record`.
     let mut records = Records { bytes, at: 10 };
-    let start = records.at;
-    let mut len: u64 = 0;
-    let mut shift = 0;
-    let mut i = start;
-    loop {
-        let Some(&b) = bytes.get(i) else {
-            bail!("{name}: cut short at byte {start}, inside its header");
-        };
-        i += 1;
-        if shift > 56 {
-            bail!("{name}: corrupt header at byte {start}");
-        }
-        len |= u64::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    let end = i.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
-    let Some(payload) = bytes.get(i..end) else {
-        bail!("{name}: cut short at byte {start}, inside its header");
+    let header = match records.frame(name)? {
+        Frame::Payload(start, payload) => postcard::from_bytes(payload)
+            .map_err(|e| anyhow!("{name}: corrupt header at byte {start}: {e}"))?,
+        Frame::Done | Frame::Cut(_) => bail!("{name}: cut short at byte 10, inside its header"),
     };
-    let header: Header = postcard::from_bytes(payload)
-        .map_err(|e| anyhow!("{name}: corrupt header at byte {start}: {e}"))?;
-    records.at = end;
     Ok((header, records))
 }
 
@@ -324,16 +322,7 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
     }
     // No end record: the tracer stopped without writing it.
     let cut = cut.or((end.is_none()).then_some(bytes.len()));
-    let end = end.unwrap_or(End {
-        exit_status: None,
-        dropped_events: 0,
-        skipped_stacks: 0,
-        kept_in_kernel: 0,
-        last_drop_ns: None,
-        undecodable: 0,
-        notes: Vec::new(),
-        cut_at: None,
-    });
+    let end = end.unwrap_or_default();
     let mut notes = end.notes.clone();
     if let Some(at) = cut.and_then(|c| u64::try_from(c).ok()).or(end.cut_at) {
         notes.push(format!(

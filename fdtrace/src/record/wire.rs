@@ -160,7 +160,7 @@ impl From<&IntervalEntry> for IntervalRecord {
 }
 
 /// The end of a complete trace.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct End {
     pub exit_status: Option<i32>,
     pub dropped_events: u64,

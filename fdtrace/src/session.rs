@@ -254,9 +254,9 @@ fn timeline(
     if let (Some(recorder), Recorded::File(path)) = (tracer.take_recorder(), &recorded) {
         let (written, failed) = recorder.written();
         match failed {
-            Some((at, why)) => eprintln!(
-                "fdtrace: {}: writing stopped at byte {at} ({why}): the trace holds what came \
-                 before",
+            Some(why) => eprintln!(
+                "fdtrace: {}: writing stopped ({why}): the trace holds what came before, and \
+                 `fdtrace report` says where it was cut",
                 path.display()
             ),
             None => eprintln!(

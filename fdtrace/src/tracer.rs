@@ -223,7 +223,6 @@ impl Tracer {
                 last_drop_ns: cx.last_drop_ns,
                 undecodable,
                 notes,
-                cut_at: None,
             });
         }
     }

@@ -62,8 +62,8 @@ pub struct Recorder {
     out: Box<dyn Write>,
     /// Bytes written so far.
     written: u64,
-    /// Why writing stopped, and at which offset.
-    failed: Option<(u64, String)>,
+    /// Why writing stopped (the file ends where the disk had room).
+    failed: Option<String>,
     last_ts: u64,
     next_sample: u32,
     /// File sample number of each live stack handle (by slot).
@@ -96,9 +96,9 @@ impl Recorder {
         Ok(recorder)
     }
 
-    /// Bytes written, and where and why the file was cut if it was.
-    pub fn written(&self) -> (u64, Option<&(u64, String)>) {
-        (self.written, self.failed.as_ref())
+    /// Bytes written so far, and why writing stopped if it did.
+    pub fn written(&self) -> (u64, Option<&str>) {
+        (self.written, self.failed.as_deref())
     }
 
     fn write(&mut self, record: &Record) {
@@ -115,7 +115,7 @@ impl Recorder {
             Err(e) => Err(io::Error::other(e)),
         };
         if let Err(e) = result {
-            self.failed = Some((self.written, e.to_string()));
+            self.failed = Some(e.to_string());
         }
     }
 
@@ -135,7 +135,7 @@ impl Recorder {
         if self.failed.is_none()
             && let Err(e) = self.out.flush()
         {
-            self.failed = Some((self.written, e.to_string()));
+            self.failed = Some(e.to_string());
         }
     }
 
@@ -248,9 +248,8 @@ impl Recorder {
         self.write(&Record::Finish { now_ns });
     }
 
-    /// The last record; `end.cut_at` is filled in here.
-    pub fn end(&mut self, mut end: End) {
-        end.cut_at = self.failed.as_ref().map(|(at, _)| *at);
+    /// The last record.
+    pub fn end(&mut self, end: End) {
         self.write(&Record::End(end));
         self.flush();
     }

@@ -324,7 +324,7 @@ pub fn replay(name: &str, bytes: &[u8]) -> Result<Replayed> {
     let cut = cut.or((end.is_none()).then_some(bytes.len()));
     let end = end.unwrap_or_default();
     let mut notes = end.notes.clone();
-    if let Some(at) = cut.and_then(|c| u64::try_from(c).ok()).or(end.cut_at) {
+    if let Some(at) = cut {
         notes.push(format!(
             "the trace file was cut short at byte {at} (the tracer was stopped or the disk \
              filled): this is everything recorded before that"

@@ -169,9 +169,6 @@ pub struct End {
     pub last_drop_ns: Option<u64>,
     pub undecodable: u64,
     pub notes: Vec<String>,
-    /// The trace file could not be written in full (disk full): records
-    /// after this byte offset are missing.
-    pub cut_at: Option<u64>,
 }
 
 /// The stack mode's number in the header.

@@ -396,7 +396,10 @@ impl Stacks {
 
     /// Samples unwound since the last call: (handle, interned stack).
     pub fn take_resolved(&mut self) -> Vec<(StackRef, StackId)> {
-        self.resolved_log.as_mut().map(std::mem::take).unwrap_or_default()
+        self.resolved_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn build(&mut self, space: Option<usize>, sample: &StackSample) -> Stack {

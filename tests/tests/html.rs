@@ -169,6 +169,21 @@ fn check_page(name: &str, cmd: &[&str], leaking: &[&str]) {
             "{function} not in {frames:?}"
         );
     }
+    if name == "hoard" {
+        // Clicking `hoard` lists its 60 descriptors; hovering the peak of
+        // the timeline shows the 64 open then, 60 of them from hoard.
+        let (details, tip) = interact(&dir, "hoard");
+        assert!(details.contains("60 descriptors"), "{details}");
+        for fd in [3, 62] {
+            assert!(
+                details.contains(&format!("{fd}file/etc/hostname")),
+                "fd {fd}: {details}"
+            );
+        }
+        assert!(details.contains(&format!("hoard-g[{pid}]")), "{details}");
+        assert!(tip.contains("64 open"), "{tip}");
+        assert!(tip.contains("60  hoard (hoard.c:14)"), "{tip}");
+    }
 }
 
 #[test]
@@ -245,4 +260,56 @@ fn the_live_html_report_is_the_one_report_writes() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("-o FILE"));
+}
+
+/// Opens the report at `dir/t.html` in a frame of a page that, once it
+/// loaded, clicks the flame graph's `frame` and moves the mouse over the
+/// first timeline's peak, as a person would, and writes what the report
+/// then showed into its own DOM.
+fn interact(dir: &std::path::Path, frame: &str) -> (String, String) {
+    let driver = dir.join("driver.html");
+    fs::write(
+        &driver,
+        format!(
+            r#"<!DOCTYPE html><html><body><pre id="out"></pre>
+<iframe id="f" src="t.html" style="width:1400px;height:2000px"></iframe>
+<script>
+var f = document.getElementById("f");
+f.onload = function () {{
+  var out = document.getElementById("out");
+  try {{
+    var d = f.contentDocument;
+    var g = d.querySelector('#flame g.frame[data-name="{frame}"]');
+    g.dispatchEvent(new MouseEvent("click", {{bubbles: true}}));
+    out.setAttribute("data-details", d.getElementById("flame-details").textContent);
+    // Over the first point where the first timeline peaks.
+    var tl = JSON.parse(d.getElementById("fdtrace-data").textContent).timelines[0];
+    var i = tl.open.indexOf(Math.max.apply(null, tl.open));
+    var chart = d.querySelector(".timeline .chart");
+    var ds = chart.dataset;
+    var r = chart.querySelector("svg").getBoundingClientRect();
+    var px = +ds.px0 + (tl.t[i] - +ds.t0) / (+ds.t1 - +ds.t0) * (+ds.px1 - +ds.px0);
+    chart.dispatchEvent(new MouseEvent("mousemove", {{
+      bubbles: true, clientX: r.left + px * r.width / +ds.width, clientY: r.top + r.height / 2}}));
+    out.setAttribute("data-tip", chart.querySelector(".tip").textContent);
+  }} catch (e) {{
+    out.setAttribute("data-failed", String(e));
+  }}
+}};
+</script></body></html>"#
+        ),
+    )
+    .unwrap();
+    let page = browser::render(&driver, &dir.join("driver.png"));
+    assert!(page.console_errors.is_empty(), "{:?}", page.console_errors);
+    assert!(!page.dom.contains("data-failed=\""), "{}", page.dom);
+    let attribute = |name: &str| {
+        let at = page
+            .dom
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("{name}: {}", page.dom));
+        let rest = &page.dom[at + name.len() + 2..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    };
+    (attribute("data-details"), attribute("data-tip"))
 }

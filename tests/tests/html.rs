@@ -118,7 +118,7 @@ fn flame_frames(dom: &str) -> Vec<String> {
 
 /// Records `cmd`, renders `fdtrace report --format html` in Chromium and
 /// checks what the page shows against the JSON report of the same trace.
-fn check_page(name: &str, cmd: &[&str], leaking: &[&str]) {
+fn check_page(name: &str, cmd: &[&str], leaking: &[&str]) -> String {
     let dir = scratch_dir(&format!("html-{name}"));
     let mut args = vec![
         "record", "-o", "t.fdt", "--format", "json", "--report", "t.json", "--",
@@ -184,6 +184,7 @@ fn check_page(name: &str, cmd: &[&str], leaking: &[&str]) {
         assert!(tip.contains("64 open"), "{tip}");
         assert!(tip.contains("60  hoard (hoard.c:14)"), "{tip}");
     }
+    page.dom
 }
 
 #[test]
@@ -204,7 +205,15 @@ fn the_html_report_shows_each_fixture_in_a_real_browser() {
         &["hoard", "<module>"],
     );
     let misuse = c_fixture("misuse.c");
-    check_page("misuse", &[misuse.to_str().unwrap(), "double"], &[]);
+    let dom = check_page("misuse", &[misuse.to_str().unwrap(), "double"], &[]);
+    // The double close with both stacks.
+    for shown in [
+        "double close: close(3) failed with EBADF",
+        "second_close",
+        "first_close",
+    ] {
+        assert!(dom.contains(shown), "{shown}: {dom}");
+    }
 }
 
 #[test]

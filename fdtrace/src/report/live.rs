@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    IntervalEntry, Report,
+    EmfileEntry, IntervalEntry, Report,
     terminal::Terminal,
     text::{Style, WIDTH, fit, frames, frames_up_to, process_name},
 };
@@ -18,11 +18,36 @@ const SHORT_STACK: usize = 8;
 /// Holders and interval groups shown.
 const MAX_GROUPS: usize = 5;
 
-fn limit(value: u64) -> String {
+/// A limit as people read it: `unlimited` for RLIM_INFINITY.
+pub fn limit(value: u64) -> String {
     if value == u64::MAX {
         "unlimited".to_owned()
     } else {
         value.to_string()
+    }
+}
+
+/// `EMFILE: openat("/etc/passwd") failed in hoard[42] thread 42`.
+pub fn emfile_headline(report: &Report, e: &EmfileEntry) -> String {
+    let arg = e
+        .argument
+        .as_deref()
+        .map(|a| format!("(\"{a}\")"))
+        .unwrap_or_default();
+    format!(
+        "{}: {}{arg} failed in {} thread {}",
+        e.error,
+        e.syscall,
+        process_name(report, e.pid),
+        e.tid
+    )
+}
+
+/// `soft limit 64, hard limit 64`.
+pub fn emfile_limits(e: &EmfileEntry) -> String {
+    match e.rlimit {
+        Some([soft, hard]) => format!("soft limit {}, hard limit {}", limit(soft), limit(hard)),
+        None => "limit unknown".to_owned(),
     }
 }
 
@@ -45,24 +70,14 @@ fn emfile_text(
     let Some(e) = report.emfile.get(index) else {
         return Ok(());
     };
-    let arg = e
-        .argument
-        .as_deref()
-        .map(|a| format!("(\"{a}\")"))
-        .unwrap_or_default();
-    let head = format!(
-        "{}: {}{arg} failed in {} thread {}",
-        e.error,
-        e.syscall,
-        process_name(report, e.pid),
-        e.tid
-    );
+    let head = emfile_headline(report, e);
     writeln!(out, "{}", style.red(&fit(&head, WIDTH)))?;
-    let limits = match e.rlimit {
-        Some([soft, hard]) => format!("soft limit {}, hard limit {}", limit(soft), limit(hard)),
-        None => "limit unknown".to_owned(),
-    };
-    writeln!(out, "  {} descriptors open; {limits}", e.open_fds)?;
+    writeln!(
+        out,
+        "  {} descriptors open; {}",
+        e.open_fds,
+        emfile_limits(e)
+    )?;
     if e.stopped {
         let line = format!(
             "  Left stopped here (--on-emfile stop): resume with kill -CONT {}",

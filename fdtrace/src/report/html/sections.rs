@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{esc, flame::interpreter_frame};
 use crate::report::{
-    FrameEntry, Group, Report, misuse,
+    FrameEntry, Group, Report, live, misuse,
     text::{plural, process_name, what},
     user_frame,
 };
@@ -175,14 +175,6 @@ pub fn exec_leaks(report: &Report, out: &mut String) {
     out.push_str("</section>");
 }
 
-fn limit(value: u64) -> String {
-    if value == u64::MAX {
-        "unlimited".to_owned()
-    } else {
-        value.to_string()
-    }
-}
-
 /// EMFILE/ENFILE failures: the failing call and stack, and who held the
 /// table.
 pub fn emfile(report: &Report, out: &mut String) {
@@ -191,22 +183,8 @@ pub fn emfile(report: &Report, out: &mut String) {
     }
     out.push_str(r#"<section id="emfile"><h2>Too many open files</h2>"#);
     for (i, e) in report.emfile.iter().enumerate().take(MAX_DETAILED) {
-        let arg = e
-            .argument
-            .as_deref()
-            .map(|a| format!("(\"{a}\")"))
-            .unwrap_or_default();
-        let head = format!(
-            "{}: {}{arg} failed in {} thread {}",
-            e.error,
-            e.syscall,
-            process_name(report, e.pid),
-            e.tid
-        );
-        let limits = match e.rlimit {
-            Some([soft, hard]) => format!("soft limit {}, hard limit {}", limit(soft), limit(hard)),
-            None => "limit unknown".to_owned(),
-        };
+        let head = live::emfile_headline(report, e);
+        let limits = live::emfile_limits(e);
         let _ = write!(
             out,
             "<div class=\"emfile\" id=\"emfile-{i}\"><h3>{}</h3><p>{} descriptors open; {}</p>",
@@ -346,7 +324,7 @@ pub fn processes(report: &Report, out: &mut String) {
     for p in report.processes.iter().take(MAX_ROWS) {
         let soft = p
             .rlimit
-            .map_or_else(|| "?".to_owned(), |[soft, _]| limit(soft));
+            .map_or_else(|| "?".to_owned(), |[soft, _]| live::limit(soft));
         let exit = p.exit_status.map(|s| s.to_string()).unwrap_or_default();
         let _ = write!(
             out,

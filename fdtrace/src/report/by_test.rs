@@ -240,19 +240,10 @@ pub fn read_source(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Group, LeakEntry, tests::sample_report};
-
-    fn py(function: &str, file: &str, line: u32) -> FrameEntry {
-        FrameEntry {
-            address: String::new(),
-            function: Some(function.into()),
-            file: Some(file.into()),
-            line: Some(line),
-            module: None,
-            inlined: false,
-            lang: "python",
-        }
-    }
+    use crate::report::{
+        Group, LeakEntry,
+        tests::{py_frame as py, sample_report},
+    };
 
     fn report_with(stacks: Vec<Vec<FrameEntry>>, kinds: &[(&'static str, u32)]) -> Report {
         let mut r = sample_report();

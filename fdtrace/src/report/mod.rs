@@ -665,7 +665,8 @@ pub fn frame_entry(f: SymFrame) -> FrameEntry {
 pub(crate) mod tests {
     use super::*;
 
-    fn frame(function: &str, file: &str, line: u32, module: &str) -> FrameEntry {
+    /// A native frame for a hand-built report.
+    pub(crate) fn frame(function: &str, file: &str, line: u32, module: &str) -> FrameEntry {
         FrameEntry {
             address: "0x1139".into(),
             function: Some(function.into()),
@@ -674,6 +675,19 @@ pub(crate) mod tests {
             module: Some(module.into()),
             inlined: false,
             lang: "native",
+        }
+    }
+
+    /// A CPython frame for a hand-built report.
+    pub(crate) fn py_frame(function: &str, file: &str, line: u32) -> FrameEntry {
+        FrameEntry {
+            address: String::new(),
+            function: Some(function.into()),
+            file: Some(file.into()),
+            line: Some(line),
+            module: None,
+            inlined: false,
+            lang: "python",
         }
     }
 

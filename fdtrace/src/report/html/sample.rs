@@ -1,36 +1,12 @@
-//! A made-up but realistic report and timeline, for looking at the page
-//! in a browser (see the ignored `write_sample_page` test).
+//! A made-up but realistic report and timeline for the HTML renderer's
+//! tests.
 
 use crate::report::{
-    EmfileEntry, ExecLeakEntry, FrameEntry, Group, HolderEntry, LeakEntry, Report,
+    EmfileEntry, ExecLeakEntry, Group, HolderEntry, LeakEntry, Report,
     misuse::MisuseEntry,
-    tests::sample_report,
+    tests::{frame as native, py_frame as python, sample_report},
     timeline::{Mark, MarkKind, ProcessTimeline, Timeline, TimelinePoint, TimelineStack},
 };
-
-fn native(function: &str, file: &str, line: u32, module: &str) -> FrameEntry {
-    FrameEntry {
-        address: "0x4a1f".into(),
-        function: Some(function.into()),
-        file: Some(file.into()),
-        line: Some(line),
-        module: Some(module.into()),
-        inlined: false,
-        lang: "native",
-    }
-}
-
-fn python(function: &str, file: &str, line: u32) -> FrameEntry {
-    FrameEntry {
-        address: String::new(),
-        function: Some(function.into()),
-        file: Some(file.into()),
-        line: Some(line),
-        module: None,
-        inlined: false,
-        lang: "python",
-    }
-}
 
 fn ms(i: usize) -> f64 {
     f64::from(u32::try_from(i).unwrap())

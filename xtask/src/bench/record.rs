@@ -32,6 +32,21 @@ fn fdtrace(paths: &Paths, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `fdtrace record` of `cmd` into `trace`, the report thrown away.
+fn record(paths: &Paths, trace: &str, cmd: &[&str]) -> Result<()> {
+    let mut args = vec![
+        "record",
+        "--force",
+        "-o",
+        trace,
+        "--report",
+        "/dev/null",
+        "--",
+    ];
+    args.extend(cmd);
+    fdtrace(paths, &args)
+}
+
 pub fn measure(paths: &Paths, runs: usize) -> Result<Recorded> {
     setup::system_tool("chromium", "chromium")?;
     let dir = paths.report.parent().context("bench dir")?.to_path_buf();
@@ -55,21 +70,7 @@ pub fn measure(paths: &Paths, runs: usize) -> Result<Recorded> {
         )?;
         run_s.push(started.elapsed().as_secs_f64());
         let started = std::time::Instant::now();
-        fdtrace(
-            paths,
-            &[
-                "record",
-                "--force",
-                "-o",
-                &trace_s,
-                "--report",
-                "/dev/null",
-                "--",
-                &bench,
-                "openclose",
-                "200000",
-            ],
-        )?;
+        record(paths, &trace_s, &[&bench, "openclose", "200000"])?;
         record_s.push(started.elapsed().as_secs_f64());
     }
     let (run_s, record_s) = (median(&mut run_s), median(&mut record_s));
@@ -85,21 +86,7 @@ pub fn measure(paths: &Paths, runs: usize) -> Result<Recorded> {
 
     // A million events: 500,000 open/close pairs, one descriptor in 64
     // leaked (7,813 leaks).
-    fdtrace(
-        paths,
-        &[
-            "record",
-            "--force",
-            "-o",
-            &trace_s,
-            "--report",
-            "/dev/null",
-            "--",
-            &bench,
-            "leaky",
-            "500000",
-        ],
-    )?;
+    record(paths, &trace_s, &[&bench, "leaky", "500000"])?;
     let html = dir.join("loop.html");
     let html_s = html.to_string_lossy().into_owned();
     let started = std::time::Instant::now();

@@ -54,7 +54,7 @@ pub struct TimelineBuilder {
     start_ns: u64,
     span_ns: u64,
     tracks: HashMap<u32, Track>,
-    /// What the event being applied takes away: (tgid, stack) per fd.
+    /// The stacks of the descriptors the event being applied takes away.
     going: Vec<Option<u32>>,
 }
 

@@ -46,6 +46,19 @@ pub const TASK_FSBASE_OFFSET_GLOBAL: &str = "TASK_FSBASE_OFFSET";
 /// process at its EMFILE failure (`--on-emfile stop`), the only time the
 /// kernel side ever signals a traced process.
 pub const EMFILE_STOP_GLOBAL: &str = "EMFILE_STOP";
+/// Global: which processes the kernel starts tracing on its own, besides
+/// the children of traced ones ([`SELECT_NEW_PROCESSES`],
+/// [`SELECT_EXECS`]); 0 for `run` and `attach`.
+pub const SELECT_GLOBAL: &str = "SELECT";
+/// Global: fdtrace's own thread-group id, never traced by a selection.
+pub const SELF_TGID_GLOBAL: &str = "SELF_TGID";
+/// [`SELECT_GLOBAL`] bit: every process forked from now on is traced
+/// (`monitor --all`).
+pub const SELECT_NEW_PROCESSES: u32 = 1;
+/// [`SELECT_GLOBAL`] bit: every process that execs is traced from its
+/// exec on, until userspace looks at it and keeps or drops it
+/// (`monitor --comm`, `--cgroup`).
+pub const SELECT_EXECS: u32 = 2;
 
 /// Kernel struct member offsets userspace reads from the kernel's BTF and
 /// hands to the kernel side before load, in this order (see

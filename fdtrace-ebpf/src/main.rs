@@ -43,8 +43,8 @@ use aya_ebpf::{
 };
 use fdtrace_common::{
     COUNTER_SLOTS, Counter, EventHeader, EventKind, FD_SETSIZE, FLAG_STACK_SKIPPED, FLAG_STOPPED,
-    FileUse, KernelOffset, MAX_EVENT_FDS, NO_ARG, StackMode, Syscall, SyscallArgs,
-    TRACED_SLOT_COUNT, TRACED_SLOT_USED, fd_arguments, nr,
+    FileUse, KernelOffset, MAX_EVENT_FDS, NO_ARG, SELECT_EXECS, SELECT_NEW_PROCESSES, StackMode,
+    Syscall, SyscallArgs, TRACED_SLOT_COUNT, TRACED_SLOT_USED, fd_arguments, nr,
 };
 
 #[map]
@@ -83,6 +83,12 @@ static TASK_FSBASE_OFFSET: u32 = 0;
 /// Set by userspace before load (`fdtrace_common::EMFILE_STOP_GLOBAL`).
 #[unsafe(no_mangle)]
 static EMFILE_STOP: u32 = 0;
+/// Set by userspace before load (`fdtrace_common::SELECT_GLOBAL`).
+#[unsafe(no_mangle)]
+static SELECT: u32 = 0;
+/// Set by userspace before load (`fdtrace_common::SELF_TGID_GLOBAL`).
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
 
 const EBADF: i64 = 9;
 const EMFILE: i64 = 24;
@@ -691,6 +697,14 @@ fn describe_received(tgid: u32, tid: u32, fd: i64) {
     files::fdtrace_file_record(files::fd_file(fd), ids_word(tgid, tid), usage, 0, 0);
 }
 
+/// Whether a `SELECT` bit is set and `tgid` is not fdtrace itself: the
+/// monitor's selection starts tracing processes nobody added.
+fn selects(bit: u32, tgid: u32) -> bool {
+    // SAFETY: globals set before load and never written after.
+    let (select, own) = unsafe { (read_volatile(&SELECT), read_volatile(&SELF_TGID)) };
+    select & bit != 0 && tgid != own
+}
+
 /// `sched:sched_process_fork(struct task_struct *parent, struct task_struct *child)`
 /// (include/trace/events/sched.h); runs in the parent, before the child runs.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -703,7 +717,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 
 fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
-    if !is_traced(tgid) {
+    if !is_traced(tgid) && !selects(SELECT_NEW_PROCESSES, tgid) {
         return Ok(());
     }
     let child: *const u8 = ctx.arg(1);
@@ -749,7 +763,12 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let (tgid, tid) = ids();
     if !is_traced(tgid) {
-        return Ok(());
+        // A monitor's candidate: traced from here, before the new program
+        // runs, and kept or dropped once userspace has seen its name and
+        // cgroup.
+        if !selects(SELECT_EXECS, tgid) || !start_tracing(tgid) {
+            return Ok(());
+        }
     }
     python::forget(tgid);
     uses::exec(tgid);

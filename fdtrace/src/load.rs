@@ -11,16 +11,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf},
     programs::{Program, ProgramError, ProgramInfo},
 };
 use fdtrace_common::{
     BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, DEFERRED_ENTRIES,
     DEFERRED_MAP, DeferredFd, EMFILE_STOP_GLOBAL, EVENTS_MAP, KERNEL_OFFSET_COUNT,
     KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk,
-    SCRATCH_MAP, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL,
-    TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP, TRACED_SLOT_COUNT,
-    TRACED_SLOT_USED, TRACED_SLOTS_MAP,
+    SCRATCH_MAP, SELECT_GLOBAL, SELF_TGID_GLOBAL, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode,
+    TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
+    TRACED_SLOT_COUNT, TRACED_SLOT_USED, TRACED_SLOTS_MAP,
 };
 
 use crate::{
@@ -48,6 +48,9 @@ pub struct ProbeOptions {
     /// Stop a process at its EMFILE failure (`--on-emfile stop`): the only
     /// signal the kernel side ever sends.
     pub stop_at_emfile: bool,
+    /// Which processes the kernel starts tracing on its own
+    /// (`fdtrace_common::SELECT_GLOBAL`): 0 but for `monitor`.
+    pub select: u32,
 }
 
 /// Counters the kernel keeps of what it could not deliver.
@@ -203,6 +206,8 @@ impl Probes {
             .override_global(TASK_FSBASE_OFFSET_GLOBAL, &fsbase, true)
             .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
             .override_global(EMFILE_STOP_GLOBAL, &u32::from(options.stop_at_emfile), true)
+            .override_global(SELECT_GLOBAL, &options.select, true)
+            .override_global(SELF_TGID_GLOBAL, &std::process::id(), true)
             .map_max_entries(EVENTS_MAP, RING_BYTES)
             .map_max_entries(SCRATCH_MAP, cpus)
             // Errors and statistics only: a failed load is verified twice
@@ -305,6 +310,27 @@ impl Probes {
         self.traced
             .insert(tgid, 1, 0)
             .with_context(|| format!("add process {tgid} to the traced set"))
+    }
+
+    /// Stops tracing `tgid` (a monitor's candidate it did not keep). Its
+    /// records already in the ring still arrive.
+    pub fn untrace(&mut self, tgid: u32) -> Result<()> {
+        match self.traced.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("remove process {tgid} from the traced set"));
+            }
+        }
+        // As the kernel does at exit: a slot naming it now only says
+        // "someone was traced here", which sends lookups to the hash.
+        let index = tgid & (TRACED_SLOT_COUNT - 1);
+        if self.traced_slots.get(&index, 0).ok() == Some(tgid) {
+            self.traced_slots
+                .set(index, TRACED_SLOT_USED, 0)
+                .with_context(|| format!("mark process {tgid} as untraced"))?;
+        }
+        Ok(())
     }
 
     /// Sums the per-CPU loss counters.

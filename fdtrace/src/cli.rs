@@ -7,7 +7,15 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fdtrace_common::{DEFAULT_STACK_BYTES, MAX_STACK_BYTES, StackMode};
 
-use crate::{report::Finding, suppress::Suppressions};
+use crate::{
+    monitor::{
+        MonitorConfig,
+        fleet::Limits,
+        select::{self, Selection},
+    },
+    report::Finding,
+    suppress::Suppressions,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +39,50 @@ pub enum Command {
     Record(RecordArgs),
     /// Print any report from a recorded trace (`-` reads standard input).
     Report(ReportArgs),
+    /// Trace the processes selected, as a host daemon, and serve their
+    /// descriptor counts by program and opening site as Prometheus metrics.
+    Monitor(MonitorArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("selection").required(true).multiple(true))]
+pub struct MonitorArgs {
+    /// Trace every process on the host (but fdtrace itself).
+    #[arg(long, group = "selection")]
+    pub all: bool,
+    /// Trace processes whose name (/proc/PID/comm, at most 15 characters)
+    /// matches this glob, from their exec on (repeatable).
+    #[arg(long, value_name = "GLOB", group = "selection")]
+    pub comm: Vec<String>,
+    /// Trace every process in this cgroup v2 subtree, including processes
+    /// started in it later: a directory (/sys/fs/cgroup/system.slice/x.service)
+    /// or the path /proc/PID/cgroup shows (/system.slice/x.service); repeatable.
+    #[arg(long, value_name = "PATH", group = "selection")]
+    pub cgroup: Vec<String>,
+    /// Trace this process and its descendants (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", group = "selection")]
+    pub pids: Vec<u32>,
+    /// Where to serve /metrics and /healthz.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Opening sites named per program; the rest are summed as site="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    pub sites: u16,
+    /// Descriptors tracked at most, across all processes; past it the
+    /// process holding most is no longer traced (fdtrace_evicted_total).
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_fds: usize,
+    /// Distinct stacks kept at most; past it new stacks count as
+    /// site="other" (fdtrace_evicted_total{what="stack"}).
+    #[arg(long, value_name = "N", default_value_t = 1 << 16)]
+    pub max_stacks: usize,
+    /// How to capture stacks: dwarf (complete, unwound from a stack copy),
+    /// fp (frame pointers only) or none.
+    #[arg(long, value_enum, default_value_t = StackKind::Dwarf)]
+    pub stack: StackKind,
+    /// Bytes of user stack copied per event with --stack dwarf (512 to 32768).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STACK_BYTES)]
+    pub stack_bytes: usize,
 }
 
 /// What a report says and fails on: every subcommand takes these.
@@ -303,23 +355,57 @@ impl ReportOptions {
     }
 }
 
+/// `--stack` and `--stack-bytes`, checked.
+fn stack_options(stack: StackKind, stack_bytes: usize) -> Result<(StackMode, u32)> {
+    if !(512..=MAX_STACK_BYTES).contains(&stack_bytes) {
+        bail!("--stack-bytes must be between 512 and {MAX_STACK_BYTES}, got {stack_bytes}");
+    }
+    let mode = match stack {
+        StackKind::Dwarf => StackMode::Dwarf,
+        StackKind::Fp => StackMode::FramePointer,
+        StackKind::None => StackMode::None,
+    };
+    Ok((mode, u32::try_from(stack_bytes)?))
+}
+
+impl MonitorArgs {
+    pub fn into_config(self) -> Result<MonitorConfig> {
+        let (stack_mode, stack_bytes) = stack_options(self.stack, self.stack_bytes)?;
+        let selection = Selection {
+            all: self.all,
+            comms: self
+                .comm
+                .iter()
+                .map(|c| select::comm_pattern(c))
+                .collect::<Result<_>>()?,
+            cgroups: self
+                .cgroup
+                .iter()
+                .map(|c| select::cgroup_path(c))
+                .collect::<Result<_>>()?,
+            pids: self.pids,
+        };
+        Ok(MonitorConfig {
+            selection,
+            listen: self.listen,
+            limits: Limits {
+                sites: usize::from(self.sites),
+                max_fds: self.max_fds,
+                max_stacks: self.max_stacks,
+            },
+            stack_mode,
+            stack_bytes,
+        })
+    }
+}
+
 impl TraceArgs {
     fn into_config(self, output: (Option<PathBuf>, &str)) -> Result<TraceConfig> {
-        if !(512..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
-            bail!(
-                "--stack-bytes must be between 512 and {MAX_STACK_BYTES}, got {}",
-                self.stack_bytes
-            );
-        }
+        let (stack_mode, stack_bytes) = stack_options(self.stack, self.stack_bytes)?;
         let report = self.report.into_config(output)?;
-        let stack_mode = match self.stack {
-            StackKind::Dwarf => StackMode::Dwarf,
-            StackKind::Fp => StackMode::FramePointer,
-            StackKind::None => StackMode::None,
-        };
         Ok(TraceConfig {
             stack_mode,
-            stack_bytes: u32::try_from(self.stack_bytes)?,
+            stack_bytes,
             on_emfile: self.on_emfile,
             ..report
         })

@@ -2,6 +2,8 @@
 //! which descriptors, in the kernel's terms turned into ours (which syscall
 //! flag means close-on-exec, which fds a call created). Pure: no I/O.
 
+use std::mem::offset_of;
+
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{
     CLOEXEC_CLEARED, CLOEXEC_SET, DeferredFd, EventHeader, EventKind, FILE_ARGV_AT,
@@ -302,6 +304,37 @@ const FIOCLEX: u64 = 0x5451;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+
+/// A record that brings a process to a monitor's attention: a program
+/// exec'd, or a process forked. Read from the record's fixed header
+/// alone, so the monitor can decide about the process before the record
+/// is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    Exec { tgid: u32 },
+    Fork { parent: u32, child: u32 },
+}
+
+/// The [`Arrival`] a ring-buffer record is, if any.
+pub fn arrival(bytes: &[u8]) -> Option<Arrival> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let kind = word(offset_of!(EventHeader, kind))?;
+    let tgid = word(offset_of!(EventHeader, tgid))?;
+    if kind == EventKind::Exec as u32 {
+        return Some(Arrival::Exec { tgid });
+    }
+    if kind == EventKind::Fork as u32 {
+        // `args[0]`, a pid, in the low half of the word (little-endian).
+        let child = word(offset_of!(EventHeader, args))?;
+        return Some(Arrival::Fork {
+            parent: tgid,
+            child,
+        });
+    }
+    None
+}
 
 /// Decodes one ring-buffer record captured with `stack_mode`.
 pub fn decode(bytes: &[u8], stack_mode: StackMode) -> Result<Event> {

@@ -238,6 +238,15 @@ pub struct FdSetOverflow {
     pub stack: Option<StackRef>,
 }
 
+/// What [`FdTable::take_findings`] hands back.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub exhaustions: Vec<Exhaustion>,
+    pub misuses: Vec<Misuse>,
+    /// Stack references the dropped and returned findings held.
+    pub released: Vec<StackRef>,
+}
+
 /// What one `apply` did with stacks, so the caller can count references.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct StackUse {
@@ -895,6 +904,56 @@ impl FdTable {
                 continue;
             }
             used.released.extend(stack_of(&f));
+        }
+    }
+
+    /// Stops tracking `tgid` at once, whatever it holds (a monitor's
+    /// process it no longer selects, or evicts). Nothing is reported.
+    pub fn drop_process(&mut self, tgid: u32) -> StackUse {
+        let mut used = StackUse::default();
+        if let Some(p) = self.processes.remove(&tgid) {
+            used.released.extend(p.fds.values().filter_map(stack_of));
+            used.released
+                .extend(p.closed.values().filter_map(|c| c.stack));
+            self.order.retain(|&t| t != tgid);
+        }
+        used
+    }
+
+    /// For a table that lives as long as its host (`monitor`): forgets
+    /// processes that exited and hands back the EMFILE failures and
+    /// misuses found since the last call. Every other finding is dropped;
+    /// the stacks all of them held are in `released` (those of the
+    /// returned findings too, for the caller to release once it has used
+    /// them).
+    pub fn take_findings(&mut self) -> Findings {
+        let mut released = Vec::new();
+        released.extend(self.leaks.drain(..).filter_map(|l| l.stack));
+        released.extend(self.exec_leaks.drain(..).filter_map(|l| l.stack));
+        released.extend(self.gc_closed.drain(..).filter_map(|l| l.stack));
+        released.extend(self.fd_set_overflows.drain(..).filter_map(|o| o.stack));
+        released.extend(
+            self.pending_exec_leaks
+                .drain()
+                .filter_map(|(_, (leak, _))| leak.stack),
+        );
+        let exhaustions = std::mem::take(&mut self.exhaustions);
+        let misuses = std::mem::take(&mut self.misuses);
+        for e in &exhaustions {
+            released.extend(e.stack);
+            released.extend(e.holders.iter().filter_map(|h| h.stack));
+        }
+        for m in &misuses {
+            released.extend(m.stack);
+            released.extend(m.closed.as_ref().and_then(|c| c.stack));
+        }
+        let processes = &mut self.processes;
+        processes.retain(|_, p| p.exited_ns.is_none());
+        self.order.retain(|t| processes.contains_key(t));
+        Findings {
+            exhaustions,
+            misuses,
+            released,
         }
     }
 

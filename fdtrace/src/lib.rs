@@ -12,6 +12,7 @@ pub mod fd_table;
 pub mod history;
 pub mod load;
 pub mod misuse;
+pub mod monitor;
 pub mod output;
 pub mod procfs;
 pub mod python;

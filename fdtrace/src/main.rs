@@ -45,6 +45,10 @@ fn main() -> ExitCode {
                 .and_then(|outcome| finish(outcome, &config.trace, output)),
             Err(err) => return usage_error(&err),
         },
+        Command::Monitor(args) => match args.into_config() {
+            Ok(config) => fdtrace::monitor::run(&config).map(|()| 0),
+            Err(err) => return usage_error(&err),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),

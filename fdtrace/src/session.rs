@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
+use fdtrace_common::StackMode;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -81,6 +82,7 @@ fn load(trace: &TraceConfig) -> Result<Probes> {
         stack_mode: trace.stack_mode,
         stack_bytes: trace.stack_bytes,
         stop_at_emfile: trace.on_emfile == OnEmfile::Stop,
+        select: 0,
     })
 }
 
@@ -305,7 +307,13 @@ pub fn report(file: Option<&Path>, trace: &TraceConfig) -> Result<Outcome> {
 
 /// A tracer whose CPython walker entries go to the loaded programs.
 fn new_tracer(probes: &mut Probes, trace: &TraceConfig) -> Tracer {
-    let mut tracer = Tracer::new(trace.stack_mode);
+    new_tracer_for(probes, trace.stack_mode)
+}
+
+/// A tracer wired to the loaded probes' maps (Python walker, kept
+/// creations, interpreter registry).
+pub fn new_tracer_for(probes: &mut Probes, stack_mode: StackMode) -> Tracer {
+    let mut tracer = Tracer::new(stack_mode);
     if let Some(walker) = probes.take_python_walker() {
         tracer.set_python_walker(walker);
     }

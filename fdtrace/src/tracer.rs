@@ -77,6 +77,21 @@ pub struct Tracer {
     /// Where the trace is being recorded (`record`, `attach --record`,
     /// and in memory for an HTML report).
     recorder: Option<Recorder>,
+    /// For `monitor`: descriptors opened since [`Tracer::take_opened`],
+    /// with their stacks unwound at once; events of processes the table
+    /// does not know are skipped.
+    opened: Option<Vec<Opened>>,
+}
+
+/// Descriptors a process came to hold at one stack: created there, or
+/// copied at a fork or kept across an exec (`monitor` counts them by
+/// program and site).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub tgid: u32,
+    /// `None`: created without a stack sample.
+    pub stack: Option<StackId>,
+    pub count: u32,
 }
 
 /// `/proc` lookups for the table, each written down for a recording.
@@ -136,7 +151,33 @@ impl Tracer {
             deferred: None,
             last_claim_ns: 0,
             recorder: None,
+            opened: None,
         }
+    }
+
+    /// Monitor mode: counts what each process comes to hold, by stack
+    /// ([`Tracer::take_opened`]), unwinding each creation's stack at once
+    /// (a site must be known even for a descriptor closed a moment later),
+    /// and skips events of processes the table does not know.
+    pub fn count_opened(&mut self) {
+        self.opened = Some(Vec::new());
+    }
+
+    /// What processes came to hold since the last call.
+    pub fn take_opened(&mut self) -> Vec<Opened> {
+        self.opened.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Lets go of the symbol tables parsed so far (a daemon's binaries
+    /// change on upgrade).
+    pub fn drop_parsed_files(&mut self) {
+        self.symbols.drop_parsed_files();
+        self.stacks.drop_parsed_files();
+    }
+
+    /// The table and stack store, for a monitor that names sites.
+    pub fn parts(&mut self) -> (&mut FdTable, &mut Stacks, &mut Symbols) {
+        (&mut self.table, &mut self.stacks, &mut self.symbols)
     }
 
     /// Records everything the table is told, from now on, into `recorder`.
@@ -152,6 +193,11 @@ impl Tracer {
 
     /// Applies one event to the table (and to the recording).
     fn apply(&mut self, event: &Event, stack: Option<StackRef>) -> StackUse {
+        if self.opened.is_some() {
+            let used = self.table.apply(event, stack, &mut ProcDescribe);
+            self.note_opened(event, stack);
+            return used;
+        }
         let Some(recorder) = self.recorder.as_mut() else {
             return self.table.apply(event, stack, &mut ProcDescribe);
         };
@@ -164,6 +210,56 @@ impl Tracer {
         }
         recorder.event(event, stack);
         used
+    }
+
+    /// After `event` was applied: what its process (or a fork's child)
+    /// came to hold, by stack.
+    fn note_opened(&mut self, event: &Event, stack: Option<StackRef>) {
+        let tgid = event.tgid;
+        let mut found: Vec<Opened> = Vec::new();
+        match &event.action {
+            Action::Create(c) => {
+                let count = c.fds.iter().filter(|&&fd| fd >= 0).count();
+                if count > 0 {
+                    found.push(Opened {
+                        tgid,
+                        stack: stack.and_then(|r| self.stacks.resolve(r)),
+                        count: u32::try_from(count).unwrap_or(u32::MAX),
+                    });
+                }
+            }
+            // The child's copies, and what crossed an exec into the new
+            // program, are now held by another process or program.
+            Action::Fork { child } => found.extend(self.held_by(*child)),
+            Action::Exec { .. } => found.extend(self.held_by(tgid)),
+            _ => {}
+        }
+        if let Some(opened) = self.opened.as_mut() {
+            opened.extend(found);
+        }
+    }
+
+    /// The descriptors `tgid` created (or got from its parent) while
+    /// traced, one entry each.
+    fn held_by(&mut self, tgid: u32) -> Vec<Opened> {
+        let Some(p) = self.table.processes.get(&tgid) else {
+            return Vec::new();
+        };
+        let refs: Vec<Option<StackRef>> = p
+            .fds
+            .values()
+            .filter_map(|f| match f.origin {
+                Origin::Created { stack, .. } => Some(stack),
+                Origin::Inherited => None,
+            })
+            .collect();
+        refs.into_iter()
+            .map(|r| Opened {
+                tgid,
+                stack: r.and_then(|r| self.stacks.resolve(r)),
+                count: 1,
+            })
+            .collect()
     }
 
     /// Starts tracking `tgid` with the descriptors it already has.
@@ -305,6 +401,11 @@ impl Tracer {
             return None;
         };
         let tgid = event.tgid;
+        if self.opened.is_some() && !self.table.processes.contains_key(&tgid) {
+            // A monitor's candidate it dropped, or records still on their
+            // way from one that exited.
+            return None;
+        }
         match event.action {
             Action::PyStack(stack) => {
                 self.python.stash(event.tid, event.ts_ns, stack);

@@ -10,9 +10,8 @@ use crate::{
     events::{Action, Event, Fd},
     fd_table::{FdTable, Origin, Process},
     report::{
-        Report, StackLookup, frame_entry,
+        Report, StackLookup, site_name,
         timeline::{Mark, MarkKind, ProcessTimeline, Timeline, TimelinePoint, TimelineStack},
-        user_frame,
     },
 };
 
@@ -365,18 +364,7 @@ fn created_by(origin: &Origin, stacks: &FileStacks) -> Option<Option<u32>> {
 
 /// A stack named by its innermost user frame: `function (file:line)`.
 fn label(id: u32, stacks: &FileStacks) -> String {
-    let frames: Vec<_> = stacks.frames(id).into_iter().map(frame_entry).collect();
-    let Some(f) = user_frame(&frames).or(frames.first()) else {
-        return format!("stack {id}");
-    };
-    let function = f.function.as_deref().unwrap_or("??");
-    match (&f.file, f.line) {
-        (Some(file), Some(line)) => {
-            let base = file.rsplit('/').next().unwrap_or(file);
-            format!("{function} ({base}:{line})")
-        }
-        _ => function.to_owned(),
-    }
+    site_name(stacks.frames(id)).unwrap_or_else(|| format!("stack {id}"))
 }
 
 #[expect(

@@ -616,6 +616,22 @@ pub fn user_frame(frames: &[FrameEntry]) -> Option<&FrameEntry> {
         .or_else(|| frames.iter().find(|f| f.function.is_some() && own_code(f)))
 }
 
+/// A stack named by its innermost user frame, `function (file:line)` with
+/// the file's base name (the timeline's legend, `monitor`'s `site`
+/// label); `None` for a stack without frames.
+pub fn site_name(frames: Vec<SymFrame>) -> Option<String> {
+    let frames: Vec<FrameEntry> = frames.into_iter().map(frame_entry).collect();
+    let f = user_frame(&frames).or(frames.first())?;
+    let function = f.function.as_deref().unwrap_or("??");
+    Some(match (&f.file, f.line) {
+        (Some(file), Some(line)) => {
+            let base = file.rsplit('/').next().unwrap_or(file);
+            format!("{function} ({base}:{line})")
+        }
+        _ => function.to_owned(),
+    })
+}
+
 /// Every stack the report mentions: by leak count (`true` entries), then
 /// in order of first mention.
 fn groups(ids: &[(Option<u32>, bool)], stacks: &impl StackLookup) -> Vec<Group> {

@@ -51,7 +51,7 @@ pub struct PythonFrames {
 }
 
 /// A complete stack, innermost frame first.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Stack {
     pub frames: Vec<Frame>,
     /// The unwinder stopped early or the copied stack ran out.
@@ -104,6 +104,14 @@ pub struct Stacks {
     modules: ModuleCache,
     interned: HashMap<Stack, StackId>,
     stacks: Vec<Stack>,
+    /// Ids [`Stacks::sweep`] freed, for new stacks to reuse.
+    free_ids: Vec<StackId>,
+    /// Distinct stacks kept at most (0: no bound); past it a new stack is
+    /// interned as the empty, truncated overflow stack.
+    pub max_interned: usize,
+    /// Stacks interned as the overflow stack for want of room.
+    pub overflowed: u64,
+    overflow: Option<StackId>,
     /// CPython's evaluation loop, by module: (module, address ranges).
     eval_loops: Vec<(Arc<PathBuf>, Vec<std::ops::Range<u64>>)>,
     /// Samples that could not be unwound (no maps, no module).
@@ -508,10 +516,69 @@ impl Stacks {
         if let Some(&id) = self.interned.get(&stack) {
             return id;
         }
-        let id = StackId(u32::try_from(self.stacks.len()).unwrap_or(u32::MAX));
-        self.stacks.push(stack.clone());
+        if self.max_interned > 0
+            && self.interned.len() >= self.max_interned
+            && self.free_ids.is_empty()
+        {
+            self.overflowed += 1;
+            if let Some(id) = self.overflow {
+                return id;
+            }
+            // Never in `interned`, so never swept.
+            let id = StackId(u32::try_from(self.stacks.len()).unwrap_or(u32::MAX));
+            self.stacks.push(Stack {
+                frames: Vec::new(),
+                truncated: true,
+            });
+            self.overflow = Some(id);
+            return id;
+        }
+        let id = if let Some(id) = self.free_ids.pop() {
+            self.stacks[id.0 as usize] = stack.clone();
+            id
+        } else {
+            self.stacks.push(stack.clone());
+            StackId(u32::try_from(self.stacks.len() - 1).unwrap_or(u32::MAX))
+        };
         self.interned.insert(stack, id);
         id
+    }
+
+    /// Lets go of the parsed modules no address space is using.
+    pub fn drop_parsed_files(&mut self) {
+        self.modules.clear();
+    }
+
+    /// Distinct stacks interned now.
+    pub fn interned_count(&self) -> usize {
+        self.interned.len()
+    }
+
+    /// Frees the interned stacks no sample refers to any more, for a store
+    /// that lives as long as its host (`monitor`), and returns their ids:
+    /// a later stack may get one of them, so whatever the caller keeps by
+    /// id must go too.
+    pub fn sweep(&mut self) -> Vec<StackId> {
+        let mut live = vec![false; self.stacks.len()];
+        for slot in self.slots.iter().flatten() {
+            if let State::Done(id) = slot.state
+                && let Some(l) = live.get_mut(id.0 as usize)
+            {
+                *l = true;
+            }
+        }
+        let mut freed = Vec::new();
+        for (index, alive) in live.into_iter().enumerate() {
+            let id = StackId(u32::try_from(index).unwrap_or(u32::MAX));
+            if alive || self.interned.get(&self.stacks[index]) != Some(&id) {
+                continue;
+            }
+            let stack = std::mem::take(&mut self.stacks[index]);
+            self.interned.remove(&stack);
+            self.free_ids.push(id);
+            freed.push(id);
+        }
+        freed
     }
 
     pub fn stack(&self, id: StackId) -> &Stack {

@@ -25,7 +25,11 @@ pub struct SymFrame {
 
 /// Symbolizes the given stacks. Frames come innermost first; a frame with
 /// inlined calls expands into several `SymFrame`s, innermost first.
-pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFrame>> {
+pub fn symbolize(
+    symbolizer: &Symbolizer,
+    stacks: &Stacks,
+    ids: &[StackId],
+) -> HashMap<StackId, Vec<SymFrame>> {
     let mut by_module: HashMap<Arc<PathBuf>, HashSet<u64>> = HashMap::new();
     for &id in ids {
         for frame in &stacks.stack(id).frames {
@@ -34,7 +38,6 @@ pub fn symbolize(stacks: &Stacks, ids: &[StackId]) -> HashMap<StackId, Vec<SymFr
             }
         }
     }
-    let symbolizer = Symbolizer::new();
     let mut resolved: HashMap<(Arc<PathBuf>, u64), Vec<SymFrame>> = HashMap::new();
     for (module, svmas) in by_module {
         let svmas: Vec<u64> = svmas.into_iter().collect();
@@ -165,6 +168,8 @@ fn source_key(frames: &[SymFrame]) -> SourceKey {
 /// address, so unknown code only merges with itself.
 #[derive(Default)]
 pub struct Symbols {
+    /// Keeps each file's symbols parsed between calls.
+    symbolizer: Option<Symbolizer>,
     frames: HashMap<StackId, Vec<SymFrame>>,
     canonical: HashMap<StackId, StackId>,
     first_by_source: HashMap<SourceKey, StackId>,
@@ -183,7 +188,8 @@ impl Symbols {
         if missing.is_empty() {
             return;
         }
-        for (id, frames) in symbolize(stacks, &missing) {
+        let symbolizer = self.symbolizer.get_or_insert_with(Symbolizer::new);
+        for (id, frames) in symbolize(symbolizer, stacks, &missing) {
             self.frames.insert(id, frames);
         }
         for id in missing {
@@ -200,6 +206,27 @@ impl Symbols {
 
     pub fn frames(&self, id: StackId) -> &[SymFrame] {
         self.frames.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Lets go of every file's parsed symbols (they are parsed again when
+    /// next needed): a daemon's binaries are replaced on upgrade, and the
+    /// parsed copies of the old ones would otherwise stay.
+    pub fn drop_parsed_files(&mut self) {
+        self.symbolizer = None;
+    }
+
+    /// Forgets stacks the store freed ([`Stacks::sweep`]): their ids may
+    /// come back meaning other stacks.
+    pub fn forget(&mut self, ids: &[StackId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let gone: HashSet<StackId> = ids.iter().copied().collect();
+        self.frames.retain(|id, _| !gone.contains(id));
+        self.canonical
+            .retain(|id, first| !gone.contains(id) && !gone.contains(first));
+        self.first_by_source
+            .retain(|_, first| !gone.contains(first));
     }
 }
 

@@ -67,6 +67,7 @@ fn interpreter_of(file: &[u8]) -> Option<String> {
 
 /// What we keep of an ELF file: its segments and unwind sections.
 pub struct ElfModule {
+    /// The kept sections' bytes, one after another.
     file: Arc<Vec<u8>>,
     segments: Vec<Segment>,
     sections: HashMap<&'static str, (Range<u64>, Range<usize>)>,
@@ -78,7 +79,7 @@ pub struct ElfModule {
 
 impl ElfModule {
     fn parse(path: &PathBuf) -> Option<Self> {
-        let file = Arc::new(fs::read(path).ok()?);
+        let file = fs::read(path).ok()?;
         let elf = object::File::parse(&file[..]).ok()?;
         let segments = elf
             .segments()
@@ -93,6 +94,10 @@ impl ElfModule {
             })
             .collect();
         let interpreter = interpreter_of(&file);
+        // Only the sections unwinding reads are kept, copied out of the
+        // file: debug info and data can be most of a large library, and a
+        // monitor keeps modules for as long as processes use them.
+        let mut kept = Vec::new();
         let mut sections = HashMap::new();
         for name in [
             ".text",
@@ -108,16 +113,18 @@ impl ElfModule {
                 let (Ok(start), Ok(len)) = (usize::try_from(offset), usize::try_from(size)) else {
                     continue;
                 };
-                if start.checked_add(len).is_none_or(|end| end > file.len()) {
+                let Some(bytes) = start.checked_add(len).and_then(|end| file.get(start..end))
+                else {
                     continue;
-                }
+                };
                 let svma = section.address()..section.address() + section.size();
-                sections.insert(name, (svma, start..start + len));
+                sections.insert(name, (svma, kept.len()..kept.len() + len));
+                kept.extend_from_slice(bytes);
             }
         }
         Some(Self {
             entry: elf.entry(),
-            file,
+            file: Arc::new(kept),
             segments,
             sections,
             interpreter,
@@ -179,6 +186,12 @@ pub struct ModuleCache {
 }
 
 impl ModuleCache {
+    /// Lets go of every module (those unwinders still use stay alive
+    /// with them); a module needed again is parsed again.
+    pub fn clear(&mut self) {
+        self.modules.clear();
+    }
+
     pub fn get(&mut self, path: &Arc<PathBuf>) -> Option<Arc<ElfModule>> {
         self.modules
             .entry(path.clone())

@@ -1,0 +1,361 @@
+//! Aggregation stage of `monitor`: turns the fd table of every traced
+//! process into per-program, per-site counts, and those into a
+//! [`Snapshot`].
+//!
+//! A site is the innermost user frame of the stack a descriptor was
+//! opened at. `opened` counts what each (program, site) came to hold:
+//! creations, a fork's copies, what crossed an exec. `closed` is what of
+//! that went away since, so `opened - closed` is exactly what is open now;
+//! both only ever grow, also across a site entering or leaving the top
+//! `--sites`. Memory is bounded: exited processes are forgotten at once,
+//! a program's counts some minutes after its last process went, stacks
+//! nothing refers to are freed, and past `--max-fds` the process holding
+//! most is no longer traced.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hashbrown::{HashMap, HashSet};
+
+use super::snapshot::{Counted, ProcessSample, SiteSample, Snapshot};
+use crate::{
+    fd_table::{FdTable, Origin},
+    report::site_name,
+    stacks::{StackId, Stacks, symbolize::Symbols},
+    tracer::{Opened, Tracer},
+};
+
+/// The site of descriptors created without a stack sample.
+const NO_STACK: &str = "unknown";
+/// The site past the top `--sites` of a program.
+const OTHER: &str = "other";
+/// How long a program's counts outlive its last process: a program run
+/// now and then (a cron job) keeps its counters rather than restarting
+/// them at every run.
+const PROGRAM_GRACE: Duration = Duration::from_secs(600);
+
+/// Bounds on what the monitor keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sites named per program; the rest are summed as `other`.
+    pub sites: usize,
+    /// Descriptors tracked across all processes.
+    pub max_fds: usize,
+    /// Distinct stacks kept.
+    pub max_stacks: usize,
+}
+
+type Key = (Arc<str>, Arc<str>);
+/// A program's sites: (site, open now, counts).
+type SiteRows = Vec<(Arc<str>, u64, Count)>;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Count {
+    opened: u64,
+    closed: u64,
+}
+
+/// Everything the monitor counts besides the fd table.
+#[derive(Default)]
+pub struct Fleet {
+    limits: Option<Limits>,
+    /// Site name of each interned stack seen.
+    names: HashMap<StackId, Arc<str>>,
+    /// Exact counts by (program, site).
+    counts: HashMap<Key, Count>,
+    /// What was last exported by (program, site-or-other): counters
+    /// never go back, even when a site moves in or out of `other`.
+    exported: HashMap<Key, Count>,
+    emfile: HashMap<Key, u64>,
+    misuse: HashMap<(Arc<str>, &'static str), u64>,
+    /// When each program last had a traced process.
+    programs: HashMap<Arc<str>, Instant>,
+    pub evicted_fds: u64,
+    pub evicted_processes: u64,
+    /// Processes evicted and still alive: not picked again.
+    pub evicted: HashSet<u32>,
+}
+
+impl Fleet {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits: Some(limits),
+            ..Self::default()
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits.unwrap_or(Limits {
+            sites: 20,
+            max_fds: usize::MAX,
+            max_stacks: usize::MAX,
+        })
+    }
+
+    /// Takes what the tracer saw since last time into the counts; forgets
+    /// exited processes and what nothing refers to; returns the processes
+    /// to stop tracing because the table is over `--max-fds`.
+    pub fn update(&mut self, tracer: &mut Tracer) -> Vec<u32> {
+        let opened = tracer.take_opened();
+        let (table, stacks, symbols) = tracer.parts();
+        self.count_opened(&opened, table, stacks, symbols);
+        let findings = table.take_findings();
+        let failed: Vec<StackId> = findings
+            .exhaustions
+            .iter()
+            .filter_map(|e| e.stack.and_then(|r| stacks.resolve(r)))
+            .collect();
+        self.name_all(failed.into_iter(), stacks, symbols);
+        for e in &findings.exhaustions {
+            let comm = comm_of(table, e.tgid);
+            let site = e.stack.and_then(|r| stacks.resolve(r));
+            let site = self.site(site, stacks, symbols);
+            *self.emfile.entry((comm, site)).or_default() += 1;
+        }
+        for m in &findings.misuses {
+            let comm = comm_of(table, m.tgid);
+            *self.misuse.entry((comm, m.kind.name())).or_default() += 1;
+        }
+        for r in findings.released {
+            stacks.release(r);
+        }
+        let evict = self.over_max_fds(table);
+        for &tgid in &evict {
+            let used = table.drop_process(tgid);
+            for r in used.released {
+                stacks.release(r);
+            }
+        }
+        if stacks.interned_count() >= self.limits().max_stacks {
+            let freed = stacks.sweep();
+            symbols.forget(&freed);
+            self.names.retain(|id, _| !freed.contains(id));
+        }
+        evict
+    }
+
+    fn count_opened(
+        &mut self,
+        opened: &[Opened],
+        table: &FdTable,
+        stacks: &Stacks,
+        symbols: &mut Symbols,
+    ) {
+        self.name_all(opened.iter().filter_map(|o| o.stack), stacks, symbols);
+        for o in opened {
+            let comm = comm_of(table, o.tgid);
+            let site = self.site(o.stack, stacks, symbols);
+            self.counts.entry((comm, site)).or_default().opened += u64::from(o.count);
+        }
+    }
+
+    /// Names the stacks not named yet, symbolizing them in one batch.
+    fn name_all(
+        &mut self,
+        ids: impl Iterator<Item = StackId>,
+        stacks: &Stacks,
+        symbols: &mut Symbols,
+    ) {
+        let mut missing: Vec<StackId> = ids.filter(|id| !self.names.contains_key(id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        symbols.ensure(stacks, &missing);
+        for id in missing {
+            let name: Arc<str> =
+                site_name(symbols.frames(id).to_vec()).map_or_else(|| Arc::from(OTHER), Arc::from);
+            self.names.insert(id, name);
+        }
+    }
+
+    /// The site name of a stack, symbolizing it the first time.
+    fn site(&mut self, stack: Option<StackId>, stacks: &Stacks, symbols: &mut Symbols) -> Arc<str> {
+        let Some(id) = stack else {
+            return Arc::from(NO_STACK);
+        };
+        if let Some(name) = self.names.get(&id) {
+            return name.clone();
+        }
+        symbols.ensure(stacks, &[id]);
+        let name: Arc<str> =
+            site_name(symbols.frames(id).to_vec()).map_or_else(|| Arc::from(OTHER), Arc::from);
+        self.names.insert(id, name.clone());
+        name
+    }
+
+    /// The processes to stop tracing, largest first, so the table holds
+    /// at most `--max-fds` descriptors.
+    fn over_max_fds(&mut self, table: &FdTable) -> Vec<u32> {
+        let max = self.limits().max_fds;
+        let mut total: usize = table.processes.values().map(|p| p.fds.len()).sum();
+        if total <= max {
+            return Vec::new();
+        }
+        let mut by_size: Vec<(usize, u32)> = table
+            .processes
+            .values()
+            .map(|p| (p.fds.len(), p.tgid))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        let mut evict = Vec::new();
+        for (fds, tgid) in by_size {
+            if total <= max {
+                break;
+            }
+            total -= fds;
+            self.evicted_fds += fds as u64;
+            self.evicted_processes += 1;
+            self.evicted.insert(tgid);
+            evict.push(tgid);
+        }
+        evict
+    }
+
+    /// What `/metrics` says now.
+    pub fn snapshot(&mut self, tracer: &mut Tracer, dropped_events: u64) -> Snapshot {
+        let now = Instant::now();
+        let (table, stacks, symbols) = tracer.parts();
+        let mut processes = Vec::new();
+        let mut open: HashMap<Key, u64> = HashMap::new();
+        for p in table.processes.values() {
+            let comm: Arc<str> = Arc::from(p.comm.as_str());
+            self.programs.insert(comm.clone(), now);
+            processes.push(ProcessSample {
+                pid: p.tgid,
+                comm: p.comm.clone(),
+                open_fds: p.fds.len() as u64,
+                fd_limit: p.rlimit.map(|(soft, _)| soft),
+            });
+            for f in p.fds.values() {
+                let Origin::Created { stack, .. } = f.origin else {
+                    continue;
+                };
+                let id = stack.and_then(|r| stacks.resolve(r));
+                let site = self.site(id, stacks, symbols);
+                *open.entry((comm.clone(), site)).or_default() += 1;
+            }
+        }
+        processes.sort_unstable_by_key(|p| p.pid);
+        self.programs
+            .retain(|_, seen| now.duration_since(*seen) < PROGRAM_GRACE);
+        let programs = &self.programs;
+        self.counts
+            .retain(|(comm, _), _| programs.contains_key(comm));
+        self.exported
+            .retain(|(comm, _), _| programs.contains_key(comm));
+        self.emfile
+            .retain(|(comm, _), _| programs.contains_key(comm));
+        self.misuse
+            .retain(|(comm, _), _| programs.contains_key(comm));
+        for (key, count) in &mut self.counts {
+            let now_open = open.get(key).copied().unwrap_or(0);
+            count.closed = count.closed.max(count.opened.saturating_sub(now_open));
+        }
+        let sites = self.sites(&open);
+        let traced_processes = processes.len() as u64;
+        Snapshot {
+            processes,
+            sites,
+            emfile: counted(&self.emfile, "site"),
+            misuse: self
+                .misuse
+                .iter()
+                .map(|((comm, kind), &value)| Counted {
+                    labels: vec![("comm", comm.to_string()), ("type", (*kind).to_owned())],
+                    value,
+                })
+                .collect(),
+            evicted: vec![
+                Counted {
+                    labels: vec![("what", "fd".to_owned())],
+                    value: self.evicted_fds,
+                },
+                Counted {
+                    labels: vec![("what", "process".to_owned())],
+                    value: self.evicted_processes,
+                },
+                Counted {
+                    labels: vec![("what", "stack".to_owned())],
+                    value: tracer.stacks.overflowed,
+                },
+            ],
+            dropped_events,
+            traced_processes,
+        }
+    }
+
+    /// The top `--sites` of each program by open descriptors (then by
+    /// opened), the rest summed as `other`, counters kept monotonic.
+    fn sites(&mut self, open: &HashMap<Key, u64>) -> Vec<SiteSample> {
+        let mut by_program: HashMap<Arc<str>, SiteRows> = HashMap::new();
+        for ((comm, site), count) in &self.counts {
+            let now_open = open
+                .get(&(comm.clone(), site.clone()))
+                .copied()
+                .unwrap_or(0);
+            by_program
+                .entry(comm.clone())
+                .or_default()
+                .push((site.clone(), now_open, *count));
+        }
+        let top = self.limits().sites;
+        let mut out = Vec::new();
+        for (comm, mut sites) in by_program {
+            sites.sort_unstable_by(|a, b| (b.1, b.2.opened, &a.0).cmp(&(a.1, a.2.opened, &b.0)));
+            let mut rest = (0, Count::default(), false);
+            for (rank, (site, now_open, count)) in sites.into_iter().enumerate() {
+                if rank < top && &*site != OTHER {
+                    out.push(self.export(&comm, site, now_open, count));
+                } else {
+                    rest.0 += now_open;
+                    rest.1.opened += count.opened;
+                    rest.1.closed += count.closed;
+                    rest.2 = true;
+                }
+            }
+            if rest.2 {
+                out.push(self.export(&comm, Arc::from(OTHER), rest.0, rest.1));
+            }
+        }
+        out.sort_unstable_by(|a, b| (&a.comm, &a.site).cmp(&(&b.comm, &b.site)));
+        out
+    }
+
+    /// One exported site; its counters are at least what was exported
+    /// before, and `closed` never exceeds `opened`.
+    fn export(&mut self, comm: &Arc<str>, site: Arc<str>, open: u64, count: Count) -> SiteSample {
+        let last = self
+            .exported
+            .entry((comm.clone(), site.clone()))
+            .or_default();
+        last.opened = last.opened.max(count.opened);
+        last.closed = last.closed.max(count.closed).min(last.opened);
+        SiteSample {
+            comm: comm.to_string(),
+            site: site.to_string(),
+            open_fds: open,
+            opened: last.opened,
+            closed: last.closed,
+        }
+    }
+}
+
+fn comm_of(table: &FdTable, tgid: u32) -> Arc<str> {
+    Arc::from(table.processes.get(&tgid).map_or("", |p| p.comm.as_str()))
+}
+
+fn counted(map: &HashMap<Key, u64>, second: &'static str) -> Vec<Counted> {
+    let mut out: Vec<Counted> = map
+        .iter()
+        .map(|((comm, label), &value)| Counted {
+            labels: vec![("comm", comm.to_string()), (second, label.to_string())],
+            value,
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+    out
+}

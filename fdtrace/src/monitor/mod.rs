@@ -1,0 +1,299 @@
+//! `fdtrace monitor`: a host daemon that traces the processes a
+//! [`Selection`] picks and serves descriptor counts by program and opening
+//! site as OpenMetrics.
+//!
+//! The path of a record is the one `attach` takes (ring buffer -> tracer
+//! -> fd table), with three stages around it: [`select`] decides about
+//! every process that execs or forks into view before its record is
+//! applied, [`fleet`] turns the table into counts once a second, and
+//! [`http`] serves the latest [`Snapshot`] to scrapers without ever
+//! waiting on tracing.
+
+pub mod fleet;
+pub mod http;
+pub mod metrics;
+pub mod select;
+pub mod snapshot;
+
+use std::{
+    fs,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{MapData, RingBuf};
+use fdtrace_common::StackMode;
+use hashbrown::HashSet;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use self::{
+    fleet::{Fleet, Limits},
+    select::Selection,
+    snapshot::Snapshot,
+};
+use crate::{
+    events::{Arrival, arrival},
+    load::{ProbeOptions, Probes},
+    procfs,
+    session::{monotonic_ns, new_tracer_for},
+    signals,
+    tracer::Tracer,
+};
+
+/// How often the ring is drained when it does not wake us.
+const TICK: Duration = Duration::from_millis(10);
+/// How often the counts and the snapshot are brought up to date.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How often /proc is read again for renamed, moved and missed processes
+/// and for changed descriptor limits.
+const RESCAN: Duration = Duration::from_secs(5);
+/// How often the symbol tables parsed so far are let go of (binaries are
+/// replaced on upgrade; what is still needed is parsed again).
+const SYMBOLS_KEPT: Duration = Duration::from_secs(600);
+/// Stacks of what is not a creation (closes, EMFILE failures) are unwound
+/// this long after they were taken, or when counted.
+const UNWIND_AFTER: Duration = Duration::from_millis(200);
+
+/// A validated `fdtrace monitor` command line.
+#[derive(Clone, Debug)]
+pub struct MonitorConfig {
+    pub selection: Selection,
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub stack_mode: StackMode,
+    pub stack_bytes: u32,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(config: &MonitorConfig) -> Result<()> {
+    // The port first: a port in use is found before BPF is loaded.
+    let listener = http::bind(config.listen)?;
+    let mut probes = Probes::load(ProbeOptions {
+        stack_mode: config.stack_mode,
+        stack_bytes: config.stack_bytes,
+        stop_at_emfile: false,
+        select: config.selection.kernel_bits(),
+    })?;
+    let mut tracer = new_tracer_for(&mut probes, config.stack_mode);
+    tracer.count_opened();
+    tracer.stacks.max_interned = config.limits.max_stacks;
+    let mut monitor = Monitor {
+        selection: config.selection.clone(),
+        fleet: Fleet::new(config.limits),
+        pinned: HashSet::new(),
+    };
+    for &pid in &config.selection.pids {
+        if let Some(problem) = procfs::attach_problem(pid) {
+            return Err(anyhow!("cannot monitor -p {pid}: {problem}"));
+        }
+        monitor.pinned.insert(pid);
+    }
+    monitor.rescan(&mut probes, &mut tracer);
+    let latest: http::Latest = Arc::new(Mutex::new(Arc::new(Snapshot::default())));
+    monitor.publish(&mut probes, &mut tracer, &latest);
+    eprintln!(
+        "fdtrace: monitoring {}: {} processes now; metrics on http://{}/metrics",
+        config.selection.describe(),
+        tracer.table.processes.len(),
+        config.listen
+    );
+    let ring = probes.take_events().context("ring buffer already taken")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the event loop")?;
+    runtime.block_on(async {
+        tokio::spawn(http::serve(listener, latest.clone()));
+        monitor.run(ring, &mut probes, &mut tracer, &latest).await
+    })
+}
+
+struct Monitor {
+    selection: Selection,
+    fleet: Fleet,
+    /// `-p` processes and their descendants: kept whatever they exec.
+    pinned: HashSet<u32>,
+}
+
+impl Monitor {
+    async fn run(
+        &mut self,
+        ring: RingBuf<MapData>,
+        probes: &mut Probes,
+        tracer: &mut Tracer,
+        latest: &http::Latest,
+    ) -> Result<()> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as it lives, and the AsyncFd owns the RingBuf.
+        let mut ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("poll the ring buffer: {e}"))?;
+        let mut sigint = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+        if signals::take_noted().is_some() {
+            return Ok(());
+        }
+        let mut tick = tokio::time::interval(TICK);
+        let mut refreshed = Instant::now();
+        let mut rescanned = Instant::now();
+        let mut symbols_since = Instant::now();
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("wait for ring buffer")?;
+                    self.drain(guard.get_inner_mut(), probes, tracer);
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    self.drain(ring.get_mut(), probes, tracer);
+                    tracer.mature(monotonic_ns(), UNWIND_AFTER);
+                    tracer.claim_old(monotonic_ns());
+                    if rescanned.elapsed() >= RESCAN {
+                        rescanned = Instant::now();
+                        self.rescan(probes, tracer);
+                    }
+                    if symbols_since.elapsed() >= SYMBOLS_KEPT {
+                        symbols_since = Instant::now();
+                        tracer.drop_parsed_files();
+                    }
+                    if refreshed.elapsed() >= REFRESH {
+                        refreshed = Instant::now();
+                        self.publish(probes, tracer, latest);
+                    }
+                }
+                _ = sigint.recv() => return Ok(()),
+                _ = sigterm.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Hands every record waiting to the tracer, deciding first about the
+    /// processes records bring into view.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, probes: &mut Probes, tracer: &mut Tracer) {
+        while let Some(item) = ring.next() {
+            if let Some(arrival) = arrival(&item) {
+                self.arrive(arrival, probes, tracer);
+            }
+            tracer.handle(&item);
+        }
+    }
+
+    /// Keeps or drops a process that exec'd, and picks up a new process
+    /// whose parent is not traced (`--all`).
+    fn arrive(&mut self, arrival: Arrival, probes: &mut Probes, tracer: &mut Tracer) {
+        match arrival {
+            Arrival::Exec { tgid } => {
+                let keep = self.pinned.contains(&tgid)
+                    || (!self.fleet.evicted.contains(&tgid) && self.selection.picks_process(tgid));
+                let known = tracer.table.processes.contains_key(&tgid);
+                match (known, keep) {
+                    (true, true) => {}
+                    (false, true) => admit(tgid, false, probes, tracer),
+                    (true, false) => {
+                        let used = tracer.table.drop_process(tgid);
+                        for r in used.released {
+                            tracer.stacks.release(r);
+                        }
+                        let _ = probes.untrace(tgid);
+                    }
+                    (false, false) => {
+                        let _ = probes.untrace(tgid);
+                    }
+                }
+            }
+            Arrival::Fork { parent, child } => {
+                if self.pinned.contains(&parent) {
+                    self.pinned.insert(child);
+                }
+                if tracer.table.processes.contains_key(&parent)
+                    || tracer.table.processes.contains_key(&child)
+                {
+                    return;
+                }
+                // The kernel traces every new process with `--all`; else
+                // this is the child of a candidate that was dropped.
+                if self.selection.all {
+                    admit(child, true, probes, tracer);
+                } else {
+                    let _ = probes.untrace(child);
+                }
+            }
+        }
+    }
+
+    /// Reads /proc for processes the selection picks that are not traced
+    /// (at start, renamed, moved into a cgroup) and refreshes limits.
+    fn rescan(&mut self, probes: &mut Probes, tracer: &mut Tracer) {
+        let host = select::host_processes();
+        let alive: HashSet<u32> = host.iter().copied().collect();
+        self.fleet.evicted.retain(|t| alive.contains(t));
+        self.pinned.retain(|t| alive.contains(t));
+        for tgid in host {
+            if tracer.table.processes.contains_key(&tgid) {
+                if let Some(p) = tracer.table.processes.get_mut(&tgid)
+                    && let Some(limit) = procfs::nofile_limit(tgid)
+                {
+                    p.rlimit = Some(limit);
+                }
+                continue;
+            }
+            if self.fleet.evicted.contains(&tgid) {
+                continue;
+            }
+            if self.pinned.contains(&tgid) || self.selection.picks_process(tgid) {
+                admit(tgid, true, probes, tracer);
+            }
+        }
+    }
+
+    /// Brings the counts up to date and makes them what `/metrics` serves.
+    fn publish(&mut self, probes: &mut Probes, tracer: &mut Tracer, latest: &http::Latest) {
+        for tgid in self.fleet.update(tracer) {
+            let _ = probes.untrace(tgid);
+            eprintln!(
+                "fdtrace: process {tgid} holds the most of more than --max-fds descriptors; \
+                 no longer traced (fdtrace_evicted_total)"
+            );
+        }
+        let losses = probes.losses();
+        let snapshot = self
+            .fleet
+            .snapshot(tracer, losses.total() + tracer.undecodable);
+        if let Ok(mut slot) = latest.lock() {
+            *slot = Arc::new(snapshot);
+        }
+    }
+}
+
+/// Starts tracking a process with what it holds now. `running`: it was
+/// not just exec'd (read its memory maps now; an exec's come as records).
+fn admit(tgid: u32, running: bool, probes: &mut Probes, tracer: &mut Tracer) {
+    if running {
+        // The kernel learns how to walk its Python frames before its first
+        // traced event.
+        tracer.read_maps(tgid);
+    }
+    // Traced first, then the snapshot: an fd opened in between arrives as
+    // an event later and replaces its "origin unknown" entry.
+    if probes.trace(tgid).is_err() {
+        return;
+    }
+    let Ok(fds) = procfs::snapshot(tgid) else {
+        let _ = probes.untrace(tgid);
+        return;
+    };
+    let exe = fs::read_link(format!("/proc/{tgid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tracer.add_root(tgid, &exe, fds);
+    tracer.set_process(
+        tgid,
+        procfs::comm(tgid),
+        procfs::cmdline(tgid),
+        procfs::nofile_limit(tgid),
+    );
+}

@@ -315,6 +315,26 @@ pub enum Arrival {
     Fork { parent: u32, child: u32 },
 }
 
+/// The process a record with the fixed header is about; `None` for the
+/// records laid out otherwise (Python stacks and code, files, kept
+/// creations), which the decoder handles.
+pub fn process_of(bytes: &[u8]) -> Option<u32> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let kind = word(offset_of!(EventHeader, kind))?;
+    let other = [
+        EventKind::PyStack,
+        EventKind::File,
+        EventKind::PyCode,
+        EventKind::Kept,
+    ];
+    if other.iter().any(|k| *k as u32 == kind) {
+        return None;
+    }
+    word(offset_of!(EventHeader, tgid))
+}
+
 /// The [`Arrival`] a ring-buffer record is, if any.
 pub fn arrival(bytes: &[u8]) -> Option<Arrival> {
     let word = |at: usize| -> Option<u32> {
@@ -1343,5 +1363,30 @@ mod tests {
             Action::Mmap { path, .. } => assert_eq!(path, None),
             other => panic!("not an mmap: {other:?}"),
         }
+    }
+    #[test]
+    fn forks_and_execs_are_seen_from_the_header_alone() {
+        let mut h = kept_creation(Syscall::Close, [101, 0, 0, 0, 0, 0]).to_header(100, 3);
+        let at = |h: &EventHeader, kind: EventKind| {
+            let mut h = *h;
+            h.kind = kind as u32;
+            short_with(&h, &[])
+        };
+        assert_eq!(
+            arrival(&at(&h, EventKind::Fork)),
+            Some(Arrival::Fork {
+                parent: 100,
+                child: 101
+            })
+        );
+        assert_eq!(process_of(&at(&h, EventKind::Fork)), Some(100));
+        assert_eq!(
+            arrival(&at(&h, EventKind::Exec)),
+            Some(Arrival::Exec { tgid: 100 })
+        );
+        assert_eq!(arrival(&at(&h, EventKind::Syscall)), None);
+        assert_eq!(process_of(&at(&h, EventKind::PyStack)), None);
+        h.kind = EventKind::Exec as u32;
+        assert_eq!(arrival(&short_with(&h, &[])[..4]), None);
     }
 }

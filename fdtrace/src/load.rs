@@ -333,6 +333,41 @@ impl Probes {
         Ok(())
     }
 
+    /// Gives back the fast "nobody traced here" answer to slots that only
+    /// say someone once was (`TRACED_SLOT_USED`), so a monitor that saw
+    /// many processes come and go does not send every syscall on the host
+    /// to the hash. Returns how many slots it cleared.
+    pub fn sweep_slots(&mut self) -> Result<usize> {
+        let slot_of = |tgid: u32| tgid & (TRACED_SLOT_COUNT - 1);
+        let held: std::collections::HashSet<u32> = self
+            .traced
+            .keys()
+            .filter_map(Result::ok)
+            .map(slot_of)
+            .collect();
+        let mut cleared = std::collections::HashSet::new();
+        for index in 0..TRACED_SLOT_COUNT {
+            if !held.contains(&index)
+                && self.traced_slots.get(&index, 0).ok() == Some(TRACED_SLOT_USED)
+            {
+                self.traced_slots
+                    .set(index, 0, 0)
+                    .context("clear a traced slot")?;
+                cleared.insert(index);
+            }
+        }
+        // A process the kernel started tracing meanwhile, in a slot just
+        // cleared, gets its slot back.
+        for tgid in self.traced.keys().filter_map(Result::ok) {
+            if cleared.contains(&slot_of(tgid)) {
+                self.traced_slots
+                    .set(slot_of(tgid), tgid, 0)
+                    .context("restore a traced slot")?;
+            }
+        }
+        Ok(cleared.len())
+    }
+
     /// Sums the per-CPU loss counters.
     pub fn losses(&self) -> Losses {
         let read = |counter: Counter| -> u64 {

@@ -9,7 +9,7 @@ use fdtrace_common::{DeferredFd, PyBinary, PyFile, PyWalk, StackMode};
 use hashbrown::HashMap;
 
 use crate::{
-    events::{Action, Event, Fd, FdKind, decode, decode_deferred},
+    events::{Action, Event, Fd, FdKind, decode, decode_deferred, process_of},
     fd_table::{Describe, FdTable, Holder, Origin, StackRef, StackUse},
     procfs::{self, ProcDescribe},
     python::Python,
@@ -396,6 +396,12 @@ impl Tracer {
     /// needs the traced process: what /proc is read is read if it is
     /// still there, and is never required.
     pub fn handle(&mut self, bytes: &[u8]) -> Option<Notice> {
+        if self.opened.is_some()
+            && process_of(bytes).is_some_and(|tgid| !self.table.processes.contains_key(&tgid))
+        {
+            // A monitor's candidate it dropped: not even decoded.
+            return None;
+        }
         let Ok(mut event) = decode(bytes, self.stack_mode) else {
             self.undecodable += 1;
             return None;

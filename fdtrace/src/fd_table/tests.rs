@@ -932,3 +932,62 @@ fn close_range_of_one_number_closed_before_is_a_double_close_without_a_failure()
     t.apply(&ev(100, 40, close_range(4, 6)), None, &mut NoProc);
     assert_eq!(t.misuses.len(), 1);
 }
+
+#[test]
+fn a_monitor_forgets_exited_processes_and_takes_its_findings() {
+    let mut t = FdTable::default();
+    t.add_root(100, "/bin/svc", vec![]);
+    let mut leak = open(100, 3, "/etc/a", false);
+    if let Action::Create(c) = &mut leak.action {
+        c.stack = None;
+    }
+    let held = t.apply(&leak, Some(StackRef(1)), &mut NoProc).held;
+    assert_eq!(held, vec![StackRef(1)]);
+    t.apply(&ev(100, 11, Action::Fork { child: 101 }), None, &mut NoProc);
+    t.apply(&ev(101, 12, close(3)), Some(StackRef(2)), &mut NoProc);
+    // A double close in the child, then it exits holding nothing.
+    t.apply(
+        &bad(101, 13, "close", vec![3]),
+        Some(StackRef(3)),
+        &mut NoProc,
+    );
+    t.apply(&ev(101, 14, Action::Exit), None, &mut NoProc);
+    // The parent exits holding fd 3: a leak, dropped by the monitor.
+    t.apply(&ev(100, 15, Action::Exit), None, &mut NoProc);
+    let found = t.take_findings();
+    assert_eq!(found.misuses.len(), 1);
+    assert_eq!(found.misuses[0].tgid, 101);
+    assert!(found.exhaustions.is_empty());
+    let mut released = found.released;
+    released.sort_unstable();
+    // The leak's stack, and the misuse's own and its earlier close's.
+    assert_eq!(released, vec![StackRef(1), StackRef(2), StackRef(3)]);
+    assert!(t.processes.is_empty() && t.order.is_empty());
+    assert!(t.leaks.is_empty() && t.misuses.is_empty());
+}
+
+#[test]
+fn a_dropped_process_releases_every_stack_it_held() {
+    let mut t = FdTable::default();
+    t.add_root(
+        100,
+        "/bin/svc",
+        vec![(0, FdKind::Pipe, "pipe:[1]".into(), false)],
+    );
+    t.apply(
+        &open(100, 3, "/etc/a", false),
+        Some(StackRef(1)),
+        &mut NoProc,
+    );
+    t.apply(
+        &open(100, 4, "/etc/b", false),
+        Some(StackRef(2)),
+        &mut NoProc,
+    );
+    t.apply(&ev(100, 12, close(4)), Some(StackRef(3)), &mut NoProc);
+    let mut used = t.drop_process(100);
+    used.released.sort_unstable();
+    assert_eq!(used.released, vec![StackRef(1), StackRef(3)]);
+    assert!(t.processes.is_empty() && t.order.is_empty());
+    assert!(t.drop_process(100).released.is_empty());
+}

@@ -359,3 +359,105 @@ fn counted(map: &HashMap<Key, u64>, second: &'static str) -> Vec<Counted> {
     out.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(comm: &str, site: &str) -> Key {
+        (Arc::from(comm), Arc::from(site))
+    }
+
+    fn fleet(sites: usize) -> Fleet {
+        Fleet::new(Limits {
+            sites,
+            max_fds: usize::MAX,
+            max_stacks: usize::MAX,
+        })
+    }
+
+    fn rows(out: &[SiteSample]) -> Vec<(&str, &str, u64, u64, u64)> {
+        out.iter()
+            .map(|s| (&*s.comm, &*s.site, s.open_fds, s.opened, s.closed))
+            .collect()
+    }
+
+    /// Sets exact counts as `snapshot` would: closed = opened - open.
+    fn counts(f: &mut Fleet, open: &HashMap<Key, u64>, opened: &[(&str, &str, u64)]) {
+        for &(comm, site, n) in opened {
+            let count = f.counts.entry(key(comm, site)).or_default();
+            count.opened = n;
+            let now_open = open.get(&key(comm, site)).copied().unwrap_or(0);
+            count.closed = count.closed.max(n - now_open);
+        }
+    }
+
+    #[test]
+    fn the_top_sites_are_named_and_the_rest_summed_as_other() {
+        let mut f = fleet(2);
+        let open: HashMap<Key, u64> = [
+            (key("svc", "leak (a.c:1)"), 50),
+            (key("svc", "pool (a.c:2)"), 10),
+            (key("svc", "churn (a.c:3)"), 0),
+            (key("svc", "log (a.c:4)"), 1),
+        ]
+        .into_iter()
+        .collect();
+        counts(
+            &mut f,
+            &open,
+            &[
+                ("svc", "leak (a.c:1)", 50),
+                ("svc", "pool (a.c:2)", 10),
+                ("svc", "churn (a.c:3)", 9000),
+                ("svc", "log (a.c:4)", 3),
+            ],
+        );
+        assert_eq!(
+            rows(&f.sites(&open)),
+            vec![
+                ("svc", "leak (a.c:1)", 50, 50, 0),
+                ("svc", "other", 1, 9003, 9002),
+                ("svc", "pool (a.c:2)", 10, 10, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn counters_never_go_back_when_a_site_changes_rank() {
+        let mut f = fleet(1);
+        let mut open: HashMap<Key, u64> = [(key("svc", "a"), 5), (key("svc", "b"), 1)]
+            .into_iter()
+            .collect();
+        counts(&mut f, &open, &[("svc", "a", 5), ("svc", "b", 100)]);
+        let first = f.sites(&open);
+        assert_eq!(
+            rows(&first),
+            vec![("svc", "a", 5, 5, 0), ("svc", "other", 1, 100, 99)]
+        );
+        // b overtakes a: a's counts move into other, b's out of it.
+        open.insert(key("svc", "b"), 20);
+        counts(&mut f, &open, &[("svc", "a", 5), ("svc", "b", 119)]);
+        let second = f.sites(&open);
+        assert_eq!(
+            rows(&second),
+            vec![("svc", "b", 20, 119, 99), ("svc", "other", 5, 100, 99)]
+        );
+        // other's opened stays at its highest (100 > a's 5), closed too.
+        assert!(second[1].opened >= first[1].opened);
+        assert!(second[1].closed >= first[1].closed);
+    }
+
+    #[test]
+    fn programs_are_kept_apart() {
+        let mut f = fleet(20);
+        let open: HashMap<Key, u64> = [(key("a", "s"), 2), (key("b", "s"), 3)]
+            .into_iter()
+            .collect();
+        counts(&mut f, &open, &[("a", "s", 2), ("b", "s", 4)]);
+        assert_eq!(
+            rows(&f.sites(&open)),
+            vec![("a", "s", 2, 2, 0), ("b", "s", 3, 4, 1)]
+        );
+    }
+}

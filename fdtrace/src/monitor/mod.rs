@@ -52,6 +52,10 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How often /proc is read again for renamed, moved and missed processes
 /// and for changed descriptor limits.
 const RESCAN: Duration = Duration::from_secs(5);
+/// How often slots of the kernel's traced set that only say "someone was
+/// traced here" are cleared (every exec is traced for a moment with
+/// `--comm` and `--cgroup`).
+const SWEEP_SLOTS: Duration = Duration::from_secs(30);
 /// How often the symbol tables parsed so far are let go of (binaries are
 /// replaced on upgrade; what is still needed is parsed again).
 const SYMBOLS_KEPT: Duration = Duration::from_secs(600);
@@ -141,6 +145,7 @@ impl Monitor {
         let mut refreshed = Instant::now();
         let mut rescanned = Instant::now();
         let mut symbols_since = Instant::now();
+        let mut swept = Instant::now();
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -155,6 +160,10 @@ impl Monitor {
                     if rescanned.elapsed() >= RESCAN {
                         rescanned = Instant::now();
                         self.rescan(probes, tracer);
+                    }
+                    if swept.elapsed() >= SWEEP_SLOTS {
+                        swept = Instant::now();
+                        let _ = probes.sweep_slots();
                     }
                     if symbols_since.elapsed() >= SYMBOLS_KEPT {
                         symbols_since = Instant::now();

@@ -760,4 +760,55 @@ mod tests {
         }
         assert_eq!(stacks.raw_count(), MAX_RAW_SAMPLES);
     }
+    #[test]
+    fn a_sweep_frees_stacks_no_sample_holds_and_their_ids_are_reused() {
+        let mut stacks = Stacks::default();
+        stacks.set_maps(1, ProcessMaps::default());
+        let take = |stacks: &mut Stacks, ip: u64| {
+            let r = stacks.add(
+                1,
+                StackSample::FramePointer(vec![ip]),
+                PythonFrames::default(),
+                0,
+            );
+            stacks.hold(r);
+            (r, stacks.resolve(r).unwrap())
+        };
+        let (kept, kept_id) = take(&mut stacks, 0x10);
+        let (gone, gone_id) = take(&mut stacks, 0x20);
+        assert_eq!(stacks.interned_count(), 2);
+        stacks.release(gone);
+        assert_eq!(stacks.sweep(), vec![gone_id]);
+        assert_eq!(stacks.interned_count(), 1);
+        assert_eq!(stacks.sweep(), vec![]);
+        // A new stack takes the freed id; the kept one is untouched.
+        let (_, new_id) = take(&mut stacks, 0x30);
+        assert_eq!(new_id, gone_id);
+        assert_eq!(stacks.resolve(kept), Some(kept_id));
+        assert_ne!(stacks.stack(kept_id), stacks.stack(new_id));
+    }
+
+    #[test]
+    fn past_its_bound_a_new_stack_is_the_overflow_stack() {
+        let mut stacks = Stacks {
+            max_interned: 1,
+            ..Stacks::default()
+        };
+        stacks.set_maps(1, ProcessMaps::default());
+        let mut ids = Vec::new();
+        for ip in [0x10, 0x20, 0x30] {
+            let r = stacks.add(
+                1,
+                StackSample::FramePointer(vec![ip]),
+                PythonFrames::default(),
+                0,
+            );
+            stacks.hold(r);
+            ids.push(stacks.resolve(r).unwrap());
+        }
+        assert_eq!(stacks.overflowed, 2);
+        assert_eq!(ids[1], ids[2]);
+        assert!(stacks.stack(ids[1]).frames.is_empty() && stacks.stack(ids[1]).truncated);
+        assert_eq!(stacks.interned_count(), 1);
+    }
 }

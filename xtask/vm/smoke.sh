@@ -175,6 +175,40 @@ else
     verdict attach-growth
 fi
 
+# monitor: `monitor --comm` picks up a program that starts after it (the
+# kernel traces every exec until fdtrace has looked at it), names the
+# leaking site and leaves the churning one at zero; SIGTERM exits 0.
+rm -f "$OUT/monitor.metrics"
+"$FDTRACE" monitor --comm 'servic?' --listen 127.0.0.1:19464 \
+    >"$OUT/monitor.stdout" 2>"$OUT/monitor.stderr" &
+monitor=$!
+tries=0
+until grep -q "metrics on" "$OUT/monitor.stderr" 2>/dev/null || [ $tries -ge 600 ]; do
+    sleep 0.1
+    tries=$((tries + 1))
+done
+"$FIXTURES/service" >/dev/null &
+service=$!
+sleep 6
+"$PY" -c 'import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen("http://127.0.0.1:19464/metrics", timeout=60).read().decode())' \
+    >"$OUT/monitor.metrics" 2>>"$OUT/monitor.stderr"
+kill -KILL "$service" 2>/dev/null
+wait "$service" 2>/dev/null
+kill -TERM "$monitor" 2>/dev/null
+wait "$monitor"
+code=$?
+check_stopped monitor
+leaking=$(sed -n 's/^fdtrace_site_open_fds{comm="service",site="leak_one (service.c:[0-9]*)"} \([0-9]*\)$/\1/p' "$OUT/monitor.metrics")
+steady=$(sed -n 's/^fdtrace_site_open_fds{comm="service",site="steady (service.c:[0-9]*)"} \([0-9]*\)$/\1/p' "$OUT/monitor.metrics")
+if [ "$code" -ne 0 ]; then
+    fail monitor "exit $code: $(tail_of "$OUT/monitor.stderr")"
+elif [ -z "$leaking" ] || [ "$leaking" -lt 10 ] || [ "$steady" != 0 ]; then
+    fail monitor "leak_one=${leaking:-missing} steady=${steady:-missing}: $(grep site_open "$OUT/monitor.metrics" | head -5 | tr '\n' ' ')"
+else
+    pass monitor
+fi
+
 # python-line: a Python leak names its function and line.
 if trace python-line -- "$PY" "$SOURCES/pykeep.py"; then
     verdict python-line

@@ -224,8 +224,9 @@ impl Monitor {
                     return;
                 }
                 // The kernel traces every new process with `--all`; else
-                // this is the child of a candidate that was dropped.
-                if self.selection.all {
+                // this is the child of a candidate that was dropped. A
+                // kernel thread (no executable) makes no syscalls to trace.
+                if self.selection.all && fs::read_link(format!("/proc/{child}/exe")).is_ok() {
                     admit(child, true, probes, tracer);
                 } else {
                     let _ = probes.untrace(child);

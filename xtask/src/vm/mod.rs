@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "stack-none",
     "emfile",
     "attach-growth",
+    "monitor",
     "python-line",
     "python-shutdown",
     "scm-rights",

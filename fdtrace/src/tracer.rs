@@ -10,7 +10,7 @@ use hashbrown::HashMap;
 
 use crate::{
     events::{Action, Event, Fd, FdKind, decode, decode_deferred, process_of},
-    fd_table::{Describe, FdTable, Holder, Origin, StackRef, StackUse},
+    fd_table::{Describe, FdTable, Holder, Origin, StackRef, StackUse, is_standard_stream},
     procfs::{self, ProcDescribe},
     python::Python,
     record::{Answer, Recorder, wire::End},
@@ -219,7 +219,11 @@ impl Tracer {
         let mut found: Vec<Opened> = Vec::new();
         match &event.action {
             Action::Create(c) => {
-                let count = c.fds.iter().filter(|&&fd| fd >= 0).count();
+                let count = c
+                    .fds
+                    .iter()
+                    .filter(|&&fd| fd >= 0 && !is_standard_stream(fd))
+                    .count();
                 if count > 0 {
                     found.push(Opened {
                         tgid,
@@ -240,15 +244,17 @@ impl Tracer {
     }
 
     /// The descriptors `tgid` created (or got from its parent) while
-    /// traced, one entry each.
+    /// traced, one entry each; not 0, 1 and 2, which are the program's
+    /// own by convention, whoever set them up.
     fn held_by(&mut self, tgid: u32) -> Vec<Opened> {
         let Some(p) = self.table.processes.get(&tgid) else {
             return Vec::new();
         };
         let refs: Vec<Option<StackRef>> = p
             .fds
-            .values()
-            .filter_map(|f| match f.origin {
+            .iter()
+            .filter(|(fd, _)| !is_standard_stream(**fd))
+            .filter_map(|(_, f)| match f.origin {
                 Origin::Created { stack, .. } => Some(stack),
                 Origin::Inherited => None,
             })

@@ -3,7 +3,8 @@
 //! [`Snapshot`].
 //!
 //! A site is the innermost user frame of the stack a descriptor was
-//! opened at. `opened` counts what each (program, site) came to hold:
+//! opened at; descriptors 0, 1 and 2 have none (a shell or a spawner set
+//! them up for the program, as its own). `opened` counts what each (program, site) came to hold:
 //! creations, a fork's copies, what crossed an exec. `closed` is what of
 //! that went away since, so `opened - closed` is exactly what is open now;
 //! both only ever grow, also across a site entering or leaving the top
@@ -21,7 +22,7 @@ use hashbrown::{HashMap, HashSet};
 
 use super::snapshot::{Counted, ProcessSample, SiteSample, Snapshot};
 use crate::{
-    fd_table::{FdTable, Origin},
+    fd_table::{FdTable, Origin, is_standard_stream},
     report::site_name,
     stacks::{StackId, Stacks, symbolize::Symbols},
     tracer::{Opened, Tracer},
@@ -70,7 +71,7 @@ pub struct Fleet {
     exported: HashMap<Key, Count>,
     emfile: HashMap<Key, u64>,
     misuse: HashMap<(Arc<str>, &'static str), u64>,
-    /// When each program last had a traced process.
+    /// When each program last had a traced process (or counted anything).
     programs: HashMap<Arc<str>, Instant>,
     pub evicted_fds: u64,
     pub evicted_processes: u64,
@@ -108,14 +109,17 @@ impl Fleet {
             .filter_map(|e| e.stack.and_then(|r| stacks.resolve(r)))
             .collect();
         self.name_all(failed.into_iter(), stacks, symbols);
+        let now = Instant::now();
         for e in &findings.exhaustions {
             let comm = comm_of(table, e.tgid);
+            self.programs.insert(comm.clone(), now);
             let site = e.stack.and_then(|r| stacks.resolve(r));
             let site = self.site(site, stacks, symbols);
             *self.emfile.entry((comm, site)).or_default() += 1;
         }
         for m in &findings.misuses {
             let comm = comm_of(table, m.tgid);
+            self.programs.insert(comm.clone(), now);
             *self.misuse.entry((comm, m.kind.name())).or_default() += 1;
         }
         for r in findings.released {
@@ -144,8 +148,11 @@ impl Fleet {
         symbols: &mut Symbols,
     ) {
         self.name_all(opened.iter().filter_map(|o| o.stack), stacks, symbols);
+        let now = Instant::now();
         for o in opened {
             let comm = comm_of(table, o.tgid);
+            // Seen now, even if it exits before the next snapshot.
+            self.programs.insert(comm.clone(), now);
             let site = self.site(o.stack, stacks, symbols);
             self.counts.entry((comm, site)).or_default().opened += u64::from(o.count);
         }
@@ -230,8 +237,11 @@ impl Fleet {
                 open_fds: p.fds.len() as u64,
                 fd_limit: p.rlimit.map(|(soft, _)| soft),
             });
-            for f in p.fds.values() {
+            for (&fd, f) in &p.fds {
                 let Origin::Created { stack, .. } = f.origin else {
+                    continue;
+                };
+                if is_standard_stream(fd) {
                     continue;
                 };
                 let id = stack.and_then(|r| stacks.resolve(r));

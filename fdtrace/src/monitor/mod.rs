@@ -101,9 +101,12 @@ pub fn run(config: &MonitorConfig) -> Result<()> {
     let latest: http::Latest = Arc::new(Mutex::new(Arc::new(Snapshot::default())));
     monitor.publish(&mut probes, &mut tracer, &latest);
     eprintln!(
-        "fdtrace: monitoring {}: {} processes now; metrics on http://{}/metrics",
+        "fdtrace: monitoring {}: {} traced now; metrics on http://{}/metrics",
         config.selection.describe(),
-        tracer.table.processes.len(),
+        match tracer.table.processes.len() {
+            1 => "1 process".to_owned(),
+            n => format!("{n} processes"),
+        },
         config.listen
     );
     let ring = probes.take_events().context("ring buffer already taken")?;
@@ -279,6 +282,9 @@ impl Monitor {
     }
 }
 
+/// Whether fdtrace said it may not read a process's descriptors (said once).
+static DENIED_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Starts tracking a process with what it holds now. `running`: it was
 /// not just exec'd (read its memory maps now; an exec's come as records).
 fn admit(tgid: u32, running: bool, probes: &mut Probes, tracer: &mut Tracer) {
@@ -292,9 +298,21 @@ fn admit(tgid: u32, running: bool, probes: &mut Probes, tracer: &mut Tracer) {
     if probes.trace(tgid).is_err() {
         return;
     }
-    let Ok(fds) = procfs::snapshot(tgid) else {
-        let _ = probes.untrace(tgid);
-        return;
+    let fds = match procfs::snapshot(tgid) {
+        Ok(fds) => fds,
+        Err(e) => {
+            let _ = probes.untrace(tgid);
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                && !DENIED_SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                eprintln!(
+                    "fdtrace: cannot read /proc/{tgid}/fd ({e}): processes fdtrace may not \
+                     inspect are not traced; run it as root with CAP_SYS_PTRACE and \
+                     CAP_DAC_READ_SEARCH"
+                );
+            }
+            return;
+        }
     };
     let exe = fs::read_link(format!("/proc/{tgid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())

@@ -163,16 +163,19 @@ pub struct Root {
 }
 
 impl Root {
-    /// The root of `tgid`'s mount namespace, as seen from ours.
+    /// The root `tgid` sees, as seen from ours: its own when it is in
+    /// another mount namespace (a container; also a host process when
+    /// fdtrace runs in one, where its root still reads as `/`) or chroot'd.
     pub fn of(tgid: u32) -> Self {
         // Ours never changes: read once, not per exec and mmap record.
         static OURS: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
         let ours = OURS.get_or_init(|| fs::read_link("/proc/self/ns/mnt").ok());
         let theirs = fs::read_link(format!("/proc/{tgid}/ns/mnt")).ok();
-        let prefix = match (ours, theirs) {
-            (Some(ours), Some(theirs)) if *ours != theirs => Some(format!("/proc/{tgid}/root")),
-            _ => None,
-        };
+        let other_namespace =
+            matches!((ours, theirs), (Some(ours), Some(theirs)) if *ours != theirs);
+        let chrooted = fs::read_link(format!("/proc/{tgid}/root"))
+            .is_ok_and(|root| root != std::path::Path::new("/"));
+        let prefix = (other_namespace || chrooted).then(|| format!("/proc/{tgid}/root"));
         Self { prefix }
     }
 

@@ -37,15 +37,8 @@ impl ProcessMaps {
     /// Reads `/proc/<tgid>/maps`.
     pub fn read(tgid: u32) -> io::Result<Self> {
         let text = fs::read_to_string(format!("/proc/{tgid}/maps"))?;
-        let root = fs::read_link(format!("/proc/{tgid}/root")).ok();
-        let same_root = root.as_deref() == Some(std::path::Path::new("/"));
-        Ok(Self::parse(&text, |path| {
-            if same_root {
-                PathBuf::from(path)
-            } else {
-                PathBuf::from(format!("/proc/{tgid}/root{path}"))
-            }
-        }))
+        let root = crate::procfs::Root::of(tgid);
+        Ok(Self::parse(&text, |path| root.host_path(path)))
     }
 
     /// Parses maps text; `host_path` turns a mapped path into one we can open.

@@ -6,10 +6,11 @@
 //! `target/bench.json`. Targets live here, never in pass/fail tests.
 
 mod measure;
+mod monitor;
 mod record;
 mod workloads;
 
-use std::fs;
+use std::{env, fs};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
@@ -22,6 +23,9 @@ use measure::{Mode, Paths};
 
 /// Paced rates tried, in events per second (an open/close pair is two).
 const RATES: [u64; 5] = [25_000, 50_000, 100_000, 200_000, 400_000];
+
+/// Set to `monitor` to run only that part (the whole takes many minutes).
+const ONLY: &str = "FDTRACE_BENCH_ONLY";
 
 /// One figure of the issue: what was measured, the target, and whether it
 /// holds.
@@ -46,6 +50,10 @@ impl Figure {
 pub fn bench(runs: usize) -> Result<()> {
     if runs < 1 {
         bail!("--runs must be at least 1");
+    }
+    let only = env::var(ONLY).unwrap_or_default();
+    if !["", "monitor"].contains(&only.as_str()) {
+        bail!("{ONLY}={only}: the part that runs alone is `monitor`; unset it to run them all");
     }
     setup::run()?;
     if !setup::is_root() {
@@ -76,6 +84,10 @@ pub fn bench(runs: usize) -> Result<()> {
             .arg(&paths.bench)
             .arg(&source),
     )?;
+    if only == "monitor" {
+        let monitored = monitor::measure(&paths)?;
+        return finish(&monitored.figures, json!({"monitor": monitored.json}));
+    }
     let bench = paths.bench.to_string_lossy().into_owned();
     let bpftrace = succeeds(command("bpftrace").arg("--version"));
     let mut figures = Vec::new();
@@ -235,12 +247,9 @@ pub fn bench(runs: usize) -> Result<()> {
 
     let recorded = record::measure(&paths, runs)?;
     figures.extend(recorded.figures);
+    let monitored = monitor::measure(&paths)?;
+    figures.extend(monitored.figures);
 
-    println!("\ntargets (issues #14, #16):");
-    for f in &figures {
-        let mark = if f.met { "ok  " } else { "MISS" };
-        println!("  {mark} {:<48} {:>18}  {}", f.name, f.value, f.target);
-    }
     let out = json!({
         "workloads": rows,
         "fixed_cost": {"untraced_seconds": plain, "traced_seconds": traced},
@@ -250,8 +259,24 @@ pub fn bench(runs: usize) -> Result<()> {
         "peak_rss_kb_100k_fds": rss,
         "attach_ready_ms": ready_ms,
         "record": recorded.json,
-        "targets": figures.iter().map(|f| json!({"figure": f.name, "value": f.value, "target": f.target, "met": f.met})).collect::<Vec<Value>>(),
+        "monitor": monitored.json,
     });
+    finish(&figures, out)
+}
+
+/// Prints every figure against its target and writes `out`, the targets
+/// added, to target/bench.json.
+fn finish(figures: &[Figure], mut out: Value) -> Result<()> {
+    println!("\ntargets (issues #14, #16):");
+    for f in figures {
+        let mark = if f.met { "ok  " } else { "MISS" };
+        println!("  {mark} {:<48} {:>18}  {}", f.name, f.value, f.target);
+    }
+    out["targets"] = figures
+        .iter()
+        .map(|f| json!({"figure": f.name, "value": f.value, "target": f.target, "met": f.met}))
+        .collect::<Vec<Value>>()
+        .into();
     let path = target_dir().join("bench.json");
     fs::write(&path, serde_json::to_string_pretty(&out)?)
         .with_context(|| format!("write {}", path.display()))?;

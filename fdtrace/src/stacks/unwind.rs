@@ -51,7 +51,7 @@ fn page_ceil(x: u64) -> u64 {
 }
 
 /// `PT_INTERP` of a 64-bit ELF file: the program's dynamic loader.
-fn interpreter_of(file: &[u8]) -> Option<String> {
+fn interpreter_of<'data>(file: impl object::ReadRef<'data>) -> Option<String> {
     use object::read::elf::{FileHeader as _, ProgramHeader as _};
     let header = object::elf::FileHeader64::<object::Endianness>::parse(file).ok()?;
     let endian = header.endian().ok()?;
@@ -79,8 +79,10 @@ pub struct ElfModule {
 
 impl ElfModule {
     fn parse(path: &PathBuf) -> Option<Self> {
-        let file = fs::read(path).ok()?;
-        let elf = object::File::parse(&file[..]).ok()?;
+        // Read lazily: only the headers and the sections kept below leave
+        // the disk, not a large library's debug info.
+        let cache = object::read::ReadCache::new(fs::File::open(path).ok()?);
+        let elf = object::File::parse(&cache).ok()?;
         let segments = elf
             .segments()
             .filter_map(|s| match s.flags() {
@@ -93,7 +95,7 @@ impl ElfModule {
                 _ => None,
             })
             .collect();
-        let interpreter = interpreter_of(&file);
+        let interpreter = interpreter_of(&cache);
         // Only the sections unwinding reads are kept, copied out of the
         // file: debug info and data can be most of a large library, and a
         // monitor keeps modules for as long as processes use them.
@@ -107,18 +109,14 @@ impl ElfModule {
             ".got",
         ] {
             if let Some(section) = elf.section_by_name(name) {
-                let Some((offset, size)) = section.file_range() else {
+                if section.file_range().is_none() {
                     continue;
-                };
-                let (Ok(start), Ok(len)) = (usize::try_from(offset), usize::try_from(size)) else {
-                    continue;
-                };
-                let Some(bytes) = start.checked_add(len).and_then(|end| file.get(start..end))
-                else {
+                }
+                let Ok(bytes) = section.data() else {
                     continue;
                 };
                 let svma = section.address()..section.address() + section.size();
-                sections.insert(name, (svma, kept.len()..kept.len() + len));
+                sections.insert(name, (svma, kept.len()..kept.len() + bytes.len()));
                 kept.extend_from_slice(bytes);
             }
         }

@@ -267,7 +267,7 @@ pub fn bench(runs: usize) -> Result<()> {
 /// Prints every figure against its target and writes `out`, the targets
 /// added, to target/bench.json.
 fn finish(figures: &[Figure], mut out: Value) -> Result<()> {
-    println!("\ntargets (issues #14, #16):");
+    println!("\ntargets (issues #14, #16, #17):");
     for f in figures {
         let mark = if f.met { "ok  " } else { "MISS" };
         println!("  {mark} {:<48} {:>18}  {}", f.name, f.value, f.target);

@@ -94,7 +94,8 @@ pub enum EventKind {
     Syscall = 1,
     /// `sched_process_fork` of a new process: `args[0]` is its id.
     Fork = 2,
-    /// `sched_process_exec`: `text` holds the file name.
+    /// `sched_process_exec`: `text` holds the file name, `args[0]` the
+    /// cgroup v2 id of the process (the inode of its cgroup's directory).
     Exec = 3,
     /// `sched_process_exit` of a process's last thread.
     Exit = 4,

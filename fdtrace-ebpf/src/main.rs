@@ -34,8 +34,8 @@ use aya_ebpf::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, pt_regs,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -787,6 +787,9 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: live reservation; the file name is a kernel string.
     unsafe {
         capture::init_header(header, EventKind::Exec, 0, tgid, tid);
+        // Which cgroup it runs in, for `monitor --cgroup` to decide on a
+        // program that may be gone before /proc could say.
+        (*header).args[0] = bpf_get_current_cgroup_id();
         if let Ok(name) = bpf_probe_read_kernel_str_bytes(filename, &mut (*header).text) {
             (*header).text_len = name.len() as u32;
         }

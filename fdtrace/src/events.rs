@@ -309,11 +309,24 @@ const AF_INET6: u16 = 10;
 /// exec'd, or a process forked. Read from the record's fixed header
 /// alone, so the monitor can decide about the process before the record
 /// is applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Arrival {
-    Exec { tgid: u32 },
-    Fork { parent: u32, child: u32 },
+    /// `comm` is the name the kernel gave the new program (the file
+    /// name's last component, 15 bytes at most); `cgroup` its cgroup v2
+    /// id.
+    Exec {
+        tgid: u32,
+        comm: String,
+        cgroup: u64,
+    },
+    Fork {
+        parent: u32,
+        child: u32,
+    },
 }
+
+/// The kernel's `TASK_COMM_LEN` less its terminating NUL.
+const COMM_LEN: usize = 15;
 
 /// The process a record with the fixed header is about; `None` for the
 /// records laid out otherwise (Python stacks and code, files, kept
@@ -343,7 +356,14 @@ pub fn arrival(bytes: &[u8]) -> Option<Arrival> {
     let kind = word(offset_of!(EventHeader, kind))?;
     let tgid = word(offset_of!(EventHeader, tgid))?;
     if kind == EventKind::Exec as u32 {
-        return Some(Arrival::Exec { tgid });
+        let at = offset_of!(EventHeader, args);
+        let cgroup = u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+        let len = usize::try_from(word(offset_of!(EventHeader, text_len))?).ok()?;
+        let start = offset_of!(EventHeader, text);
+        let path = bytes.get(start..start + len.min(TEXT_LEN))?;
+        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        let comm = String::from_utf8_lossy(&name[..name.len().min(COMM_LEN)]).into_owned();
+        return Some(Arrival::Exec { tgid, comm, cgroup });
     }
     if kind == EventKind::Fork as u32 {
         // `args[0]`, a pid, in the low half of the word (little-endian).
@@ -1366,7 +1386,7 @@ mod tests {
     }
     #[test]
     fn forks_and_execs_are_seen_from_the_header_alone() {
-        let mut h = kept_creation(Syscall::Close, [101, 0, 0, 0, 0, 0]).to_header(100, 3);
+        let h = kept_creation(Syscall::Close, [101, 0, 0, 0, 0, 0]).to_header(100, 3);
         let at = |h: &EventHeader, kind: EventKind| {
             let mut h = *h;
             h.kind = kind as u32;
@@ -1380,13 +1400,27 @@ mod tests {
             })
         );
         assert_eq!(process_of(&at(&h, EventKind::Fork)), Some(100));
+        let mut exec = h;
+        exec.kind = EventKind::Exec as u32;
+        exec.args[0] = 4242;
+        let path = b"/usr/local/bin/a-rather-long-program-name";
+        exec.text[..path.len()].copy_from_slice(path);
+        exec.text_len = u32::try_from(path.len()).unwrap();
+        // SAFETY: EventHeader is plain integers, read as its bytes.
+        let whole = unsafe {
+            std::slice::from_raw_parts((&raw const exec).cast::<u8>(), size_of::<EventHeader>())
+        };
         assert_eq!(
-            arrival(&at(&h, EventKind::Exec)),
-            Some(Arrival::Exec { tgid: 100 })
+            arrival(whole),
+            Some(Arrival::Exec {
+                tgid: 100,
+                comm: "a-rather-long-p".to_owned(),
+                cgroup: 4242
+            })
         );
         assert_eq!(arrival(&at(&h, EventKind::Syscall)), None);
         assert_eq!(process_of(&at(&h, EventKind::PyStack)), None);
-        h.kind = EventKind::Exec as u32;
-        assert_eq!(arrival(&short_with(&h, &[])[..4]), None);
+        assert_eq!(arrival(&whole[..4]), None);
+        assert_eq!(arrival(&whole[..SHORT_HEADER]), None);
     }
 }

@@ -920,9 +920,8 @@ impl FdTable {
         used
     }
 
-    /// For a table that lives as long as its host (`monitor`): forgets
-    /// processes that exited and hands back the EMFILE failures and
-    /// misuses found since the last call. Every other finding is dropped;
+    /// For a table that lives as long as its host (`monitor`): hands back
+    /// the EMFILE failures and misuses found since the last call. Every other finding is dropped;
     /// the stacks all of them held are in `released` (those of the
     /// returned findings too, for the caller to release once it has used
     /// them).
@@ -947,14 +946,19 @@ impl FdTable {
             released.extend(m.stack);
             released.extend(m.closed.as_ref().and_then(|c| c.stack));
         }
-        let processes = &mut self.processes;
-        processes.retain(|_, p| p.exited_ns.is_none());
-        self.order.retain(|t| processes.contains_key(t));
         Findings {
             exhaustions,
             misuses,
             released,
         }
+    }
+
+    /// Forgets the processes that exited (`monitor`: their findings were
+    /// taken already, and what they held went with them).
+    pub fn forget_exited(&mut self) {
+        let processes = &mut self.processes;
+        processes.retain(|_, p| p.exited_ns.is_none());
+        self.order.retain(|t| processes.contains_key(t));
     }
 
     /// Tracing is over: whatever live processes hold is reported too.

@@ -955,6 +955,7 @@ fn a_monitor_forgets_exited_processes_and_takes_its_findings() {
     // The parent exits holding fd 3: a leak, dropped by the monitor.
     t.apply(&ev(100, 15, Action::Exit), None, &mut NoProc);
     let found = t.take_findings();
+    t.forget_exited();
     assert_eq!(found.misuses.len(), 1);
     assert_eq!(found.misuses[0].tgid, 101);
     assert!(found.exhaustions.is_empty());

@@ -125,6 +125,7 @@ impl Fleet {
         for r in findings.released {
             stacks.release(r);
         }
+        table.forget_exited();
         let evict = self.over_max_fds(table);
         for &tgid in &evict {
             let used = table.drop_process(tgid);

@@ -87,6 +87,7 @@ pub fn run(config: &MonitorConfig) -> Result<()> {
     tracer.count_opened();
     tracer.stacks.max_interned = config.limits.max_stacks;
     let mut monitor = Monitor {
+        cgroup_ids: select::CgroupIds::new(&config.selection),
         selection: config.selection.clone(),
         fleet: Fleet::new(config.limits),
         pinned: HashSet::new(),
@@ -122,6 +123,7 @@ pub fn run(config: &MonitorConfig) -> Result<()> {
 
 struct Monitor {
     selection: Selection,
+    cgroup_ids: select::CgroupIds,
     fleet: Fleet,
     /// `-p` processes and their descendants: kept whatever they exec.
     pinned: HashSet<u32>,
@@ -198,13 +200,19 @@ impl Monitor {
     /// whose parent is not traced (`--all`).
     fn arrive(&mut self, arrival: Arrival, probes: &mut Probes, tracer: &mut Tracer) {
         match arrival {
-            Arrival::Exec { tgid } => {
+            Arrival::Exec { tgid, comm, cgroup } => {
+                // Decided from the record: a short-lived program may be
+                // gone before /proc could be read.
                 let keep = self.pinned.contains(&tgid)
-                    || (!self.fleet.evicted.contains(&tgid) && self.selection.picks_process(tgid));
+                    || (!self.fleet.evicted.contains(&tgid)
+                        && self
+                            .selection
+                            .picks(&comm, self.cgroup_ids.contains(cgroup)));
                 let known = tracer.table.processes.contains_key(&tgid);
                 match (known, keep) {
                     (true, true) => {}
-                    (false, true) => admit(tgid, false, probes, tracer),
+                    // In the kernel's traced set since its exec.
+                    (false, true) => admit_exec(tgid, &comm, tracer),
                     (true, false) => {
                         let used = tracer.table.drop_process(tgid);
                         for r in used.released {
@@ -280,6 +288,23 @@ impl Monitor {
             *slot = Arc::new(snapshot);
         }
     }
+}
+
+/// Starts tracking a program the kernel traced from its exec on, whose
+/// records wait in the ring: with what it holds now if it still runs, with
+/// nothing if it already exited (its records say what it did).
+fn admit_exec(tgid: u32, comm: &str, tracer: &mut Tracer) {
+    let fds = procfs::snapshot(tgid).unwrap_or_default();
+    let exe = fs::read_link(format!("/proc/{tgid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| comm.to_owned());
+    tracer.add_root(tgid, &exe, fds);
+    tracer.set_process(
+        tgid,
+        comm.to_owned(),
+        procfs::cmdline(tgid),
+        procfs::nofile_limit(tgid),
+    );
 }
 
 /// Whether fdtrace said it may not read a process's descriptors (said once).

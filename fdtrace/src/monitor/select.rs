@@ -8,10 +8,16 @@
 //! every rescan, which catches renames and processes moved between
 //! cgroups.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, anyhow, bail};
 use fdtrace_common::{SELECT_EXECS, SELECT_NEW_PROCESSES};
+use hashbrown::HashSet;
 
 /// What `monitor` traces; the union of its selectors.
 #[derive(Clone, Debug, Default)]
@@ -37,12 +43,17 @@ impl Selection {
         }
     }
 
-    /// Whether a process with this name and cgroup is picked by `--all`,
-    /// `--comm` or `--cgroup` (`-p` is by ancestry, kept by the caller).
-    pub fn picks(&self, comm: &str, cgroup: Option<&str>) -> bool {
-        self.all
-            || self.comms.iter().any(|p| p.matches(comm))
-            || cgroup.is_some_and(|c| self.cgroups.iter().any(|root| within(c, root)))
+    /// Whether a process with this name, in a selected cgroup or not, is
+    /// picked by `--all`, `--comm` or `--cgroup` (`-p` is by ancestry,
+    /// kept by the caller).
+    pub fn picks(&self, comm: &str, in_cgroup: bool) -> bool {
+        self.all || in_cgroup || self.comms.iter().any(|p| p.matches(comm))
+    }
+
+    /// Whether a process in cgroup `path` (as /proc/PID/cgroup shows it)
+    /// is in a selected subtree.
+    pub fn in_cgroups(&self, path: &str) -> bool {
+        self.cgroups.iter().any(|root| within(path, root))
     }
 
     /// [`Selection::picks`] for a live process, from /proc; `false` once
@@ -54,12 +65,9 @@ impl Selection {
         let Ok(comm) = fs::read_to_string(format!("/proc/{tgid}/comm")) else {
             return false;
         };
-        let cgroup = if self.cgroups.is_empty() {
-            None
-        } else {
-            cgroup_of(tgid)
-        };
-        self.picks(comm.trim_end_matches('\n'), cgroup.as_deref())
+        let in_cgroup =
+            !self.cgroups.is_empty() && cgroup_of(tgid).is_some_and(|path| self.in_cgroups(&path));
+        self.picks(comm.trim_end_matches('\n'), in_cgroup)
     }
 
     /// One line naming the selection, for the start-up message.
@@ -72,6 +80,94 @@ impl Selection {
         parts.extend(self.cgroups.iter().map(|c| format!("--cgroup {c}")));
         parts.extend(self.pids.iter().map(|p| format!("-p {p}")));
         parts.join(" ")
+    }
+}
+
+/// The cgroup v2 ids (directory inodes) of the selected subtrees, for
+/// deciding on a program from its exec record alone: it may be gone
+/// before /proc could say where it ran.
+#[derive(Debug, Default)]
+pub struct CgroupIds {
+    /// The subtrees' directories.
+    roots: Vec<PathBuf>,
+    inside: HashSet<u64>,
+    /// Ids seen outside after a fresh walk: a cgroup never moves.
+    outside: HashSet<u64>,
+    walked: Option<Instant>,
+}
+
+/// Directories walked at most per subtree (a bound on a hostile tree).
+const MAX_CGROUPS: usize = 100_000;
+/// A subtree is walked again for an unknown id at most this often.
+const REWALK: Duration = Duration::from_millis(100);
+
+impl CgroupIds {
+    /// The subtrees `selection` names, walked once now.
+    pub fn new(selection: &Selection) -> Self {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let roots = match cgroup2_mount(&mountinfo) {
+            Some(mount) => selection
+                .cgroups
+                .iter()
+                .map(|c| Path::new(&mount).join(c.trim_start_matches('/')))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut ids = Self {
+            roots,
+            ..Self::default()
+        };
+        ids.walk();
+        ids
+    }
+
+    /// Whether cgroup `id` is in a selected subtree; a new one (created
+    /// since the last walk) is looked for.
+    pub fn contains(&mut self, id: u64) -> bool {
+        if self.roots.is_empty() || self.outside.contains(&id) {
+            return false;
+        }
+        if self.inside.contains(&id) {
+            return true;
+        }
+        if self.walked.is_none_or(|at| at.elapsed() >= REWALK) {
+            self.walk();
+            if self.inside.contains(&id) {
+                return true;
+            }
+            if self.outside.len() >= MAX_CGROUPS {
+                self.outside.clear();
+            }
+            self.outside.insert(id);
+        }
+        false
+    }
+
+    fn walk(&mut self) {
+        self.walked = Some(Instant::now());
+        self.inside.clear();
+        let mut pending: Vec<PathBuf> = self.roots.clone();
+        while let Some(dir) = pending.pop() {
+            if self.inside.len() >= MAX_CGROUPS {
+                break;
+            }
+            // symlink_metadata: cgroupfs has no links, and none is followed.
+            let Ok(meta) = fs::symlink_metadata(&dir) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            self.inside.insert(meta.ino());
+            if let Ok(entries) = fs::read_dir(&dir) {
+                pending.extend(
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
     }
 }
 
@@ -196,23 +292,22 @@ mod tests {
     #[test]
     fn names_match_as_globs() {
         let s = selection(&["nginx", "py*", "worker-[0-9]"], &[]);
-        assert!(s.picks("nginx", None));
-        assert!(s.picks("python3.11", None));
-        assert!(s.picks("worker-7", None));
-        assert!(!s.picks("nginx-debug", None));
-        assert!(!s.picks("worker-x", None));
+        assert!(s.picks("nginx", false));
+        assert!(s.picks("python3.11", false));
+        assert!(s.picks("worker-7", false));
+        assert!(!s.picks("nginx-debug", false));
+        assert!(!s.picks("worker-x", false));
         assert_eq!(s.kernel_bits(), SELECT_EXECS);
     }
 
     #[test]
     fn a_cgroup_picks_its_whole_subtree_and_nothing_beside_it() {
         let s = selection(&[], &["/system.slice/app.service"]);
-        assert!(s.picks("x", Some("/system.slice/app.service")));
-        assert!(s.picks("x", Some("/system.slice/app.service/worker")));
-        assert!(!s.picks("x", Some("/system.slice/app.service2")));
-        assert!(!s.picks("x", Some("/system.slice")));
-        assert!(!s.picks("x", None));
-        assert!(selection(&[], &["/"]).picks("x", Some("/user.slice")));
+        assert!(s.in_cgroups("/system.slice/app.service"));
+        assert!(s.in_cgroups("/system.slice/app.service/worker"));
+        assert!(!s.in_cgroups("/system.slice/app.service2"));
+        assert!(!s.in_cgroups("/system.slice"));
+        assert!(selection(&[], &["/"]).in_cgroups("/user.slice"));
     }
 
     #[test]
@@ -221,7 +316,7 @@ mod tests {
             all: true,
             ..Selection::default()
         };
-        assert!(s.picks("anything", None));
+        assert!(s.picks("anything", false));
         assert_eq!(s.kernel_bits(), SELECT_NEW_PROCESSES);
         assert_eq!(
             Selection {

@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub mod browser;
+pub mod monitor;
 pub mod prometheus;
 
 /// The workspace root.

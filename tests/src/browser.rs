@@ -9,7 +9,6 @@
 use std::{
     env, fs,
     io::Read,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -81,25 +80,7 @@ fn chromium() -> &'static Path {
         if let Some(bin) = find_chromium() {
             return bin;
         }
-        let root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        assert!(
-            root,
-            "chromium is not installed and we are not root: run \
-             `sudo apt-get install -y chromium` (the HTML report tests need a browser)"
-        );
-        for args in [&["update"][..], &["install", "-y", "chromium"]] {
-            let status = Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .unwrap_or_else(|e| panic!("run apt-get {}: {e}", args.join(" ")));
-            assert!(
-                status.success(),
-                "apt-get {} failed: install chromium by hand (the HTML report tests \
-                 need a browser)",
-                args.join(" ")
-            );
-        }
+        crate::apt_install("chromium", true, "the HTML report tests need a browser");
         find_chromium().expect("apt-get installed chromium, but there is no chromium binary")
     })
 }

@@ -359,3 +359,35 @@ pub fn wait_until_ready(child: &mut std::process::Child) {
         .expect("read the fixture");
     assert_eq!(line, "ready\n");
 }
+
+/// Installs Debian's `package` with apt-get (as root; otherwise fails
+/// saying what to run), with its recommended packages or not, for tests
+/// that need a real program: `needed_for` says which (e.g. "the HTML
+/// report tests need a browser").
+pub fn apt_install(package: &str, recommends: bool, needed_for: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let lean = if recommends {
+        ""
+    } else {
+        "--no-install-recommends"
+    };
+    assert!(
+        root,
+        "{package} is not installed and we are not root: run `sudo apt-get install -y {lean} \
+         {package}` ({needed_for})"
+    );
+    for args in [&["update"][..], &["install", "-y", lean, package]] {
+        let args: Vec<&str> = args.iter().copied().filter(|a| !a.is_empty()).collect();
+        let status = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .unwrap_or_else(|e| panic!("run apt-get {}: {e}", args.join(" ")));
+        assert!(
+            status.success(),
+            "apt-get {} failed: install {package} by hand ({needed_for})",
+            args.join(" ")
+        );
+    }
+}

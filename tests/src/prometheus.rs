@@ -19,7 +19,6 @@ use std::{
     fs::{self, File},
     io::{Read, Write},
     net::{TcpListener, TcpStream, ToSocketAddrs},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -290,28 +289,11 @@ fn installed(name: &str) -> PathBuf {
 fn install_package() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        assert!(
-            root,
-            "prometheus is not installed and we are not root: run `sudo apt-get install -y \
-             --no-install-recommends prometheus` (the monitor tests need prometheus and promtool)"
+        crate::apt_install(
+            "prometheus",
+            false,
+            "the monitor tests need prometheus and promtool",
         );
-        for args in [
-            &["update"][..],
-            &["install", "-y", "--no-install-recommends", "prometheus"],
-        ] {
-            let status = Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .unwrap_or_else(|e| panic!("run apt-get {}: {e}", args.join(" ")));
-            assert!(
-                status.success(),
-                "apt-get {} failed: install prometheus by hand (the monitor tests need \
-                 prometheus and promtool)",
-                args.join(" ")
-            );
-        }
     });
 }
 

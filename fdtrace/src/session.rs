@@ -167,24 +167,10 @@ pub fn attach(config: &AttachConfig, recording: Recording) -> Result<Outcome> {
     let command = vec![format!("attach -p {}", pids.join(" -p "))];
     let recorded = start_recording(&mut tracer, recording, &config.trace, ("attach", &command))?;
     for &pid in &config.pids {
-        // The kernel learns how to walk its Python frames (if it runs
-        // CPython) before its first traced event.
-        tracer.read_maps(pid);
-        // Traced first, then the snapshot: an fd opened in between arrives
-        // as an event later and replaces its "origin unknown" entry.
-        probes.trace(pid)?;
-        let fds = procfs::snapshot(pid)
-            .map_err(|_| anyhow!("process {pid} exited before fdtrace could attach"))?;
-        let exe = fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        tracer.add_root(pid, &exe, fds);
-        tracer.set_process(
-            pid,
-            procfs::comm(pid),
-            procfs::cmdline(pid),
-            procfs::nofile_limit(pid),
-        );
+        attach_process(&mut probes, &mut tracer, pid).map_err(|e| match e {
+            Attach::Gone(_) => anyhow!("process {pid} exited before fdtrace could attach"),
+            Attach::Kernel(e) => e,
+        })?;
     }
     eprintln!(
         "fdtrace: attached to {} in {} ms; Ctrl-C to stop",
@@ -211,6 +197,45 @@ pub fn attach(config: &AttachConfig, recording: Recording) -> Result<Outcome> {
         command_status: None,
         timeline,
     })
+}
+
+/// Why a running process could not be attached to.
+#[derive(Debug)]
+pub enum Attach {
+    /// Its descriptors could not be read: it exited, or fdtrace may not
+    /// look (the error says which); it is not traced.
+    Gone(io::Error),
+    /// The kernel's traced set refused it.
+    Kernel(anyhow::Error),
+}
+
+/// Starts tracing a running process with what it holds now (`attach`, and
+/// `monitor` for a process it picks while it runs).
+pub fn attach_process(probes: &mut Probes, tracer: &mut Tracer, tgid: u32) -> Result<(), Attach> {
+    // The kernel learns how to walk its Python frames (if it runs
+    // CPython) before its first traced event.
+    tracer.read_maps(tgid);
+    // Traced first, then the snapshot: an fd opened in between arrives as
+    // an event later and replaces its "origin unknown" entry.
+    probes.trace(tgid).map_err(Attach::Kernel)?;
+    let fds = match procfs::snapshot(tgid) {
+        Ok(fds) => fds,
+        Err(e) => {
+            let _ = probes.untrace(tgid);
+            return Err(Attach::Gone(e));
+        }
+    };
+    let exe = fs::read_link(format!("/proc/{tgid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tracer.add_root(tgid, &exe, fds);
+    tracer.set_process(
+        tgid,
+        procfs::comm(tgid),
+        procfs::cmdline(tgid),
+        procfs::nofile_limit(tgid),
+    );
+    Ok(())
 }
 
 /// Starts recording, into the trace file or (for an HTML report) memory.

@@ -40,7 +40,7 @@ use crate::{
     events::{Arrival, arrival},
     load::{ProbeOptions, Probes},
     procfs,
-    session::{monotonic_ns, new_tracer_for},
+    session::{Attach, attach_process, monotonic_ns, new_tracer_for},
     signals,
     tracer::Tracer,
 };
@@ -75,8 +75,16 @@ pub struct MonitorConfig {
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(config: &MonitorConfig) -> Result<()> {
-    // The port first: a port in use is found before BPF is loaded.
+    // The port and the processes first: found before BPF is loaded.
     let listener = http::bind(config.listen)?;
+    for &pid in &config.selection.pids {
+        if pid == std::process::id() {
+            return Err(anyhow!("cannot monitor -p {pid}: it is fdtrace itself"));
+        }
+        if let Some(problem) = procfs::attach_problem(pid) {
+            return Err(anyhow!("cannot monitor -p {pid}: {problem}"));
+        }
+    }
     let mut probes = Probes::load(ProbeOptions {
         stack_mode: config.stack_mode,
         stack_bytes: config.stack_bytes,
@@ -92,12 +100,7 @@ pub fn run(config: &MonitorConfig) -> Result<()> {
         fleet: Fleet::new(config.limits),
         pinned: HashSet::new(),
     };
-    for &pid in &config.selection.pids {
-        if let Some(problem) = procfs::attach_problem(pid) {
-            return Err(anyhow!("cannot monitor -p {pid}: {problem}"));
-        }
-        monitor.pinned.insert(pid);
-    }
+    monitor.pinned.extend(config.selection.pids.iter().copied());
     monitor.rescan(&mut probes, &mut tracer);
     let latest: http::Latest = Arc::new(Mutex::new(Arc::new(Snapshot::default())));
     monitor.publish(&mut probes, &mut tracer, &latest);
@@ -238,7 +241,7 @@ impl Monitor {
                 // this is the child of a candidate that was dropped. A
                 // kernel thread (no executable) makes no syscalls to trace.
                 if self.selection.all && fs::read_link(format!("/proc/{child}/exe")).is_ok() {
-                    admit(child, true, probes, tracer);
+                    admit(child, probes, tracer);
                 } else {
                     let _ = probes.untrace(child);
                 }
@@ -266,7 +269,7 @@ impl Monitor {
                 continue;
             }
             if self.pinned.contains(&tgid) || self.selection.picks_process(tgid) {
-                admit(tgid, true, probes, tracer);
+                admit(tgid, probes, tracer);
             }
         }
     }
@@ -310,43 +313,15 @@ fn admit_exec(tgid: u32, comm: &str, tracer: &mut Tracer) {
 /// Whether fdtrace said it may not read a process's descriptors (said once).
 static DENIED_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Starts tracking a process with what it holds now. `running`: it was
-/// not just exec'd (read its memory maps now; an exec's come as records).
-fn admit(tgid: u32, running: bool, probes: &mut Probes, tracer: &mut Tracer) {
-    if running {
-        // The kernel learns how to walk its Python frames before its first
-        // traced event.
-        tracer.read_maps(tgid);
+/// Starts tracking a process that runs now, with what it holds.
+fn admit(tgid: u32, probes: &mut Probes, tracer: &mut Tracer) {
+    if let Err(Attach::Gone(e)) = attach_process(probes, tracer, tgid)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+        && !DENIED_SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!(
+            "fdtrace: cannot read /proc/{tgid}/fd ({e}): processes fdtrace may not inspect \
+             are not traced; run it as root with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+        );
     }
-    // Traced first, then the snapshot: an fd opened in between arrives as
-    // an event later and replaces its "origin unknown" entry.
-    if probes.trace(tgid).is_err() {
-        return;
-    }
-    let fds = match procfs::snapshot(tgid) {
-        Ok(fds) => fds,
-        Err(e) => {
-            let _ = probes.untrace(tgid);
-            if e.kind() == std::io::ErrorKind::PermissionDenied
-                && !DENIED_SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                eprintln!(
-                    "fdtrace: cannot read /proc/{tgid}/fd ({e}): processes fdtrace may not \
-                     inspect are not traced; run it as root with CAP_SYS_PTRACE and \
-                     CAP_DAC_READ_SEARCH"
-                );
-            }
-            return;
-        }
-    };
-    let exe = fs::read_link(format!("/proc/{tgid}/exe"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tracer.add_root(tgid, &exe, fds);
-    tracer.set_process(
-        tgid,
-        procfs::comm(tgid),
-        procfs::cmdline(tgid),
-        procfs::nofile_limit(tgid),
-    );
 }

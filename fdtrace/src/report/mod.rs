@@ -622,7 +622,13 @@ pub fn user_frame(frames: &[FrameEntry]) -> Option<&FrameEntry> {
 pub fn site_name(frames: Vec<SymFrame>) -> Option<String> {
     let frames: Vec<FrameEntry> = frames.into_iter().map(frame_entry).collect();
     let f = user_frame(&frames).or(frames.first())?;
-    let function = f.function.as_deref().unwrap_or("??");
+    let Some(function) = f.function.as_deref() else {
+        // No symbols (a stripped binary): where in which file, which
+        // stays the same from one run to the next.
+        let module = f.module.as_deref().unwrap_or("");
+        let base = module.rsplit('/').next().unwrap_or(module);
+        return Some(format!("{base}+{}", f.address));
+    };
     Some(match (&f.file, f.line) {
         (Some(file), Some(line)) => {
             let base = file.rsplit('/').next().unwrap_or(file);
@@ -705,6 +711,51 @@ pub(crate) mod tests {
             inlined: false,
             lang: "python",
         }
+    }
+
+    fn sym(function: Option<&str>, file: Option<&str>, module: &str, python: bool) -> SymFrame {
+        SymFrame {
+            address: 0x4a1b,
+            function: function.map(str::to_owned),
+            file: file.map(str::to_owned),
+            line: file.map(|_| 12),
+            module: Some(module.to_owned()),
+            inlined: false,
+            python,
+        }
+    }
+
+    #[test]
+    fn a_site_is_named_by_the_innermost_frame_of_the_programs_own_code() {
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let c = vec![
+            sym(Some("__libc_open64"), Some("open64.c"), libc, false),
+            sym(
+                Some("leak_one"),
+                Some("/src/svc/fleet.c"),
+                "/src/svc/fleet",
+                false,
+            ),
+            sym(
+                Some("main"),
+                Some("/src/svc/fleet.c"),
+                "/src/svc/fleet",
+                false,
+            ),
+        ];
+        assert_eq!(site_name(c).as_deref(), Some("leak_one (fleet.c:12)"));
+        let python = vec![
+            sym(Some("__libc_open64"), Some("open64.c"), libc, false),
+            sym(Some("Cache.fill"), Some("/srv/app/cache.py"), "", true),
+        ];
+        assert_eq!(
+            site_name(python).as_deref(),
+            Some("Cache.fill (cache.py:12)")
+        );
+        // No symbols at all: the file and the address, stable across runs.
+        let stripped = vec![sym(None, None, "/usr/bin/prometheus", false)];
+        assert_eq!(site_name(stripped).as_deref(), Some("prometheus+0x4a1b"));
+        assert_eq!(site_name(Vec::new()), None);
     }
 
     fn leak(fd: i32, target: &str) -> LeakEntry {

@@ -323,6 +323,10 @@ pub enum Arrival {
         parent: u32,
         child: u32,
     },
+    /// A whole process exited: its pid may be reused.
+    Exit {
+        tgid: u32,
+    },
 }
 
 /// The kernel's `TASK_COMM_LEN` less its terminating NUL.
@@ -364,6 +368,9 @@ pub fn arrival(bytes: &[u8]) -> Option<Arrival> {
         let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
         let comm = String::from_utf8_lossy(&name[..name.len().min(COMM_LEN)]).into_owned();
         return Some(Arrival::Exec { tgid, comm, cgroup });
+    }
+    if kind == EventKind::Exit as u32 {
+        return Some(Arrival::Exit { tgid });
     }
     if kind == EventKind::Fork as u32 {
         // `args[0]`, a pid, in the low half of the word (little-endian).

@@ -333,6 +333,11 @@ impl Probes {
         Ok(())
     }
 
+    /// The thread-group ids in the kernel's traced set now.
+    pub fn traced(&self) -> Vec<u32> {
+        self.traced.keys().filter_map(Result::ok).collect()
+    }
+
     /// Gives back the fast "nobody traced here" answer to slots that only
     /// say someone once was (`TRACED_SLOT_USED`), so a monitor that saw
     /// many processes come and go does not send every syscall on the host

@@ -86,9 +86,11 @@ pub struct Tracer {
 /// Descriptors a process came to hold at one stack: created there, or
 /// copied at a fork or kept across an exec (`monitor` counts them by
 /// program and site).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
     pub tgid: u32,
+    /// The program it ran then.
+    pub comm: Arc<str>,
     /// `None`: created without a stack sample.
     pub stack: Option<StackId>,
     pub count: u32,
@@ -168,6 +170,19 @@ impl Tracer {
         self.opened.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Stops following `tgid` at once (a monitor's process it no longer
+    /// selects, or evicts): its table entry and the stacks it held, its
+    /// address space, its Python state and the kernel's walker entry.
+    pub fn drop_process(&mut self, tgid: u32) {
+        let used = self.table.drop_process(tgid);
+        for r in used.released {
+            self.stacks.release(r);
+        }
+        self.stacks.forget(tgid);
+        self.python.forget(tgid);
+        let _ = (self.python_walker)(tgid, None);
+    }
+
     /// Lets go of the symbol tables parsed so far (a daemon's binaries
     /// change on upgrade).
     pub fn drop_parsed_files(&mut self) {
@@ -217,6 +232,9 @@ impl Tracer {
     fn note_opened(&mut self, event: &Event, stack: Option<StackRef>) {
         let tgid = event.tgid;
         let mut found: Vec<Opened> = Vec::new();
+        let comm = |table: &FdTable, tgid: u32| -> Arc<str> {
+            Arc::from(table.processes.get(&tgid).map_or("", |p| p.comm.as_str()))
+        };
         match &event.action {
             Action::Create(c) => {
                 let count = c
@@ -227,6 +245,7 @@ impl Tracer {
                 if count > 0 {
                     found.push(Opened {
                         tgid,
+                        comm: comm(&self.table, tgid),
                         stack: stack.and_then(|r| self.stacks.resolve(r)),
                         count: u32::try_from(count).unwrap_or(u32::MAX),
                     });
@@ -250,6 +269,7 @@ impl Tracer {
         let Some(p) = self.table.processes.get(&tgid) else {
             return Vec::new();
         };
+        let comm: Arc<str> = Arc::from(p.comm.as_str());
         let refs: Vec<Option<StackRef>> = p
             .fds
             .iter()
@@ -262,6 +282,7 @@ impl Tracer {
         refs.into_iter()
             .map(|r| Opened {
                 tgid,
+                comm: comm.clone(),
                 stack: r.and_then(|r| self.stacks.resolve(r)),
                 count: 1,
             })
@@ -790,4 +811,29 @@ impl Tracer {
 fn is_python_like(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or("");
     name.starts_with("python") || name.starts_with("libpython")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_process_leaves_no_address_space_or_table_entry_behind() {
+        let mut tracer = Tracer::new(StackMode::FramePointer);
+        let mut walked = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        tracer.set_python_walker(Box::new(move |tgid, walk| {
+            let _ = tx.send((tgid, walk.is_some()));
+            Ok(())
+        }));
+        tracer.add_root(100, "/bin/svc", vec![]);
+        tracer.stacks.set_maps(100, ProcessMaps::default());
+        assert_eq!(tracer.stacks.space_count(), 1);
+        tracer.drop_process(100);
+        assert_eq!(tracer.stacks.space_count(), 0);
+        assert!(tracer.table.processes.is_empty() && tracer.table.order.is_empty());
+        walked.extend(rx.try_iter());
+        // The kernel's walker entry for it is removed too.
+        assert_eq!(walked, vec![(100, false)]);
+    }
 }

@@ -101,7 +101,7 @@ impl Fleet {
     pub fn update(&mut self, tracer: &mut Tracer) -> Vec<u32> {
         let opened = tracer.take_opened();
         let (table, stacks, symbols) = tracer.parts();
-        self.count_opened(&opened, table, stacks, symbols);
+        self.count_opened(&opened, stacks, symbols);
         let findings = table.take_findings();
         let failed: Vec<StackId> = findings
             .exhaustions
@@ -126,32 +126,23 @@ impl Fleet {
             stacks.release(r);
         }
         table.forget_exited();
-        let evict = self.over_max_fds(table);
-        for &tgid in &evict {
-            let used = table.drop_process(tgid);
-            for r in used.released {
-                stacks.release(r);
-            }
-        }
         if stacks.interned_count() >= self.limits().max_stacks {
             let freed = stacks.sweep();
             symbols.forget(&freed);
             self.names.retain(|id, _| !freed.contains(id));
         }
+        let evict = self.over_max_fds(&tracer.table);
+        for &tgid in &evict {
+            tracer.drop_process(tgid);
+        }
         evict
     }
 
-    fn count_opened(
-        &mut self,
-        opened: &[Opened],
-        table: &FdTable,
-        stacks: &Stacks,
-        symbols: &mut Symbols,
-    ) {
+    fn count_opened(&mut self, opened: &[Opened], stacks: &Stacks, symbols: &mut Symbols) {
         self.name_all(opened.iter().filter_map(|o| o.stack), stacks, symbols);
         let now = Instant::now();
         for o in opened {
-            let comm = comm_of(table, o.tgid);
+            let comm = o.comm.clone();
             // Seen now, even if it exits before the next snapshot.
             self.programs.insert(comm.clone(), now);
             let site = self.site(o.stack, stacks, symbols);

@@ -6,8 +6,8 @@
 //! -> fd table), with three stages around it: [`select`] decides about
 //! every process that execs or forks into view before its record is
 //! applied, [`fleet`] turns the table into counts once a second, and
-//! [`http`] serves the latest [`Snapshot`] to scrapers without ever
-//! waiting on tracing.
+//! [`http`] serves the latest [`Snapshot`] to scrapers from a thread of
+//! its own, so neither waits on the other.
 
 pub mod fleet;
 pub mod http;
@@ -99,6 +99,8 @@ pub fn run(config: &MonitorConfig) -> Result<()> {
         selection: config.selection.clone(),
         fleet: Fleet::new(config.limits),
         pinned: HashSet::new(),
+        unwanted: HashSet::new(),
+        strays: HashSet::new(),
     };
     monitor.pinned.extend(config.selection.pids.iter().copied());
     monitor.rescan(&mut probes, &mut tracer);
@@ -113,15 +115,26 @@ pub fn run(config: &MonitorConfig) -> Result<()> {
         },
         config.listen
     );
+    // Scrapes are answered on their own thread, from the last snapshot:
+    // neither waits on the other.
+    let served = latest.clone();
+    std::thread::Builder::new()
+        .name("metrics".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                let _ = runtime.block_on(http::serve(listener, served));
+            }
+        })
+        .context("start the metrics endpoint")?;
     let ring = probes.take_events().context("ring buffer already taken")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the event loop")?;
-    runtime.block_on(async {
-        tokio::spawn(http::serve(listener, latest.clone()));
-        monitor.run(ring, &mut probes, &mut tracer, &latest).await
-    })
+    runtime.block_on(monitor.run(ring, &mut probes, &mut tracer, &latest))
 }
 
 struct Monitor {
@@ -130,6 +143,11 @@ struct Monitor {
     fleet: Fleet,
     /// `-p` processes and their descendants: kept whatever they exec.
     pinned: HashSet<u32>,
+    /// Processes this batch of records dropped, untraced at its end.
+    unwanted: HashSet<u32>,
+    /// Processes in the kernel's traced set but not followed, at the last
+    /// rescan: candidates whose exec record was lost.
+    strays: HashSet<u32>,
 }
 
 impl Monitor {
@@ -197,34 +215,42 @@ impl Monitor {
             }
             tracer.handle(&item);
         }
+        // Decided once the batch is read: in a chain of execs (`env
+        // prog`, `sh -c prog`) a later record about the same process may
+        // keep what an earlier one dropped.
+        for tgid in std::mem::take(&mut self.unwanted) {
+            if !is_live(tracer, tgid) {
+                let _ = probes.untrace(tgid);
+            }
+        }
     }
 
-    /// Keeps or drops a process that exec'd, and picks up a new process
-    /// whose parent is not traced (`--all`).
+    /// Keeps or drops a process that exec'd, picks up a new process whose
+    /// parent is not traced (`--all`), and forgets an exited process's pid.
     fn arrive(&mut self, arrival: Arrival, probes: &mut Probes, tracer: &mut Tracer) {
         match arrival {
             Arrival::Exec { tgid, comm, cgroup } => {
+                if tracer.table.processes.contains_key(&tgid) && !is_live(tracer, tgid) {
+                    // A pid reused before its exited owner was forgotten.
+                    tracer.drop_process(tgid);
+                }
                 // Decided from the record: a short-lived program may be
                 // gone before /proc could be read.
+                let in_cgroup = self.cgroup_ids.contains(cgroup).unwrap_or_else(|| {
+                    select::cgroup_of(tgid).is_some_and(|c| self.selection.in_cgroups(&c))
+                });
                 let keep = self.pinned.contains(&tgid)
                     || (!self.fleet.evicted.contains(&tgid)
-                        && self
-                            .selection
-                            .picks(&comm, self.cgroup_ids.contains(cgroup)));
-                let known = tracer.table.processes.contains_key(&tgid);
-                match (known, keep) {
+                        && self.selection.picks(&comm, in_cgroup));
+                match (is_live(tracer, tgid), keep) {
                     (true, true) => {}
-                    // In the kernel's traced set since its exec.
-                    (false, true) => admit_exec(tgid, &comm, tracer),
+                    (false, true) => admit_exec(tgid, &comm, probes, tracer),
                     (true, false) => {
-                        let used = tracer.table.drop_process(tgid);
-                        for r in used.released {
-                            tracer.stacks.release(r);
-                        }
-                        let _ = probes.untrace(tgid);
+                        tracer.drop_process(tgid);
+                        self.unwanted.insert(tgid);
                     }
                     (false, false) => {
-                        let _ = probes.untrace(tgid);
+                        self.unwanted.insert(tgid);
                     }
                 }
             }
@@ -232,9 +258,7 @@ impl Monitor {
                 if self.pinned.contains(&parent) {
                     self.pinned.insert(child);
                 }
-                if tracer.table.processes.contains_key(&parent)
-                    || tracer.table.processes.contains_key(&child)
-                {
+                if is_live(tracer, parent) || is_live(tracer, child) {
                     return;
                 }
                 // The kernel traces every new process with `--all`; else
@@ -243,8 +267,13 @@ impl Monitor {
                 if self.selection.all && fs::read_link(format!("/proc/{child}/exe")).is_ok() {
                     admit(child, probes, tracer);
                 } else {
-                    let _ = probes.untrace(child);
+                    self.unwanted.insert(child);
                 }
+            }
+            Arrival::Exit { tgid } => {
+                // Its pid may come back as another process.
+                self.pinned.remove(&tgid);
+                self.fleet.evicted.remove(&tgid);
             }
         }
     }
@@ -252,12 +281,24 @@ impl Monitor {
     /// Reads /proc for processes the selection picks that are not traced
     /// (at start, renamed, moved into a cgroup) and refreshes limits.
     fn rescan(&mut self, probes: &mut Probes, tracer: &mut Tracer) {
+        // What the kernel traces that fdtrace does not follow, twice in a
+        // row (a candidate whose exec record was lost in a full ring):
+        // no longer traced.
+        let strays: HashSet<u32> = probes
+            .traced()
+            .into_iter()
+            .filter(|t| !tracer.table.processes.contains_key(t))
+            .collect();
+        for &tgid in strays.intersection(&self.strays) {
+            let _ = probes.untrace(tgid);
+        }
+        self.strays = strays;
         let host = select::host_processes();
         let alive: HashSet<u32> = host.iter().copied().collect();
         self.fleet.evicted.retain(|t| alive.contains(t));
         self.pinned.retain(|t| alive.contains(t));
         for tgid in host {
-            if tracer.table.processes.contains_key(&tgid) {
+            if is_live(tracer, tgid) {
                 if let Some(p) = tracer.table.processes.get_mut(&tgid)
                     && let Some(limit) = procfs::nofile_limit(tgid)
                 {
@@ -293,11 +334,28 @@ impl Monitor {
     }
 }
 
+/// Whether the table follows `tgid` and it has not exited.
+fn is_live(tracer: &Tracer, tgid: u32) -> bool {
+    tracer
+        .table
+        .processes
+        .get(&tgid)
+        .is_some_and(|p| p.exited_ns.is_none())
+}
+
 /// Starts tracking a program the kernel traced from its exec on, whose
 /// records wait in the ring: with what it holds now if it still runs, with
 /// nothing if it already exited (its records say what it did).
-fn admit_exec(tgid: u32, comm: &str, tracer: &mut Tracer) {
-    let fds = procfs::snapshot(tgid).unwrap_or_default();
+fn admit_exec(tgid: u32, comm: &str, probes: &mut Probes, tracer: &mut Tracer) {
+    let fds = match procfs::snapshot(tgid) {
+        Ok(fds) => {
+            // Traced since its exec, unless an earlier batch dropped it
+            // on a record from before this exec.
+            let _ = probes.trace(tgid);
+            fds
+        }
+        Err(_) => Vec::new(),
+    };
     let exe = fs::read_link(format!("/proc/{tgid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| comm.to_owned());

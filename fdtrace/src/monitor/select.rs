@@ -96,10 +96,10 @@ pub struct CgroupIds {
     walked: Option<Instant>,
 }
 
-/// Directories walked at most per subtree (a bound on a hostile tree).
-const MAX_CGROUPS: usize = 100_000;
-/// A subtree is walked again for an unknown id at most this often.
-const REWALK: Duration = Duration::from_millis(100);
+/// Directories walked at most (a bound on a hostile delegated tree).
+const MAX_CGROUPS: usize = 10_000;
+/// The subtrees are walked again for an unknown id at most this often.
+const REWALK: Duration = Duration::from_secs(1);
 
 impl CgroupIds {
     /// The subtrees `selection` names, walked once now.
@@ -122,25 +122,28 @@ impl CgroupIds {
     }
 
     /// Whether cgroup `id` is in a selected subtree; a new one (created
-    /// since the last walk) is looked for.
-    pub fn contains(&mut self, id: u64) -> bool {
+    /// since the last walk) is looked for. `None`: not known, and the
+    /// subtrees were walked too recently to walk them again (the caller
+    /// asks /proc instead).
+    pub fn contains(&mut self, id: u64) -> Option<bool> {
         if self.roots.is_empty() || self.outside.contains(&id) {
-            return false;
+            return Some(false);
         }
         if self.inside.contains(&id) {
-            return true;
+            return Some(true);
         }
-        if self.walked.is_none_or(|at| at.elapsed() >= REWALK) {
-            self.walk();
-            if self.inside.contains(&id) {
-                return true;
-            }
-            if self.outside.len() >= MAX_CGROUPS {
-                self.outside.clear();
-            }
-            self.outside.insert(id);
+        if self.walked.is_some_and(|at| at.elapsed() < REWALK) {
+            return None;
         }
-        false
+        self.walk();
+        if self.inside.contains(&id) {
+            return Some(true);
+        }
+        if self.outside.len() >= MAX_CGROUPS {
+            self.outside.clear();
+        }
+        self.outside.insert(id);
+        Some(false)
     }
 
     fn walk(&mut self) {

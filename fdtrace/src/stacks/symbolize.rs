@@ -41,6 +41,11 @@ pub fn symbolize(
     let mut resolved: HashMap<(Arc<PathBuf>, u64), Vec<SymFrame>> = HashMap::new();
     for (module, svmas) in by_module {
         let svmas: Vec<u64> = svmas.into_iter().collect();
+        // The symbolizer opens the path itself: not one that is no longer
+        // a regular file (a FIFO put there would block it).
+        if super::unwind::open_regular(&module).is_none() {
+            continue;
+        }
         let source = Source::Elf(Elf::new(module.as_path()));
         let module_name = module.display().to_string();
         let results = symbolizer

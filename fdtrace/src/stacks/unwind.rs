@@ -50,6 +50,22 @@ fn page_ceil(x: u64) -> u64 {
     page_floor(x.saturating_add(PAGE - 1))
 }
 
+/// Largest section kept: a file a traced user controls may claim any size.
+const MAX_SECTION: u64 = 1 << 30;
+
+/// Opens a mapped file for reading only if it is a regular file: a path a
+/// traced program controls may since have become a FIFO, whose open would
+/// block fdtrace. (Links are followed: an exec'd path is often one.)
+pub fn open_regular(path: &std::path::Path) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
+}
+
 /// `PT_INTERP` of a 64-bit ELF file: the program's dynamic loader.
 fn interpreter_of<'data>(file: impl object::ReadRef<'data>) -> Option<String> {
     use object::read::elf::{FileHeader as _, ProgramHeader as _};
@@ -78,10 +94,10 @@ pub struct ElfModule {
 }
 
 impl ElfModule {
-    fn parse(path: &PathBuf) -> Option<Self> {
+    fn parse(path: &std::path::Path) -> Option<Self> {
         // Read lazily: only the headers and the sections kept below leave
         // the disk, not a large library's debug info.
-        let cache = object::read::ReadCache::new(fs::File::open(path).ok()?);
+        let cache = object::read::ReadCache::new(open_regular(path)?);
         let elf = object::File::parse(&cache).ok()?;
         let segments = elf
             .segments()
@@ -110,6 +126,9 @@ impl ElfModule {
         ] {
             if let Some(section) = elf.section_by_name(name) {
                 if section.file_range().is_none() {
+                    continue;
+                }
+                if section.size() > MAX_SECTION {
                     continue;
                 }
                 let Ok(bytes) = section.data() else {

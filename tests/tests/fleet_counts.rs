@@ -11,7 +11,7 @@ use std::{
 
 use fdtrace_tests::{
     bpf_or_skip, c_fixture, fixture_source, marker_line,
-    monitor::{DEADLINE, Monitor, POLL, diagnostics},
+    monitor::{DEADLINE, Monitor, POLL, diagnostics, signal},
     prometheus::{Sample, parse_metrics},
     python, scratch_dir, wait_until_ready,
 };
@@ -54,6 +54,15 @@ fn run(program: &std::path::Path, args: &[&str]) {
         "{} {args:?}: {status}",
         program.display()
     );
+}
+
+/// Kills a process this test started indirectly (a shell's child).
+struct KilledPid(u32);
+
+impl Drop for KilledPid {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGKILL);
+    }
 }
 
 struct Killed(Child);
@@ -221,4 +230,67 @@ fn past_max_fds_the_process_holding_most_is_evicted_and_stays_out() {
     );
     assert_eq!(value(&later, "fdtrace_evicted_total", &evicted), Some(1.0));
     assert_eq!(monitor.stop().code(), Some(0));
+}
+
+#[test]
+fn programs_started_through_env_or_a_shell_keep_being_traced() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let dir = scratch_dir("fleet-chain");
+    let binary = dir.join("chainsvc");
+    std::fs::copy(c_fixture("fleet.c"), &binary).expect("copy the fleet fixture");
+    let monitor = Monitor::start(&["--comm", "chainsvc"]);
+    // `env` execs the program in the same process; `sh -c 'prog; :'`
+    // forks a child that execs it. Both pass through a program the
+    // selection drops first.
+    let mut via_env = Command::new("/usr/bin/env")
+        .arg(&binary)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start env chainsvc");
+    wait_until_ready(&mut via_env);
+    let mut via_sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{}; :", binary.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start sh -c chainsvc");
+    wait_until_ready(&mut via_sh);
+    let pids = [via_env.id(), child_of(via_sh.id())];
+    let (_env, _sh, _child) = (Killed(via_env), Killed(via_sh), KilledPid(pids[1]));
+    // Each keeps leaking one descriptor every 200 ms: what fdtrace counts
+    // for each must keep up with what /proc shows.
+    for pid in pids {
+        let pid_label = pid.to_string();
+        let process = [("pid", pid_label.as_str()), ("comm", "chainsvc")];
+        let samples = wait_for(&monitor, "descriptors of a chained program", |s| {
+            value(s, "fdtrace_open_fds", &process).is_some_and(|v| v >= 25.0)
+        });
+        let open = value(&samples, "fdtrace_open_fds", &process).unwrap_or(0.0);
+        let in_proc = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        // Within a second of leaks (fdtrace publishes once a second).
+        assert!(
+            (open - in_proc as f64).abs() <= 6.0,
+            "process {pid}: fdtrace counts {open}, /proc has {in_proc}\n{}",
+            diagnostics(&monitor, None)
+        );
+    }
+    assert_eq!(monitor.stop().code(), Some(0));
+}
+
+/// The only child of `pid` (the program `sh -c` started).
+fn child_of(pid: u32) -> u32 {
+    let started = Instant::now();
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().expect("a pid");
+        }
+        assert!(started.elapsed() < DEADLINE, "{pid} started no child");
+        thread::sleep(POLL);
+    }
 }

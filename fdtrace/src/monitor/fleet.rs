@@ -129,6 +129,7 @@ impl Fleet {
         if stacks.interned_count() >= self.limits().max_stacks {
             let freed = stacks.sweep();
             symbols.forget(&freed);
+            let freed: HashSet<StackId> = freed.into_iter().collect();
             self.names.retain(|id, _| !freed.contains(id));
         }
         let evict = self.over_max_fds(&tracer.table);
@@ -176,14 +177,11 @@ impl Fleet {
         let Some(id) = stack else {
             return Arc::from(NO_STACK);
         };
-        if let Some(name) = self.names.get(&id) {
-            return name.clone();
-        }
-        symbols.ensure(stacks, &[id]);
-        let name: Arc<str> =
-            site_name(symbols.frames(id).to_vec()).map_or_else(|| Arc::from(OTHER), Arc::from);
-        self.names.insert(id, name.clone());
-        name
+        self.name_all(std::iter::once(id), stacks, symbols);
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(OTHER))
     }
 
     /// The processes to stop tracing, largest first, so the table holds

@@ -4,10 +4,16 @@
 //! `_Py_DebugOffsets` at the start of `_PyRuntime`, or `Py_Version`), so
 //! recognising an interpreter never needs a process stopped to read it.
 
-use std::{fs, ops::Range, path::Path};
+use std::{ops::Range, path::Path};
 
 use fdtrace_common::{PyBinary, PyWalk};
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SegmentFlags, elf::PF_X};
+use object::{
+    LittleEndian, Object as _, ObjectSegment as _, ReadCache, ReadRef, SectionIndex, SegmentFlags,
+    elf::{PF_X, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC, STT_NOTYPE, STT_OBJECT, Sym64},
+    read::elf::{ElfFile64, SectionHeader as _},
+};
+
+use crate::stacks::unwind::open_regular;
 
 use super::layout::{DEBUG_COOKIE, Layout, from_debug_offsets, table};
 
@@ -72,36 +78,37 @@ impl Module {
     }
 }
 
-/// Reads a python executable or libpython; `None` if it is not an ELF file.
+/// Reads a python executable or libpython; `None` if it is not an ELF file
+/// (or not a regular file). Only the headers, the symbol tables and a few
+/// bytes of data are read, not the whole file (a libpython with its debug
+/// information is tens of megabytes): recognising an interpreter must take
+/// less than the interpreter takes to start.
 pub fn read_module(path: &Path) -> Option<Module> {
-    let data = fs::read(path).ok()?;
-    let elf = object::File::parse(&*data).ok()?;
-    let mut runtime = None;
-    let mut code_type = None;
-    let mut version = None;
-    let mut interpreter = false;
-    let mut eval = Vec::new();
-    for sym in elf.dynamic_symbols().chain(elf.symbols()) {
-        if !sym.is_definition() {
-            continue;
-        }
-        match sym.name() {
-            Ok("Py_Initialize") => interpreter = true,
-            Ok("_PyRuntime") => runtime = Some(sym.address()),
-            Ok("PyCode_Type") => code_type = Some(sym.address()),
-            Ok("Py_Version") => version = Some(sym.address()),
-            Ok(name)
-                if name == "_PyEval_EvalFrameDefault"
-                    || name.starts_with("_PyEval_EvalFrameDefault.") =>
-            {
-                let range = sym.address()..sym.address() + sym.size().max(1);
-                if !eval.contains(&range) {
-                    eval.push(range);
-                }
+    let cache = ReadCache::new(open_regular(path)?);
+    let data = &cache;
+    // x86_64 only: a big-endian file does not parse.
+    let elf = ElfFile64::<LittleEndian, _>::parse(data).ok()?;
+    // Each table and its strings in one read: through the cache, every
+    // name would be a read of its own.
+    let mut symbols = Symbols::default();
+    let table = elf.elf_section_table();
+    for kind in [SHT_DYNSYM, SHT_SYMTAB] {
+        for section in table.iter().filter(|s| s.sh_type(LittleEndian) == kind) {
+            let strings = table
+                .section(SectionIndex(section.sh_link(LittleEndian) as usize))
+                .and_then(|s| s.data(LittleEndian, data));
+            if let (Ok(entries), Ok(strings)) = (section.data(LittleEndian, data), strings) {
+                symbols.scan(entries, strings);
             }
-            _ => {}
         }
     }
+    let Symbols {
+        runtime,
+        code_type,
+        version,
+        interpreter,
+        eval,
+    } = symbols;
     let segments: Vec<Segment> = elf
         .segments()
         .map(|s| {
@@ -115,7 +122,7 @@ pub fn read_module(path: &Path) -> Option<Module> {
         })
         .collect();
     let named = version_in_name(path.file_name()?.to_str()?);
-    let layout = static_layout(&data, &segments, runtime, version, named);
+    let layout = static_layout(data, &segments, runtime, version, named);
     Some(Module {
         runtime,
         code_type,
@@ -128,11 +135,64 @@ pub fn read_module(path: &Path) -> Option<Module> {
     })
 }
 
+/// What the symbol tables say about an interpreter.
+#[derive(Default)]
+struct Symbols {
+    runtime: Option<u64>,
+    code_type: Option<u64>,
+    version: Option<u64>,
+    interpreter: bool,
+    eval: Vec<Range<u64>>,
+}
+
+impl Symbols {
+    /// Reads the definitions in an `Elf64_Sym` table (little-endian) whose
+    /// names are in `strings`.
+    fn scan(&mut self, entries: &[u8], strings: &[u8]) {
+        const SHN_LORESERVE: u16 = 0xff00;
+        for entry in entries.chunks_exact(size_of::<Sym64<LittleEndian>>()) {
+            let word =
+                |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().unwrap_or([0; 8]));
+            let name_at = u32::from_le_bytes(entry[..4].try_into().unwrap_or([0; 4]));
+            let kind = entry[4] & 0xf;
+            let section = u16::from_le_bytes([entry[6], entry[7]]);
+            if section == 0
+                || section >= SHN_LORESERVE
+                || !matches!(kind, STT_NOTYPE | STT_OBJECT | STT_FUNC)
+            {
+                continue;
+            }
+            let Some(name) = strings
+                .get(name_at as usize..)
+                .and_then(|rest| rest.split(|&b| b == 0).next())
+            else {
+                continue;
+            };
+            let (address, size) = (word(8), word(16));
+            match name {
+                b"Py_Initialize" => self.interpreter = true,
+                b"_PyRuntime" => self.runtime = Some(address),
+                b"PyCode_Type" => self.code_type = Some(address),
+                b"Py_Version" => self.version = Some(address),
+                _ if name == b"_PyEval_EvalFrameDefault"
+                    || name.starts_with(b"_PyEval_EvalFrameDefault.") =>
+                {
+                    let range = address..address + size.max(1);
+                    if !self.eval.contains(&range) {
+                        self.eval.push(range);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// The interpreter's layout from what the file holds: the debug offsets
 /// `_PyRuntime` starts with (3.13+), else the version in `Py_Version`
 /// (3.11+), else the one in the file name.
-fn static_layout(
-    data: &[u8],
+fn static_layout<'data>(
+    data: impl ReadRef<'data>,
     segments: &[Segment],
     runtime: Option<u64>,
     version: Option<u64>,
@@ -159,14 +219,20 @@ fn static_layout(
 /// Up to `len` bytes of the file's initialised data at address `vaddr`
 /// (from the PT_LOAD segment that holds it); `None` if the file has none
 /// there (a `.bss` variable).
-pub fn file_bytes(data: &[u8], segments: &[Segment], vaddr: u64, len: usize) -> Option<Vec<u8>> {
+pub fn file_bytes<'data>(
+    data: impl ReadRef<'data>,
+    segments: &[Segment],
+    vaddr: u64,
+    len: usize,
+) -> Option<Vec<u8>> {
     let s = segments
         .iter()
         .find(|s| s.vaddr <= vaddr && vaddr < s.vaddr + s.file_size)?;
     let start = s.offset + (vaddr - s.vaddr);
     let end = (start + u64::try_from(len).ok()?).min(s.offset + s.file_size);
-    let range = usize::try_from(start).ok()?..usize::try_from(end).ok()?;
-    data.get(range).map(<[u8]>::to_vec)
+    data.read_bytes_at(start, end.checked_sub(start)?)
+        .ok()
+        .map(<[u8]>::to_vec)
 }
 
 /// `python3.11` or `libpython3.11.so.1.0` -> (3, 11).
@@ -213,19 +279,75 @@ mod tests {
         (data, segments)
     }
 
+    /// An `Elf64_Sym` entry, little-endian.
+    fn symbol(name_at: u32, kind: u8, section: u16, address: u64, size: u64) -> Vec<u8> {
+        let mut entry = name_at.to_le_bytes().to_vec();
+        entry.extend([kind, 0]);
+        entry.extend(section.to_le_bytes());
+        entry.extend(address.to_le_bytes());
+        entry.extend(size.to_le_bytes());
+        entry
+    }
+
+    #[test]
+    fn symbol_tables_give_the_runtime_the_code_type_and_each_eval_loop_part() {
+        let strings = b"\0_PyRuntime\0PyCode_Type\0_PyEval_EvalFrameDefault\0\
+            _PyEval_EvalFrameDefault.cold\0Py_Initialize\0Py_Version\0";
+        let at = |name: &str| {
+            let needle = [b"\0", name.as_bytes(), b"\0"].concat();
+            let i = strings
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap();
+            u32::try_from(i + 1).unwrap()
+        };
+        let (object, func, notype, section) = (1, 2, 0, 5);
+        let entries: Vec<u8> = [
+            symbol(0, 0, 0, 0, 0),
+            symbol(at("_PyRuntime"), object, section, 0x5000, 0x100),
+            // An undefined reference names nothing.
+            symbol(at("PyCode_Type"), object, 0, 0, 0),
+            symbol(at("PyCode_Type"), object, section, 0x6000, 0x40),
+            symbol(at("_PyEval_EvalFrameDefault"), func, section, 0x1000, 0x800),
+            symbol(
+                at("_PyEval_EvalFrameDefault.cold"),
+                notype,
+                section,
+                0x9000,
+                0,
+            ),
+            // Absolute (SHN_ABS) and section symbols are not definitions.
+            symbol(at("Py_Version"), object, 0xfff1, 0x7000, 8),
+            symbol(at("Py_Initialize"), 3, section, 0x2000, 0x10),
+            // Cut short: ignored.
+            symbol(at("Py_Initialize"), func, section, 0x2000, 0x10)[..20].to_vec(),
+        ]
+        .concat();
+        let mut symbols = Symbols::default();
+        symbols.scan(&entries, strings);
+        assert_eq!(symbols.runtime, Some(0x5000));
+        assert_eq!(symbols.code_type, Some(0x6000));
+        assert_eq!(symbols.version, None);
+        assert!(!symbols.interpreter);
+        assert_eq!(symbols.eval, [0x1000..0x1800, 0x9000..0x9001]);
+        // A name past the end of the strings is skipped, not a panic.
+        symbols.scan(&symbol(9999, func, section, 1, 1), strings);
+        assert_eq!(symbols.eval.len(), 2);
+    }
+
     #[test]
     fn py_version_is_read_from_the_file() {
         let (data, segments) = image(&0x030b_07f0u64.to_ne_bytes());
         assert_eq!(
-            file_bytes(&data, &segments, 0x403010, 8),
+            file_bytes(&data[..], &segments, 0x403010, 8),
             Some(0x030b_07f0u64.to_ne_bytes().to_vec())
         );
-        let layout = static_layout(&data, &segments, None, Some(0x403010), None).unwrap();
+        let layout = static_layout(&data[..], &segments, None, Some(0x403010), None).unwrap();
         assert_eq!((layout.major, layout.minor), (3, 11));
         // Past the segment's file bytes (.bss) there is nothing to read.
-        assert_eq!(file_bytes(&data, &segments, 0x403100, 8), None);
+        assert_eq!(file_bytes(&data[..], &segments, 0x403100, 8), None);
         // Then the file name decides.
-        let named = static_layout(&data, &segments, Some(0x403100), None, Some((3, 9)));
+        let named = static_layout(&data[..], &segments, Some(0x403100), None, Some((3, 9)));
         assert_eq!(named.map(|l| l.minor), Some(9));
     }
 
@@ -242,7 +364,7 @@ mod tests {
             executable: false,
         }];
         // Py_Version would say 3.11: the debug offsets win.
-        let layout = static_layout(&data, &segments, Some(0x403010), None, Some((3, 11)));
+        let layout = static_layout(&data[..], &segments, Some(0x403010), None, Some((3, 11)));
         let layout = layout.unwrap();
         assert_eq!((layout.major, layout.minor), (3, 13));
         assert_eq!(layout.walk.interp_head, 632);

@@ -72,6 +72,12 @@ pub const PYTHON_MAP: &str = "PYTHON";
 /// interpreters userspace recognised, so the kernel can walk a process that
 /// maps one from its first syscall.
 pub const PYTHON_BINARIES_MAP: &str = "PY_BINARIES";
+/// Name of the small ring buffer through which the kernel tells userspace,
+/// at once and apart from the event stream, that a traced process exec'd or
+/// mapped executable code from a file named like a CPython interpreter
+/// (`python…`, `libpython…`) that is not in [`PYTHON_BINARIES_MAP`]. Each
+/// record is one `u64`: the thread-group id.
+pub const PYTHON_HINTS_MAP: &str = "PY_HINTS";
 
 /// Largest user stack copy (`--stack-bytes`).
 pub const MAX_STACK_BYTES: usize = 32 * 1024;

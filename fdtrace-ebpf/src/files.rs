@@ -220,13 +220,35 @@ pub extern "C" fn fdtrace_file_record(file: u64, ids: u64, usage: u64, a0: u64, 
         if truncated {
             (*rec).flags |= FILE_PATH_TRUNCATED;
         }
-        if kind != FileUse::Received as u32 && !truncated {
-            let file = path_identity(path, start);
-            python::file_mapped(tgid, file, a0, a1, kind == FileUse::Exec as u32);
+        if kind != FileUse::Received as u32
+            && !truncated
+            && !python::file_mapped(
+                tgid,
+                path_identity(path, start),
+                a0,
+                a1,
+                kind == FileUse::Exec as u32,
+            )
+            && python::named_like_python(name_head(file))
+        {
+            python::hint(tgid);
         }
     }
     entry.submit(0);
     0
+}
+
+/// The first eight bytes of `file`'s name (its dentry's), zero-padded.
+#[inline(always)]
+fn name_head(file: u64) -> u64 {
+    let dentry: u64 = read(file + offset(KernelOffset::FilePath) + 8);
+    let chars: u64 = read(dentry + offset(KernelOffset::DentryName) + 8);
+    let len: u32 = read(dentry + offset(KernelOffset::DentryName) + 4);
+    let head: u64 = read(chars);
+    match len {
+        0..8 => head & ((1u64 << (8 * len)) - 1),
+        _ => head,
+    }
 }
 
 /// The [`PyFile`] of the path in `buf[start..FILE_PATH_END]`: FNV-1a, as

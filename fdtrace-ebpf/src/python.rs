@@ -18,13 +18,13 @@
 //! script's first syscalls are walked before userspace has seen it.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_task, bpf_probe_read_kernel,
         generated::bpf_probe_read_user as read_user_raw,
     },
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, RingBuf},
 };
 use fdtrace_common::{
     CLOSE_PY_SLOTS, EventKind, FLAG_PY_GC, FLAG_PY_SHUTDOWN, MAX_PY_SLOTS, PAGE_SIZE, PY_ABSENT,
@@ -43,6 +43,14 @@ pub static PYTHON: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
 /// (`fdtrace_common::PYTHON_BINARIES_MAP`).
 #[map]
 static PY_BINARIES: HashMap<PyFile, PyBinary> = HashMap::with_max_entries(256, 0);
+
+/// Processes that mapped a file named like an interpreter that is not in
+/// `PY_BINARIES` (`fdtrace_common::PYTHON_HINTS_MAP`): read by a thread of
+/// their own in userspace, so an interpreter is recognised while the
+/// process is still starting, however busy the event loop is. A few
+/// records a session: once registered, a file is handled here.
+#[map]
+static PY_HINTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// Code objects sent to userspace in a [`PyCodeRecord`], per process.
 #[map]
@@ -418,11 +426,11 @@ pub fn fork(parent: u32, child: u32) {
 /// `start` is the new image's `AT_ENTRY`; for an executable mmap, `start`
 /// is the mapping's address and `pgoff` its file offset in bytes, and only
 /// the mapping of the file's executable segment says where it was loaded.
-/// At exec, call it after [`forget`].
+/// At exec, call it after [`forget`]. Returns whether `file` is registered.
 #[inline(always)]
-pub fn file_mapped(tgid: u32, file: PyFile, start: u64, pgoff: u64, at_exec: bool) {
+pub fn file_mapped(tgid: u32, file: PyFile, start: u64, pgoff: u64, at_exec: bool) -> bool {
     let Some(binary) = PY_BINARIES.get_ptr(file) else {
-        return;
+        return false;
     };
     // SAFETY: a live map value of plain old data, read in place: a copy
     // on the stack would count against the 512 bytes every call chain
@@ -435,7 +443,7 @@ pub fn file_mapped(tgid: u32, file: PyFile, start: u64, pgoff: u64, at_exec: boo
         }
     };
     let Some(runtime) = runtime else {
-        return;
+        return true;
     };
     // An entry userspace (or an earlier mapping) already wrote stays.
     #[expect(
@@ -450,6 +458,28 @@ pub fn file_mapped(tgid: u32, file: PyFile, start: u64, pgoff: u64, at_exec: boo
         // SAFETY: a live map value; one aligned u64 field is written.
         unsafe { (*walk).runtime = runtime };
     }
+    true
+}
+
+/// `python…` and `libpython…`, as the first bytes of a name read as a
+/// little-endian `u64`.
+const PYTHON_NAME: u64 = u64::from_le_bytes(*b"python\0\0");
+const PYTHON_NAME_MASK: u64 = (1 << 48) - 1;
+const LIBPYTHON_NAME: u64 = u64::from_le_bytes(*b"libpytho");
+
+/// Whether a file name starting with `head` (its first eight bytes, fewer
+/// for a shorter name, zero-padded) is named like a CPython interpreter.
+#[inline(always)]
+pub fn named_like_python(head: u64) -> bool {
+    head & PYTHON_NAME_MASK == PYTHON_NAME || head == LIBPYTHON_NAME
+}
+
+/// Tells userspace's hint reader that process `tgid` mapped an interpreter
+/// the kernel does not know yet. A full ring loses the hint, not an event:
+/// the event stream still carries the mapping.
+#[inline(always)]
+pub fn hint(tgid: u32) {
+    let _ = PY_HINTS.output::<u64>(u64::from(tgid), BPF_RB_FORCE_WAKEUP.into());
 }
 
 /// After exec or exit the process's entry no longer applies.

@@ -11,20 +11,21 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{Program, ProgramError, ProgramInfo},
 };
 use fdtrace_common::{
     BPRM_FILENAME_OFFSET_GLOBAL, COUNTER_SLOTS, COUNTERS_MAP, Counter, DEFERRED_ENTRIES,
     DEFERRED_MAP, DeferredFd, EMFILE_STOP_GLOBAL, EVENTS_MAP, KERNEL_OFFSET_COUNT,
-    KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP, PYTHON_MAP, PyBinary, PyFile, PyWalk,
-    SCRATCH_MAP, SELECT_GLOBAL, SELF_TGID_GLOBAL, STACK_BYTES_GLOBAL, STACK_MODE_GLOBAL, StackMode,
-    TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACED_MAP,
-    TRACED_SLOT_COUNT, TRACED_SLOT_USED, TRACED_SLOTS_MAP,
+    KERNEL_OFFSETS_GLOBAL, KernelOffset, PYTHON_BINARIES_MAP, PYTHON_HINTS_MAP, PYTHON_MAP,
+    PyBinary, PyFile, PyWalk, SCRATCH_MAP, SELECT_GLOBAL, SELF_TGID_GLOBAL, STACK_BYTES_GLOBAL,
+    STACK_MODE_GLOBAL, StackMode, TASK_FSBASE_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
+    TASK_TGID_OFFSET_GLOBAL, TRACED_MAP, TRACED_SLOT_COUNT, TRACED_SLOT_USED, TRACED_SLOTS_MAP,
 };
 
 use crate::{
     btf::Btf,
+    python::early::{HintMaps, HintReader},
     tracer::{DeferredClaim, PythonRegistry, PythonWalker},
 };
 
@@ -162,6 +163,8 @@ pub struct Probes {
     python: Option<HashMap<MapData, u32, [u8; PyWalk::SIZE]>>,
     python_binaries: Option<HashMap<MapData, [u8; PyFile::SIZE], [u8; PyBinary::SIZE]>>,
     deferred: Option<HashMap<MapData, u64, [u8; DEFERRED_SIZE]>>,
+    /// Recognises interpreters the kernel hints at, apart from the loop.
+    _python_hints: HintReader,
 }
 
 const DEFERRED_SIZE: usize = size_of::<DeferredFd>();
@@ -228,7 +231,16 @@ impl Probes {
         let python = HashMap::try_from(take_map(&mut ebpf, PYTHON_MAP)?)?;
         let python_binaries = HashMap::try_from(take_map(&mut ebpf, PYTHON_BINARIES_MAP)?)?;
         let deferred = HashMap::try_from(take_map(&mut ebpf, DEFERRED_MAP)?)?;
+        let python_hints = HintReader::start(
+            RingBuf::try_from(take_map(&mut ebpf, PYTHON_HINTS_MAP)?)?,
+            HintMaps {
+                walker: HashMap::try_from(second_handle(&python)?)?,
+                registry: HashMap::try_from(second_handle(&python_binaries)?)?,
+                traced: HashMap::try_from(second_handle(&traced)?)?,
+            },
+        )?;
         Ok(Self {
+            _python_hints: python_hints,
             deferred: Some(deferred),
             _ebpf: ebpf,
             events: Some(events),
@@ -460,6 +472,13 @@ fn kernel_offsets(btf: &Btf) -> Result<[u32; KERNEL_OFFSET_COUNT]> {
         offsets[which as usize] = btf.member_offset(strukt, member)?;
     }
     Ok(offsets)
+}
+
+/// A handle of its own on a map already taken, for another thread.
+fn second_handle<K: aya::Pod, V: aya::Pod>(map: &impl IterableMap<K, V>) -> Result<aya::maps::Map> {
+    let id = map.map().info().context("read a map's id")?.id();
+    let data = MapData::from_id(id).with_context(|| format!("open map {id} again"))?;
+    Ok(aya::maps::Map::HashMap(data))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

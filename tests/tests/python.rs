@@ -48,6 +48,38 @@ fn files_kept_in_a_list_name_their_python_function_and_line_in_every_version() {
     }
 }
 
+/// `run` registers the interpreter its command names before it starts.
+/// Behind a shell nothing names it: the kernel hints at the file as it is
+/// mapped, and it is recognised while the interpreter is still starting.
+#[test]
+fn an_interpreter_nothing_named_in_advance_is_walked_from_its_first_line() {
+    if !bpf_or_skip() {
+        return;
+    }
+    let script = fixture_source("pykeep.py");
+    for (interpreter, (major, minor)) in supported() {
+        // A child of the shell, not an exec of it.
+        let command = format!("{interpreter} {}; true", script.display());
+        let t = trace(&[], &["sh", "-c", &command]);
+        let version = format!("{major}.{minor} ({interpreter})");
+        assert_eq!(t.code(), Some(0), "{version}: {}", t.stderr());
+        assert_eq!(t.report["notes"], serde_json::json!([]), "{version}");
+        assert_eq!(t.leaks().len(), 3, "{version}: {:?}", t.leaks());
+        let fill = if minor >= 11 { "Cache.fill" } else { "fill" };
+        for leak in t.leaks() {
+            assert_eq!(
+                python_frames(&t, &leak["stack_id"]),
+                [
+                    frame(fill, "pykeep.py", "LEAK-FILL"),
+                    frame("main", "pykeep.py", "CALL-FILL"),
+                    frame("<module>", "pykeep.py", "CALL-MAIN"),
+                ],
+                "{version}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_thread_pool_worker_is_found_while_the_gil_is_released() {
     if !bpf_or_skip() {

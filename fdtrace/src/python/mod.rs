@@ -8,6 +8,7 @@
 
 pub mod binaries;
 pub mod code;
+pub mod early;
 pub mod layout;
 pub mod lines;
 pub mod module;

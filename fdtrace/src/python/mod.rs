@@ -32,6 +32,9 @@ use layout::{Instr, Layout};
 use lines::line_at;
 use module::{Module, read_module};
 
+/// Interpreter files read and kept; past this the cache starts over.
+const MODULES_KEPT: usize = 256;
+
 /// `PyThreadState.interp`, the same in every supported version.
 const THREAD_INTERP: u64 = 16;
 
@@ -292,6 +295,11 @@ impl Python {
             return m.clone();
         }
         let module = read_module(path).map(Arc::new);
+        // A file in another mount namespace is named through its process
+        // (`/proc/PID/root/...`): a daemon would keep one per process.
+        if self.modules.len() >= MODULES_KEPT {
+            self.modules.clear();
+        }
         self.modules.insert(path.clone(), module.clone());
         module
     }
@@ -447,6 +455,19 @@ mod tests {
             let value = u64::from_ne_bytes(pair[8..].try_into().ok()?);
             (key == AT_ENTRY).then_some(value)
         })
+    }
+
+    #[test]
+    fn the_file_cache_is_bounded() {
+        let mut python = Python::default();
+        for i in 0..MODULES_KEPT + 10 {
+            let path = Arc::new(PathBuf::from(format!(
+                "/proc/{i}/root/usr/lib/libpython3.11.so"
+            )));
+            assert!(python.module(&path).is_none());
+            assert!(python.modules.len() <= MODULES_KEPT);
+        }
+        assert_eq!(python.modules.len(), 10);
     }
 
     /// For each CPython 3.8+ on this machine: what the kernel computes from

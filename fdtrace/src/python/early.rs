@@ -6,10 +6,11 @@
 //! mapped code from a file named like CPython and not in its registry
 //! (`PY_HINTS`). A thread of its own reads the process's maps (never
 //! stopping it), recognises the interpreter ([`Python::detect`]), registers
-//! the file and gives the process its walker entry. For a program that only
-//! links libpython (a shared build's `python3.X`), the hint comes at its
-//! exec and its libpython is registered before the dynamic loader maps it.
-//! The event loop, when it reaches the same mapping, recognises it again:
+//! the file and gives the process its walker entry. A program that only
+//! links libpython (a shared build's `python3.X`) is recognised at the
+//! hint its libpython's mapping sends: the files the hinted process names
+//! are only ever read as [`Python::detect`] reads them (regular files, the
+//! headers and symbol tables), never followed further. The event loop, when it reaches the same mapping, recognises it again:
 //! the entries it writes are the same, and its notes are the report's.
 
 use std::{
@@ -107,25 +108,6 @@ fn recognise(python: &mut Python, maps: &mut HintMaps, tgid: u32) {
         // it then, so must this.
         if inserted && maps.traced.get(&tgid, 0).is_err() {
             let _ = maps.walker.remove(&tgid);
-        }
-    } else {
-        // Not mapped yet: the interpreter a program links.
-        let programs: Vec<_> = process
-            .mappings
-            .iter()
-            .filter(|m| {
-                m.is_file()
-                    && m.path
-                        .rsplit('/')
-                        .next()
-                        .is_some_and(|n| n.starts_with("python"))
-            })
-            .map(|m| m.host_path.clone())
-            .collect();
-        for program in programs {
-            for (file, binary) in python.command_binaries(&program) {
-                let _ = maps.registry.insert(file.to_bytes(), binary.to_bytes(), 0);
-            }
         }
     }
     // Each hint is judged afresh: only the files read stay cached.

@@ -17,6 +17,11 @@ use crate::stacks::unwind::open_regular;
 
 use super::layout::{DEBUG_COOKIE, Layout, from_debug_offsets, table};
 
+/// Largest symbol or string table read: a file a traced process chose
+/// (named like an interpreter, mapped executable) may claim any size, and
+/// each table is read whole. libpython's are under 1 MiB.
+const MAX_TABLE: u64 = 64 << 20;
+
 /// Size of `_Py_DebugOffsets` read (3.14's is 760 bytes).
 const DEBUG_OFFSETS_BYTES: usize = 768;
 
@@ -93,11 +98,16 @@ pub fn read_module(path: &Path) -> Option<Module> {
     let mut symbols = Symbols::default();
     let table = elf.elf_section_table();
     for kind in [SHT_DYNSYM, SHT_SYMTAB] {
-        for section in table.iter().filter(|s| s.sh_type(LittleEndian) == kind) {
+        for section in table
+            .iter()
+            .filter(|s| s.sh_type(LittleEndian) == kind && s.sh_size(LittleEndian) <= MAX_TABLE)
+        {
             let strings = table
                 .section(SectionIndex(section.sh_link(LittleEndian) as usize))
-                .and_then(|s| s.data(LittleEndian, data));
-            if let (Ok(entries), Ok(strings)) = (section.data(LittleEndian, data), strings) {
+                .ok()
+                .filter(|s| s.sh_size(LittleEndian) <= MAX_TABLE)
+                .map(|s| s.data(LittleEndian, data));
+            if let (Ok(entries), Some(Ok(strings))) = (section.data(LittleEndian, data), strings) {
                 symbols.scan(entries, strings);
             }
         }

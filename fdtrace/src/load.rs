@@ -165,6 +165,8 @@ pub struct Probes {
     deferred: Option<HashMap<MapData, u64, [u8; DEFERRED_SIZE]>>,
     /// Recognises interpreters the kernel hints at, apart from the loop.
     _python_hints: HintReader,
+    /// The `PYTHON` map again, for [`Self::untrace`].
+    python_entries: HashMap<MapData, u32, [u8; PyWalk::SIZE]>,
 }
 
 const DEFERRED_SIZE: usize = size_of::<DeferredFd>();
@@ -241,6 +243,7 @@ impl Probes {
         )?;
         Ok(Self {
             _python_hints: python_hints,
+            python_entries: HashMap::try_from(second_handle(&python)?)?,
             deferred: Some(deferred),
             _ebpf: ebpf,
             events: Some(events),
@@ -342,7 +345,13 @@ impl Probes {
                 .set(index, TRACED_SLOT_USED, 0)
                 .with_context(|| format!("mark process {tgid} as untraced"))?;
         }
-        Ok(())
+        // Its CPython walker entry too (the kernel's exit handler skips an
+        // untraced process). After the traced set: the hint reader checks
+        // that set after it writes an entry.
+        match self.python_entries.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("forget process {tgid}'s Python walker")),
+        }
     }
 
     /// The thread-group ids in the kernel's traced set now.

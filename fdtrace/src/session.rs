@@ -66,6 +66,19 @@ enum Recorded {
     File(std::path::PathBuf),
 }
 
+/// Debug builds only: `FDTRACE_TEST_STALL_MS` holds the event loop that
+/// long before it reads its first record, as a long symbolization would,
+/// so the tests can show what must not wait for the loop does not.
+fn stall_for_tests() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("FDTRACE_TEST_STALL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -475,6 +488,7 @@ impl LoopState<'_> {
                 }
             }
         }
+        stall_for_tests();
         let mut tick = tokio::time::interval(TICK);
         let start = Instant::now();
         let start_ns = monotonic_ns();

@@ -136,8 +136,9 @@ pub fn spawn_gated(
     c_argv.push(std::ptr::null());
     let gate = pipe().context("create gate pipe")?;
     let errors = pipe().context("create exec error pipe")?;
-    // SAFETY: we are single-threaded here (no runtime yet); the child only
-    // calls async-signal-safe functions before exec or _exit.
+    // SAFETY: the child only calls async-signal-safe functions before exec
+    // or _exit, so what other threads (the Python hint reader) held at the
+    // fork does not matter to it.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error()).context("fork");

@@ -22,17 +22,11 @@ fn files_kept_in_a_list_name_their_python_function_and_line_in_every_version() {
         assert_eq!(t.code(), Some(0), "{version}: {}", t.stderr());
         assert_eq!(t.report["notes"], serde_json::json!([]), "{version}");
         assert_eq!(t.leaks().len(), 3, "{version}: {:?}", t.leaks());
-        // 3.11 and later name methods by their qualified name.
-        let fill = if minor >= 11 { "Cache.fill" } else { "fill" };
         for leak in t.leaks() {
             assert_eq!(leak["target"], "/etc/hostname", "{version}");
             assert_eq!(
                 python_frames(&t, &leak["stack_id"]),
-                [
-                    frame(fill, "pykeep.py", "LEAK-FILL"),
-                    frame("main", "pykeep.py", "CALL-FILL"),
-                    frame("<module>", "pykeep.py", "CALL-MAIN"),
-                ],
+                pykeep_frames(minor),
                 "{version}"
             );
             // The evaluation loop's native frames gave way to them.
@@ -81,23 +75,28 @@ fn an_interpreter_nothing_named_in_advance_is_walked_from_its_first_line() {
         assert_eq!(t.code(), Some(0), "{version}: {}", t.stderr());
         assert_eq!(t.report["notes"], serde_json::json!([]), "{version}");
         assert_eq!(t.leaks().len(), 3, "{version}: {:?}", t.leaks());
-        let fill = if minor >= 11 { "Cache.fill" } else { "fill" };
         for leak in t.leaks() {
             // Then runpy's frames and the -c string's.
             let frames = python_frames(&t, &leak["stack_id"]);
             assert_eq!(
                 frames.get(..3),
-                Some(
-                    &[
-                        frame(fill, "pykeep.py", "LEAK-FILL"),
-                        frame("main", "pykeep.py", "CALL-FILL"),
-                        frame("<module>", "pykeep.py", "CALL-MAIN"),
-                    ][..]
-                ),
+                Some(&pykeep_frames(minor)[..]),
                 "{version}: {frames:?}"
             );
         }
     }
+}
+
+/// The Python frames of each of pykeep.py's leaks under 3.`minor`,
+/// innermost first.
+fn pykeep_frames(minor: u32) -> [(String, String, u64); 3] {
+    // 3.11 and later name methods by their qualified name.
+    let fill = if minor >= 11 { "Cache.fill" } else { "fill" };
+    [
+        frame(fill, "pykeep.py", "LEAK-FILL"),
+        frame("main", "pykeep.py", "CALL-FILL"),
+        frame("<module>", "pykeep.py", "CALL-MAIN"),
+    ]
 }
 
 #[test]

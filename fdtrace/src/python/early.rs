@@ -10,8 +10,9 @@
 //! links libpython (a shared build's `python3.X`) is recognised at the
 //! hint its libpython's mapping sends: the files the hinted process names
 //! are only ever read as [`Python::detect`] reads them (regular files, the
-//! headers and symbol tables), never followed further. The event loop, when it reaches the same mapping, recognises it again:
-//! the entries it writes are the same, and its notes are the report's.
+//! headers and symbol tables), never followed further. The event loop,
+//! when it reaches the same mapping, recognises it again: the entries it
+//! writes are the same, and its notes are the report's.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},

@@ -3,14 +3,14 @@
 
 use std::{
     fs::{self, File},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::{
-    fdtrace,
+    c_fixture, fdtrace,
     prometheus::{Prometheus, free_port, http_get, try_http_get},
     scratch_dir,
 };
@@ -21,6 +21,14 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Between two looks at something the test waits for.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// The fleet fixture (fleet.c) as `dir/name`: the monitor selects a
+/// program by its name.
+pub fn fleet_program(dir: &Path, name: &str) -> PathBuf {
+    let binary = dir.join(name);
+    fs::copy(c_fixture("fleet.c"), &binary).expect("copy the fleet fixture");
+    binary
+}
 
 /// A running `fdtrace monitor`, killed on drop unless the test stopped it.
 pub struct Monitor {

@@ -13,8 +13,8 @@ use std::{
 };
 
 use fdtrace_tests::{
-    bpf_or_skip, c_fixture, marker_line,
-    monitor::{DEADLINE, Monitor, POLL, diagnostics, run_to_exit, signal},
+    bpf_or_skip, marker_line,
+    monitor::{DEADLINE, Monitor, POLL, diagnostics, fleet_program, run_to_exit, signal},
     prometheus::{
         Prometheus, Sample, free_port, http_get, only_series, parse_metrics, promtool, vector,
     },
@@ -273,8 +273,7 @@ impl Service {
     /// Starts `dir/name`, inside `cgroup` if given (it moves itself there
     /// before exec), and waits until its loop runs.
     fn start(dir: &Path, name: &str, cgroup: Option<&Cgroup>) -> Self {
-        let binary = dir.join(name);
-        fs::copy(c_fixture("fleet.c"), &binary).expect("copy the fleet fixture");
+        let binary = fleet_program(dir, name);
         let mut command = match cgroup {
             None => Command::new(&binary),
             Some(cgroup) => {

@@ -11,7 +11,7 @@ use std::{
 
 use fdtrace_tests::{
     bpf_or_skip, c_fixture, fixture_source, marker_line,
-    monitor::{DEADLINE, Monitor, POLL, diagnostics, signal},
+    monitor::{DEADLINE, Monitor, POLL, diagnostics, fleet_program, signal},
     prometheus::{Sample, parse_metrics},
     python, scratch_dir, wait_until_ready,
 };
@@ -191,9 +191,7 @@ fn past_max_fds_the_process_holding_most_is_evicted_and_stays_out() {
     if !bpf_or_skip() {
         return;
     }
-    let dir = scratch_dir("fleet-evict");
-    let binary = dir.join("evictsvc");
-    std::fs::copy(c_fixture("fleet.c"), &binary).expect("copy the fleet fixture");
+    let binary = fleet_program(&scratch_dir("fleet-evict"), "evictsvc");
     let monitor = Monitor::start(&["--comm", "evictsvc", "--max-fds", "40"]);
     let mut child = Command::new(&binary)
         .stdout(Stdio::piped())
@@ -237,9 +235,7 @@ fn programs_started_through_env_or_a_shell_keep_being_traced() {
     if !bpf_or_skip() {
         return;
     }
-    let dir = scratch_dir("fleet-chain");
-    let binary = dir.join("chainsvc");
-    std::fs::copy(c_fixture("fleet.c"), &binary).expect("copy the fleet fixture");
+    let binary = fleet_program(&scratch_dir("fleet-chain"), "chainsvc");
     let monitor = Monitor::start(&["--comm", "chainsvc"]);
     // `env` execs the program in the same process; `sh -c 'prog; :'`
     // forks a child that execs it. Both pass through a program the
